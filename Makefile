@@ -1,0 +1,55 @@
+# One entry point for developers and CI. `make test` sets up a fresh Debian 12 machine
+# (root) and runs every check; each stage prints "==> [stage] NAME" and how it ended.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+VENV       ?= .venv
+BIN        := $(abspath $(VENV))/bin
+export PATH := $(BIN):$(PATH)
+STAGE      := scripts/stage
+# Molecule scenarios: every directory of molecule/ with a molecule.yml.
+SCENARIOS  ?= $(sort $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml))))
+export STAGE_LOG ?= $(abspath .cache/stages.log)
+
+.PHONY: help
+help: ## List the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+.PHONY: test
+test: ## Everything CI runs: setup, lint, app tests, collection build, every Molecule scenario
+	@mkdir -p .cache && : > $(STAGE_LOG)
+	@$(MAKE) --no-print-directory setup lint test-app test-collection molecule
+	@echo "== make test: stage timings (seconds) =="; awk '{printf "  %-26s %s %ss\n", $$1, ($$2==0?"ok":"FAILED"), $$3}' $(STAGE_LOG)
+
+.PHONY: setup
+setup: ## Install Debian packages, start Docker, build the venv, collections and the base image
+	@$(STAGE) host-packages-and-docker scripts/setup-host.sh
+	@$(STAGE) python-venv $(MAKE) --no-print-directory venv
+	@$(STAGE) collections ansible-galaxy collection install -r requirements.yml
+	@$(STAGE) base-image scripts/build-base-image.sh
+
+.PHONY: venv
+venv: $(VENV)/.installed
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || python3 -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+.PHONY: lint
+lint: ## ruff and ansible-lint (production profile)
+	@$(STAGE) lint-ruff bash -c 'ruff check . && ruff format --check .'
+	@$(STAGE) lint-ansible ansible-lint --profile production
+
+.PHONY: test-app
+test-app: ## The service's tests against real PostgreSQL, PgBouncer and Redis on loopback
+	@$(STAGE) app-tests pytest app/tests -q
+
+.PHONY: test-collection
+test-collection: ## Build the collection tarball, install it, run its roles by FQCN
+	@$(STAGE) collection-build scripts/test-collection.sh
+
+.PHONY: molecule
+molecule: ## molecule test for every scenario (SCENARIOS="data default" to choose)
+	@for s in $(SCENARIOS); do $(STAGE) molecule-$$s molecule test -s $$s || exit 1; done

@@ -1,0 +1,3 @@
+"""Koinonia: the church SMS platform API (Quart + SAQ)."""
+
+__version__ = "0.1.0"

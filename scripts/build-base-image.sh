@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Builds the Debian 12 (bookworm) image that Molecule boots with systemd as PID 1.
+#
+# No container registry is reachable from our machines, so nothing can be pulled:
+# the image is made with debootstrap and `docker import`. It is tagged with a hash of
+# this script, so a changed recipe builds a new image and an unchanged one is reused.
+set -euo pipefail
+
+MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+SUITE=bookworm
+PACKAGES=(
+  python3 python3-apt systemd systemd-sysv dbus
+  iproute2 procps ca-certificates sudo gnupg locales less
+)
+recipe_hash=$( { cat "$0"; echo "$MIRROR"; } | sha256sum | cut -c1-12)
+tag="koinonia/debian12-systemd:${recipe_hash}"
+
+if docker image inspect "$tag" >/dev/null 2>&1; then
+  echo "base image $tag already built"
+else
+  workdir=$(mktemp -d /var/tmp/koinonia-rootfs.XXXXXX)
+  trap 'rm -rf "$workdir"' EXIT
+  echo "debootstrap $SUITE from $MIRROR into $workdir"
+  debootstrap --variant=minbase --include="$(IFS=,; echo "${PACKAGES[*]}")" \
+    "$SUITE" "$workdir/rootfs" "$MIRROR" >"$workdir/debootstrap.log" 2>&1 \
+    || { tail -n 40 "$workdir/debootstrap.log"; exit 1; }
+  rootfs="$workdir/rootfs"
+  # Same sources as a stock Debian 12 host: main, updates and security.
+  cat >"$rootfs/etc/apt/sources.list" <<SOURCES
+deb $MIRROR $SUITE main
+deb $MIRROR $SUITE-updates main
+deb http://deb.debian.org/debian-security $SUITE-security main
+SOURCES
+  # A container has no consoles or hardware: mask the units that would wait for them.
+  for unit in getty.target console-getty.service systemd-udevd.service \
+              systemd-udev-trigger.service systemd-remount-fs.service \
+              systemd-firstboot.service sys-kernel-debug.mount dev-hugepages.mount; do
+    ln -sf /dev/null "$rootfs/etc/systemd/system/$unit"
+  done
+  echo 'en_US.UTF-8 UTF-8' >"$rootfs/etc/locale.gen"
+  chroot "$rootfs" locale-gen >/dev/null
+  : >"$rootfs/etc/machine-id"
+  # No package lists in the image: apt must not think a stale cache is fresh.
+  rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/cache/apt/*.bin
+  tar -C "$rootfs" -c . | docker import \
+    -c 'CMD ["/sbin/init"]' -c 'ENV container=docker' \
+    - "$tag" >/dev/null
+  echo "built base image $tag"
+fi
+docker tag "$tag" koinonia/debian12-systemd:latest
