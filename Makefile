@@ -19,7 +19,7 @@ help: ## List the targets
 .PHONY: test
 test: ## Everything CI runs: setup, lint, app tests, collection build, every Molecule scenario
 	@mkdir -p .cache && : > $(STAGE_LOG)
-	@$(MAKE) --no-print-directory setup lint test-app test-collection molecule
+	@$(MAKE) --no-print-directory setup lint test-app bench-smoke test-collection molecule
 	@echo "== make test: stage timings (seconds) =="; awk '{printf "  %-26s %s %ss\n", $$1, ($$2==0?"ok":"FAILED"), $$3}' $(STAGE_LOG)
 
 .PHONY: setup
@@ -46,9 +46,26 @@ lint: ## ruff and ansible-lint (production profile)
 test-app: ## The service's tests against real PostgreSQL, PgBouncer and Redis on loopback
 	@$(STAGE) app-tests pytest app/tests -q
 
+.PHONY: bench-app
+bench-app: ## The service's req/s and p50/p95/p99 per route next to a bare Quart hello-world
+	@$(STAGE) bench-app python bench/app_http.py
+
+.PHONY: bench-smoke
+bench-smoke: ## The benchmark in its smallest mode, so it cannot rot (part of make test)
+	@$(STAGE) bench-smoke python bench/app_http.py --smoke
+
 .PHONY: test-collection
 test-collection: ## Build the collection tarball, install it, run its roles by FQCN
 	@$(STAGE) collection-build scripts/test-collection.sh
+
+.PHONY: up
+up: ## The whole stack on local containers, deployed by site.yml; prints the URL
+	@$(MAKE) --no-print-directory setup
+	@$(STAGE) up scripts/up.sh
+
+.PHONY: down
+down: ## Remove the containers of make up
+	@scripts/down.sh
 
 .PHONY: molecule
 molecule: ## molecule test for every scenario (SCENARIOS="data default" to choose)

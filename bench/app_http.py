@@ -1,0 +1,250 @@
+"""`make bench-app`: the service's HTTP throughput and latency on this machine.
+
+Starts real PostgreSQL, PgBouncer and Redis on loopback (the same launcher as the tests),
+migrates, serves the app with `koinonia serve`, seeds a church with a 100-member group, and
+drives each route with wrk next to the framework ceiling (a bare Quart hello-world on
+Hypercorn with the same worker count), all in one run. wrk (Debian's package) is the load
+generator: it is C, so it drives more load than a Python client could from the same two
+cores, and it keeps a full latency histogram (percentiles read by bench/wrk/report.lua).
+Load is bounded (duration and connections) and aimed only at 127.0.0.1.
+
+Writes a markdown table to stdout and both forms to .cache/bench/app_http.{md,json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import ExitStack
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "app" / "tests"))
+
+from servers import TestServers, free_port, wait_for_port  # noqa: E402
+
+REPORT_LUA = ROOT / "bench" / "wrk" / "report.lua"
+OUT_DIR = ROOT / ".cache" / "bench"
+
+
+def api(base: str, method: str, path: str, body: object | None = None, token: str | None = None):
+    request = urllib.request.Request(  # noqa: S310 - loopback only
+        base + path,
+        method=method,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"}
+        | ({"Authorization": f"Bearer {token}"} if token else {}),
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+        return json.loads(response.read() or b"null")
+
+
+def wait_http(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):  # noqa: S310
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(f"{url} did not answer in {timeout}s")
+
+
+def start(stack: ExitStack, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def stop() -> None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+    stack.callback(stop)
+    return proc
+
+
+def wrk(url: str, seconds: int, connections: int, **lua_env: str) -> dict[str, float]:
+    env = os.environ | lua_env
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t2",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "--timeout",
+            "10s",
+            "-s",
+            str(REPORT_LUA),
+            url,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def seed(base: str) -> tuple[str, str]:
+    """A church with 100 opted-in members in one group; returns (token, group id)."""
+    owner = api(
+        base,
+        "POST",
+        "/api/auth/register",
+        {
+            "churchName": "Bench Chapel",
+            "email": "bench@example.org",
+            "password": "bench-password-123",
+            "firstName": "Bea",
+            "lastName": "Bench",
+        },
+    )
+    token = owner["token"]
+    member_ids = [
+        api(
+            base,
+            "POST",
+            "/api/members",
+            {
+                "firstName": f"Member{i}",
+                "lastName": "Bench",
+                "phone": f"+1415555{i:04d}",
+                "optInSms": True,
+            },
+            token,
+        )["id"]
+        for i in range(100)
+    ]
+    group = api(base, "POST", "/api/groups", {"name": "Everyone"}, token)
+    api(base, "POST", f"/api/groups/{group['id']}/members", {"memberIds": member_ids}, token)
+    return token, group["id"]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=10, help="wrk duration per row")
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="1 s per row, 8 connections: proves the bench runs (make test)",
+    )
+    args = parser.parse_args()
+    if args.smoke:
+        args.seconds, args.connections = 1, 8
+
+    with ExitStack() as stack:
+        servers = TestServers.start()
+        stack.callback(servers.stop)
+        env = os.environ | {
+            "KOINONIA_DATABASE_URL": servers.pgbouncer.url,
+            "KOINONIA_MIGRATION_DATABASE_URL": servers.postgres.url,
+            "KOINONIA_REDIS_URL": servers.redis.url,
+            "KOINONIA_ENVIRONMENT": "production",
+            "KOINONIA_COOKIE_SECURE": "false",
+            "KOINONIA_LOG_LEVEL": "WARNING",
+            "KOINONIA_WORKERS": str(args.workers),
+        }
+        koinonia = str(Path(sys.executable).parent / "koinonia")
+        subprocess.run([koinonia, "migrate"], env=env, check=True, capture_output=True)
+
+        app_port, hello_port = free_port(), free_port()
+        app = start(stack, [koinonia, "serve", "--bind", f"127.0.0.1:{app_port}"], env)
+        hello = start(
+            stack,
+            [
+                str(Path(sys.executable).parent / "hypercorn"),
+                "--workers",
+                str(args.workers),
+                "--worker-class",
+                "uvloop",
+                "--bind",
+                f"127.0.0.1:{hello_port}",
+                "bench.hello:app",
+            ],
+            env | {"PYTHONPATH": str(ROOT)},
+        )
+        base, hello_base = f"http://127.0.0.1:{app_port}", f"http://127.0.0.1:{hello_port}"
+        wait_http(base + "/health", app)
+        wait_for_port(hello_port, proc=hello)
+
+        token, group_id = seed(base)
+        auth = f"Authorization: Bearer {token}"
+        message = json.dumps(
+            {"content": "Service moved to 11am", "targetType": "group", "targetIds": [group_id]}
+        )
+        rows = [
+            ("bare Quart hello-world (ceiling)", hello_base + "/", {}),
+            ("GET /health", base + "/health", {}),
+            ("GET /api/members (cached first page)", base + "/api/members", {"WRK_HEADERS": auth}),
+            (
+                "GET /api/members?page=3 (uncached)",
+                base + "/api/members?page=3&limit=20",
+                {"WRK_HEADERS": auth},
+            ),
+            (
+                "POST /api/messages, 100-member group (enqueue)",
+                base + "/api/messages",
+                {
+                    "WRK_METHOD": "POST",
+                    "WRK_BODY": message,
+                    "WRK_HEADERS": f"{auth}|Content-Type: application/json",
+                },
+            ),
+        ]
+        results = []
+        for name, url, lua_env in rows:
+            figures = wrk(url, args.seconds, args.connections, **lua_env)
+            results.append({"row": name, **figures})
+            print(f"measured {name}: {figures['rps']:.0f} req/s", file=sys.stderr)
+
+    ceiling = results[0]["rps"]
+    lines = [
+        f"Workers: {args.workers} (Hypercorn, uvloop) · wrk -t2 -c{args.connections} "
+        f"-d{args.seconds}s on the same {os.cpu_count()}-core machine · straight at the app, "
+        "no balancer",
+        "",
+        "| row | req/s | p50 ms | p95 ms | p99 ms | non-2xx | socket errors | of ceiling |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['row']} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | "
+            f"{r['p99_ms']:.2f} | {r['non_2xx']} | {r['socket_errors']} | "
+            f"{r['rps'] / ceiling:.0%} |"
+        )
+    table = "\n".join(lines)
+    print(table)
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    (OUT_DIR / "app_http.md").write_text(table + "\n")
+    (OUT_DIR / "app_http.json").write_text(
+        json.dumps(
+            {
+                "workers": args.workers,
+                "seconds": args.seconds,
+                "connections": args.connections,
+                "results": results,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    failed = [r["row"] for r in results if r["non_2xx"] or r["socket_errors"]]
+    if failed:
+        print(f"errors in: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
