@@ -1,0 +1,91 @@
+"""The application factory and its lifespan.
+
+``create_app(settings)`` builds a Quart app; its ``before_serving`` opens the database pool
+(through PgBouncer) and the Redis client, its ``after_serving`` closes them. Hypercorn loads
+``koinonia.app:asgi_app()`` via ``koinonia serve``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from quart import Quart
+from quart_schema import QuartSchema
+
+from koinonia import db
+from koinonia.errors import register_error_handlers
+from koinonia.logging import install_request_logging
+from koinonia.metrics import bp as metrics_bp
+from koinonia.metrics import install_metrics
+from koinonia.openapi import KoinoniaOpenAPIProvider
+from koinonia.redis import create_redis
+from koinonia.services.cache import CacheService
+from koinonia.settings import Settings, load_settings
+from koinonia.state import EXTENSION_KEY, AppState
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> Quart:
+    settings = settings or load_settings()
+    app = Quart("koinonia", static_folder=None)
+    # Quart answers 413 itself once a body passes this size.
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.config["PROPAGATE_EXCEPTIONS"] = False
+    app.config["QUART_SCHEMA_CONVERSION_PREFERENCE"] = "pydantic"
+
+    QuartSchema(
+        app,
+        openapi_path="/openapi.json",
+        swagger_ui_path="/docs",
+        redoc_ui_path=None,
+        scalar_ui_path=None,
+        info={"title": "Koinonia API", "version": "1.0.0"},
+        security_schemes={
+            "bearerAuth": {"type": "http", "scheme": "bearer"},
+            "cookieAuth": {"type": "apiKey", "in_": "cookie", "name": settings.session_cookie_name},
+        },
+        pydantic_dump_options={"by_alias": True},
+        openapi_provider_class=KoinoniaOpenAPIProvider,
+    )
+
+    state = AppState(settings=settings)
+    app.extensions[EXTENSION_KEY] = state
+    metrics = install_metrics(app)
+    install_request_logging(app, access_log=settings.access_log)
+    register_error_handlers(app)
+
+    @app.before_serving
+    async def _open_resources() -> None:
+        state.shutting_down = False
+        state.redis = create_redis(settings)
+        state.db = await db.init_db(settings)
+        state.cache = CacheService(state.redis, metrics, settings)
+        log.info("koinonia started")
+
+    @app.after_serving
+    async def _close_resources() -> None:
+        state.shutting_down = True
+        if state.redis is not None:
+            await state.redis.aclose()
+            state.redis = None
+        if state.db is not None:
+            await db.close_db(state.db)
+            state.db = None
+        log.info("koinonia stopped")
+
+    from koinonia.routes import BLUEPRINTS
+
+    app.register_blueprint(metrics_bp)
+    for blueprint in BLUEPRINTS:
+        app.register_blueprint(blueprint)
+    return app
+
+
+def asgi_app() -> Quart:
+    """Entry point for Hypercorn (``koinonia.app:asgi_app()``): settings from the environment."""
+    from koinonia.logging import configure_logging
+
+    settings = load_settings()
+    configure_logging(settings.log_level)
+    return create_app(settings)

@@ -1,0 +1,178 @@
+"""Tortoise ORM configuration, start-up/shutdown and the migration runner.
+
+The app talks to PostgreSQL through PgBouncer in transaction mode, so asyncpg's
+prepared-statement cache is off (``statement_cache_size=0``): PgBouncer 1.18 cannot follow
+named prepared statements from one server connection to the next. Migrations connect
+DIRECTLY to PostgreSQL (``Settings.migration_url``) because they hold a session-level advisory
+lock, which must never go through a transaction pooler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+from tortoise import Tortoise, connections
+from tortoise.backends.base.config_generator import expand_db_url
+from tortoise.context import TortoiseContext
+
+from koinonia.settings import Settings
+
+log = logging.getLogger(__name__)
+
+APP_LABEL = "models"
+MODEL_MODULES = ["koinonia.models.core", "koinonia.models.messaging"]
+MIGRATIONS_MODULE = "koinonia.migrations"
+CONNECTION_NAME = "default"
+
+# Any 64-bit number works as long as every host uses the same one.
+MIGRATION_LOCK_KEY = 0x6B6F696E6F6E6961  # "koinonia"
+
+
+def _asyncpg_url(url: str) -> str:
+    """Tortoise picks the backend from the scheme; normalise postgres:// to asyncpg://."""
+    parts = urlsplit(url)
+    if parts.scheme in {"postgres", "postgresql"}:
+        parts = parts._replace(scheme="asyncpg")
+    return urlunsplit(parts)
+
+
+class PgBouncerConnection(asyncpg.Connection):
+    """No reset query when a connection goes back to the pool.
+
+    asyncpg's default (``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL``) exists to
+    clear session state; through PgBouncer in transaction mode it would run on whichever
+    server connection PgBouncer picks, clearing nothing of ours and costing a round trip on
+    every release. The app never creates session state (no SET, LISTEN or advisory locks).
+    """
+
+    def get_reset_query(self) -> str:
+        return ""
+
+
+def _connection_config(url: str, settings: Settings, *, pooled: bool) -> dict[str, Any]:
+    config = expand_db_url(_asyncpg_url(url))
+    credentials = config["credentials"]
+    credentials.update(
+        minsize=settings.db_pool_min if pooled else 1,
+        maxsize=settings.db_pool_max if pooled else 2,
+        timeout=settings.db_connect_timeout,
+        command_timeout=settings.db_command_timeout,
+        # Off: PgBouncer (transaction mode) cannot track named prepared statements.
+        statement_cache_size=0,
+    )
+    if pooled:
+        credentials["connection_class"] = PgBouncerConnection
+    return config
+
+
+def tortoise_config(settings: Settings, *, direct: bool = False) -> dict[str, Any]:
+    """The Tortoise config: both model modules in one app; ``direct`` bypasses PgBouncer."""
+    url = settings.migration_url if direct else settings.database_url.get_secret_value()
+    return {
+        "connections": {CONNECTION_NAME: _connection_config(url, settings, pooled=not direct)},
+        "apps": {
+            APP_LABEL: {
+                "models": list(MODEL_MODULES),
+                "default_connection": CONNECTION_NAME,
+                "migrations": MIGRATIONS_MODULE,
+            }
+        },
+        "use_tz": True,
+        "timezone": "UTC",
+    }
+
+
+async def init_db(settings: Settings) -> TortoiseContext:
+    """Open the ORM for this process (call from the app/worker start-up, close with close_db).
+
+    The context is registered as Tortoise's process-wide fallback because Hypercorn runs
+    requests in tasks that do not inherit the lifespan task's context variables.
+    """
+    ctx = TortoiseContext()
+    # Current only while initialising (model set-up looks it up); the global fallback
+    # registered by init is what request tasks then resolve to.
+    with ctx:
+        await ctx.init(config=tortoise_config(settings), _enable_global_fallback=True)
+    return ctx
+
+
+async def close_db(ctx: TortoiseContext | None = None) -> None:
+    if ctx is not None:
+        await ctx.close_connections()
+    else:
+        await Tortoise.close_connections()
+
+
+async def ping_db(timeout_seconds: float) -> None:
+    """Raise unless the database answers ``SELECT 1`` within ``timeout_seconds``."""
+    async with asyncio.timeout(timeout_seconds):
+        await connections.get(CONNECTION_NAME).execute_query("SELECT 1")
+
+
+def pool_stats() -> dict[str, int] | None:
+    """Size and idle count of the asyncpg pool, for metrics; None before the pool exists."""
+    try:
+        client = connections.get(CONNECTION_NAME)
+    except Exception:
+        return None
+    pool = getattr(client, "_pool", None)
+    if pool is None:
+        return None
+    return {"size": pool.get_size(), "idle": pool.get_idle_size(), "max": pool.get_max_size()}
+
+
+def _asyncpg_connect_kwargs(url: str, timeout: float) -> dict[str, Any]:
+    credentials = expand_db_url(_asyncpg_url(url))["credentials"]
+    return {
+        "host": credentials.get("host"),
+        "port": credentials.get("port"),
+        "user": credentials.get("user"),
+        "password": credentials.get("password"),
+        "database": credentials.get("database"),
+        "timeout": timeout,
+        "statement_cache_size": 0,
+    }
+
+
+async def run_migrations(
+    settings: Settings, *, lock_timeout: float = 300.0, lock_key: int = MIGRATION_LOCK_KEY
+) -> list[str]:
+    """Apply pending migrations exactly once even when several hosts run this together.
+
+    A session advisory lock on a dedicated DIRECT connection serialises the runners: the first
+    applies, the others wait, then find nothing left to apply. Returns the applied names.
+    """
+    from tortoise.migrations.api import migrate
+
+    lock_conn = await asyncpg.connect(
+        **_asyncpg_connect_kwargs(settings.migration_url, settings.db_connect_timeout)
+    )
+    applied: list[str] = []
+    try:
+        await lock_conn.execute("SET lock_timeout = 0")
+        await asyncio.wait_for(
+            lock_conn.execute("SELECT pg_advisory_lock($1)", lock_key), lock_timeout
+        )
+        log.info("migration lock acquired")
+
+        def progress(event: str, app_label: str, name: str) -> None:
+            if event == "apply_done":
+                applied.append(f"{app_label}.{name}")
+                log.info("migration applied", extra={"migration": f"{app_label}.{name}"})
+
+        ctx = TortoiseContext()
+        with ctx:
+            try:
+                await migrate(config=tortoise_config(settings, direct=True), progress=progress)
+            finally:
+                await ctx.close_connections()
+    finally:
+        try:
+            await lock_conn.execute("SELECT pg_advisory_unlock($1)", lock_key)
+        finally:
+            await lock_conn.close()
+    return applied

@@ -1,0 +1,139 @@
+"""Prometheus metrics: HTTP requests by route and status, plus hooks for the other parts.
+
+Each app gets its own ``CollectorRegistry`` (no module globals). With several Hypercorn
+workers set ``PROMETHEUS_MULTIPROC_DIR`` (``koinonia serve`` does it for you) so ``/metrics``
+aggregates every worker rather than answering for whichever one took the scrape.
+
+Other modules record through ``get_metrics()``:
+
+* ``cache_events.labels(family=..., result="hit"|"miss"|"error").inc()``
+* ``queue_depth.labels(queue=..., state=...).set(n)`` — typically from a scrape hook
+* ``jobs.labels(function=..., outcome="complete"|"failed"|"retried").inc()``
+* ``add_scrape_hook(async_fn)``: awaited before each scrape to refresh gauges.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from quart import Blueprint, Quart, Response, current_app, g, request
+
+from koinonia import db
+
+log = logging.getLogger(__name__)
+
+ScrapeHook = Callable[[], Awaitable[None]]
+EXTENSION_KEY = "koinonia.metrics"
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.http_requests = Counter(
+            "koinonia_http_requests_total",
+            "HTTP requests by route template, method and status.",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.http_latency = Histogram(
+            "koinonia_http_request_duration_seconds",
+            "HTTP request latency by route template and method.",
+            ["route", "method"],
+            registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.cache_events = Counter(
+            "koinonia_cache_events_total",
+            "Cache lookups by key family and result (hit, miss, error).",
+            ["family", "result"],
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "koinonia_queue_jobs",
+            "Jobs in the queue by state.",
+            ["queue", "state"],
+            registry=self.registry,
+            multiprocess_mode="livemax",
+        )
+        self.jobs = Counter(
+            "koinonia_jobs_total",
+            "Finished jobs by function and outcome.",
+            ["function", "outcome"],
+            registry=self.registry,
+        )
+        self.db_pool = Gauge(
+            "koinonia_db_pool_connections",
+            "Database pool connections by state (size, idle, max).",
+            ["state"],
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
+        self._scrape_hooks: list[ScrapeHook] = []
+
+    def add_scrape_hook(self, hook: ScrapeHook) -> None:
+        self._scrape_hooks.append(hook)
+
+    async def refresh(self) -> None:
+        stats = db.pool_stats()
+        if stats:
+            for state, value in stats.items():
+                self.db_pool.labels(state=state).set(value)
+        for hook in self._scrape_hooks:
+            try:
+                await hook()
+            except Exception:
+                log.warning("metrics scrape hook failed", exc_info=True)
+
+    def render(self) -> bytes:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry)
+        return generate_latest(self.registry)
+
+
+def get_metrics(app: Quart | None = None) -> Metrics:
+    return (app or current_app).extensions[EXTENSION_KEY]  # type: ignore[no-any-return]
+
+
+bp = Blueprint("metrics", __name__)
+
+
+@bp.get("/metrics")
+async def metrics_endpoint() -> Response:
+    """Prometheus text format; unauthenticated, to be reached only from inside the network."""
+    metrics = get_metrics()
+    await metrics.refresh()
+    return Response(metrics.render(), content_type=CONTENT_TYPE_LATEST)
+
+
+def install_metrics(app: Quart) -> Metrics:
+    metrics = Metrics()
+    app.extensions[EXTENSION_KEY] = metrics
+
+    @app.before_request
+    async def _start_timer() -> None:
+        g.metrics_started = time.perf_counter()
+
+    @app.after_request
+    async def _observe(response: Response) -> Response:
+        started = g.get("metrics_started")
+        if started is not None:
+            rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
+            metrics.http_requests.labels(rule, request.method, str(response.status_code)).inc()
+            metrics.http_latency.labels(rule, request.method).observe(time.perf_counter() - started)
+        return response
+
+    return metrics

@@ -1,0 +1,98 @@
+"""Tenancy and people: churches, their users, members and groups.
+
+Every tenant-owned row carries ``church``; services always filter on it, so a user never
+reads or writes another church's rows.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from tortoise import fields
+from tortoise.indexes import Index
+from tortoise.models import Model
+
+
+class Role(enum.StrEnum):
+    OWNER = "owner"
+    ADMIN = "admin"
+    STAFF = "staff"
+
+
+class Church(Model):
+    id = fields.UUIDField(primary_key=True)
+    name = fields.CharField(max_length=200)
+    created_at = fields.DatetimeField(auto_now_add=True)
+
+    class Meta:
+        table = "church"
+
+
+class User(Model):
+    id = fields.UUIDField(primary_key=True)
+    # Null only for platform operators created from the CLI without a church.
+    church: fields.ForeignKeyNullableRelation[Church] = fields.ForeignKeyField(
+        "models.Church", related_name="users", null=True, on_delete=fields.CASCADE
+    )
+    email = fields.CharField(max_length=320, unique=True)
+    password_hash = fields.CharField(max_length=255)
+    first_name = fields.CharField(max_length=100, default="")
+    last_name = fields.CharField(max_length=100, default="")
+    role = fields.CharEnumField(Role, max_length=16, default=Role.STAFF)
+    is_operator = fields.BooleanField(default=False)
+    created_at = fields.DatetimeField(auto_now_add=True)
+
+    class Meta:
+        table = "app_user"
+
+
+class Member(Model):
+    id = fields.UUIDField(primary_key=True)
+    church: fields.ForeignKeyRelation[Church] = fields.ForeignKeyField(
+        "models.Church", related_name="members", on_delete=fields.CASCADE
+    )
+    first_name = fields.CharField(max_length=100)
+    last_name = fields.CharField(max_length=100, default="")
+    phone = fields.CharField(max_length=20, description="E.164")
+    email = fields.CharField(max_length=320, null=True)
+    opt_in_sms = fields.BooleanField(default=True)
+    created_at = fields.DatetimeField(auto_now_add=True)
+    updated_at = fields.DatetimeField(auto_now=True)
+
+    class Meta:
+        table = "member"
+        unique_together = (("church", "phone"),)
+        # From the original's index audit: recipient selection and newest-first listing.
+        indexes = (
+            Index(fields=("church_id", "opt_in_sms"), name="member_church_opt_in_idx"),
+            Index(fields=("created_at",), name="member_created_at_idx"),
+        )
+
+
+class Group(Model):
+    id = fields.UUIDField(primary_key=True)
+    church: fields.ForeignKeyRelation[Church] = fields.ForeignKeyField(
+        "models.Church", related_name="groups", on_delete=fields.CASCADE
+    )
+    name = fields.CharField(max_length=200)
+    description = fields.TextField(default="")
+    created_at = fields.DatetimeField(auto_now_add=True)
+
+    class Meta:
+        table = "member_group"
+        unique_together = (("church", "name"),)
+
+
+class GroupMembership(Model):
+    id = fields.UUIDField(primary_key=True)
+    group: fields.ForeignKeyRelation[Group] = fields.ForeignKeyField(
+        "models.Group", related_name="memberships", on_delete=fields.CASCADE
+    )
+    member: fields.ForeignKeyRelation[Member] = fields.ForeignKeyField(
+        "models.Member", related_name="memberships", on_delete=fields.CASCADE
+    )
+    created_at = fields.DatetimeField(auto_now_add=True)
+
+    class Meta:
+        table = "group_membership"
+        unique_together = (("group", "member"),)

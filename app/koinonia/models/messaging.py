@@ -1,0 +1,186 @@
+"""Messaging: messages and their per-recipient deliveries, conversations, recurring messages
+and the church's linked phone numbers.
+
+Every row reaches a church (directly, or through its message/conversation), and services
+always filter on it.  The unique constraints carry the idempotency rules in the database:
+a member gets at most one delivery per message, and an ``Idempotency-Key`` names at most one
+message per church.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from tortoise import fields
+from tortoise.indexes import Index
+from tortoise.models import Model
+
+
+class TargetType(enum.StrEnum):
+    GROUP = "group"
+    MEMBERS = "members"
+    ALL = "all"
+
+
+class MessageStatus(enum.StrEnum):
+    QUEUED = "queued"  # recorded, deliveries enqueued
+    SENT = "sent"  # every delivery finished, at least one reached the provider
+    FAILED = "failed"  # every delivery failed
+    EMPTY = "empty"  # no opted-in recipient
+
+
+class DeliveryStatus(enum.StrEnum):
+    QUEUED = "queued"
+    SENT = "sent"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+class Direction(enum.StrEnum):
+    INBOUND = "inbound"
+    OUTBOUND = "outbound"
+
+
+class LinkStatus(enum.StrEnum):
+    PENDING = "pending"
+    LINKED = "linked"
+    FAILED = "failed"
+
+
+class Message(Model):
+    id = fields.UUIDField(primary_key=True)
+    church: fields.ForeignKeyRelation = fields.ForeignKeyField(
+        "models.Church", related_name="messages", on_delete=fields.CASCADE
+    )
+    content = fields.TextField()
+    target_type = fields.CharEnumField(TargetType, max_length=16)
+    target_ids = fields.JSONField(default=list)
+    created_by: fields.ForeignKeyNullableRelation = fields.ForeignKeyField(
+        "models.User", related_name="messages", null=True, on_delete=fields.SET_NULL
+    )
+    status = fields.CharEnumField(MessageStatus, max_length=16, default=MessageStatus.QUEUED)
+    recipient_count = fields.IntField(default=0)
+    # Client-chosen key of the POST that created it, and a hash of that request's body so
+    # that reusing a key for a different message is refused instead of silently ignored.
+    idempotency_key = fields.CharField(max_length=255, null=True)
+    request_hash = fields.CharField(max_length=64, null=True)
+    created_at = fields.DatetimeField(auto_now_add=True)
+
+    class Meta:
+        table = "message"
+        unique_together = (("church", "idempotency_key"),)
+        indexes = (Index(fields=("church_id", "created_at"), name="message_church_created_idx"),)
+
+
+class Delivery(Model):
+    id = fields.UUIDField(primary_key=True)
+    message: fields.ForeignKeyRelation[Message] = fields.ForeignKeyField(
+        "models.Message", related_name="deliveries", on_delete=fields.CASCADE
+    )
+    church: fields.ForeignKeyRelation = fields.ForeignKeyField(
+        "models.Church", related_name="deliveries", on_delete=fields.CASCADE
+    )
+    # Nullable so that deleting a member keeps the message's delivery history.
+    member: fields.ForeignKeyNullableRelation = fields.ForeignKeyField(
+        "models.Member", related_name="deliveries", null=True, on_delete=fields.SET_NULL
+    )
+    phone = fields.CharField(max_length=20)
+    status = fields.CharEnumField(DeliveryStatus, max_length=16, default=DeliveryStatus.QUEUED)
+    provider_message_id = fields.CharField(max_length=64, null=True, db_index=True)
+    attempts = fields.IntField(default=0)
+    last_error = fields.TextField(null=True)
+    sent_at = fields.DatetimeField(null=True)
+    created_at = fields.DatetimeField(auto_now_add=True)
+    updated_at = fields.DatetimeField(auto_now=True)
+
+    class Meta:
+        table = "delivery"
+        unique_together = (("message", "member"),)
+        indexes = (
+            Index(fields=("message_id", "status"), name="delivery_message_status_idx"),
+            Index(fields=("church_id", "created_at"), name="delivery_church_created_idx"),
+        )
+
+
+class Conversation(Model):
+    id = fields.UUIDField(primary_key=True)
+    church: fields.ForeignKeyRelation = fields.ForeignKeyField(
+        "models.Church", related_name="conversations", on_delete=fields.CASCADE
+    )
+    member: fields.ForeignKeyRelation = fields.ForeignKeyField(
+        "models.Member", related_name="conversations", on_delete=fields.CASCADE
+    )
+    last_message_at = fields.DatetimeField(null=True)
+    created_at = fields.DatetimeField(auto_now_add=True)
+
+    class Meta:
+        table = "conversation"
+        unique_together = (("church", "member"),)
+        indexes = (
+            Index(fields=("church_id", "last_message_at"), name="conversation_church_last_idx"),
+        )
+
+
+class ConversationMessage(Model):
+    id = fields.UUIDField(primary_key=True)
+    conversation: fields.ForeignKeyRelation[Conversation] = fields.ForeignKeyField(
+        "models.Conversation", related_name="messages", on_delete=fields.CASCADE
+    )
+    direction = fields.CharEnumField(Direction, max_length=16)
+    body = fields.TextField()
+    # Outbound replies go through the delivery pipeline; inbound ones carry the provider's id.
+    delivery: fields.ForeignKeyNullableRelation[Delivery] = fields.ForeignKeyField(
+        "models.Delivery",
+        related_name="conversation_messages",
+        null=True,
+        on_delete=fields.SET_NULL,
+    )
+    provider_message_id = fields.CharField(max_length=64, null=True, unique=True)
+    created_at = fields.DatetimeField(auto_now_add=True)
+
+    class Meta:
+        table = "conversation_message"
+        # From the original's index audit.
+        indexes = (
+            Index(fields=("direction", "conversation_id"), name="conv_msg_direction_conv_idx"),
+            Index(fields=("conversation_id", "created_at"), name="conv_msg_conv_created_idx"),
+        )
+
+
+class RecurringMessage(Model):
+    id = fields.UUIDField(primary_key=True)
+    church: fields.ForeignKeyRelation = fields.ForeignKeyField(
+        "models.Church", related_name="recurring_messages", on_delete=fields.CASCADE
+    )
+    content = fields.TextField()
+    target_type = fields.CharEnumField(TargetType, max_length=16)
+    target_ids = fields.JSONField(default=list)
+    schedule = fields.CharField(max_length=100, description="cron expression, UTC")
+    next_run_at = fields.DatetimeField()
+    last_run_at = fields.DatetimeField(null=True)
+    active = fields.BooleanField(default=True)
+    created_by: fields.ForeignKeyNullableRelation = fields.ForeignKeyField(
+        "models.User", related_name="recurring_messages", null=True, on_delete=fields.SET_NULL
+    )
+    created_at = fields.DatetimeField(auto_now_add=True)
+
+    class Meta:
+        table = "recurring_message"
+        indexes = (Index(fields=("active", "next_run_at"), name="recurring_due_idx"),)
+
+
+class ChurchPhoneNumber(Model):
+    id = fields.UUIDField(primary_key=True)
+    church: fields.ForeignKeyRelation = fields.ForeignKeyField(
+        "models.Church", related_name="phone_numbers", on_delete=fields.CASCADE
+    )
+    number = fields.CharField(max_length=20, unique=True, description="E.164")
+    status = fields.CharEnumField(LinkStatus, max_length=16, default=LinkStatus.PENDING)
+    attempts = fields.IntField(default=0)
+    last_error = fields.TextField(null=True)
+    last_attempt_at = fields.DatetimeField(null=True)
+    created_at = fields.DatetimeField(auto_now_add=True)
+
+    class Meta:
+        table = "church_phone_number"
+        indexes = (Index(fields=("status", "attempts"), name="phone_number_status_idx"),)

@@ -1,0 +1,44 @@
+"""OpenAPI document tweaks: every operation documents the one error shape, and routes that
+do not declare a response model still get a valid (non-empty) responses object."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quart_schema import OpenAPIProvider
+from werkzeug.routing import Rule
+
+from koinonia.schemas import ErrorResponse
+
+ERROR_REF = {"$ref": "#/components/schemas/ErrorResponse"}
+
+
+class KoinoniaOpenAPIProvider(OpenAPIProvider):
+    def build_paths(self, rule: Rule) -> tuple[dict, dict]:
+        paths, components = super().build_paths(rule)
+        for path_item in paths.values():
+            for operation in path_item.values():
+                # Status codes as strings: mixed int/str keys break sorted JSON output.
+                responses: dict[str, Any] = {
+                    str(code): value for code, value in operation.get("responses", {}).items()
+                }
+                operation["responses"] = responses
+                if not any(code.startswith("2") for code in responses):
+                    responses["200"] = {"description": "Success"}
+                responses.setdefault(
+                    "default",
+                    {
+                        "description": "Error (see error.code)",
+                        "content": {"application/json": {"schema": ERROR_REF}},
+                    },
+                )
+        components.update(self._error_components())
+        return paths, components
+
+    @staticmethod
+    def _error_components() -> dict[str, Any]:
+        schema = ErrorResponse.model_json_schema(
+            by_alias=True, ref_template="#/components/schemas/{model}"
+        )
+        definitions = schema.pop("$defs", {})
+        return {"ErrorResponse": schema, **definitions}

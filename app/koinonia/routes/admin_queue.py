@@ -1,0 +1,95 @@
+"""Operations on the job queue and the distributed locks (platform operators only)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from quart import Blueprint, Response
+from quart_schema import tag
+from redis.exceptions import RedisError
+
+from koinonia.errors import NotFound, ServiceUnavailable
+from koinonia.services import messaging, resources
+from koinonia.services import queue as queue_service
+from koinonia.services.tenancy import require_operator
+from koinonia.state import get_state
+
+bp = Blueprint("admin_queue", __name__, url_prefix="/api/admin")
+
+
+@bp.get("/queue/metrics")
+@tag(["admin"])
+@require_operator
+async def queue_metrics() -> dict[str, Any]:
+    try:
+        return await queue_service.queue_metrics(resources.sms_queue())
+    except (RedisError, OSError) as exc:
+        raise ServiceUnavailable("Queue store unavailable") from exc
+
+
+@bp.get("/queue/health")
+@tag(["admin"])
+@require_operator
+async def queue_health() -> tuple[dict[str, Any], int]:
+    """healthy: workers are consuming; degraded: no worker (jobs wait); unhealthy: no Redis."""
+    try:
+        metrics = await queue_service.queue_metrics(resources.sms_queue())
+    except (RedisError, OSError):
+        return {"status": "unhealthy", "redis": "failed"}, 503
+    status = "healthy" if metrics["workers"] else "degraded"
+    return {
+        "status": status,
+        "redis": "ok",
+        "workers": metrics["workers"],
+        "queued": metrics["queued"],
+        "active": metrics["active"],
+        "scheduled": metrics["scheduled"],
+        "failed": metrics["failed"],
+    }, 200
+
+
+@bp.get("/queue/failed")
+@tag(["admin"])
+@require_operator
+async def failed_jobs() -> dict[str, Any]:
+    """The last 50 jobs that failed for good, newest first."""
+    jobs = await queue_service.failed_jobs(resources.sms_queue())
+    return {"data": [queue_service.describe_job(job) for job in jobs], "count": len(jobs)}
+
+
+@bp.post("/queue/retry-failed")
+@tag(["admin"])
+@require_operator
+async def retry_failed() -> dict[str, Any]:
+    jobs = await queue_service.retry_failed(resources.sms_queue(), get_state().settings)
+    delivery_ids = [
+        uuid.UUID(job.kwargs["delivery_id"])
+        for job in jobs
+        if job.function == queue_service.SEND_DELIVERY and job.kwargs
+    ]
+    await messaging.requeue_failed_deliveries(delivery_ids)
+    return {"retried": len(jobs), "jobs": [job.key for job in jobs]}
+
+
+@bp.post("/queue/clear-failed")
+@tag(["admin"])
+@require_operator
+async def clear_failed() -> dict[str, Any]:
+    return {"cleared": await queue_service.clear_failed(resources.sms_queue())}
+
+
+@bp.get("/locks")
+@tag(["admin"])
+@require_operator
+async def list_locks() -> dict[str, Any]:
+    return {"data": await resources.locks().list_active()}
+
+
+@bp.delete("/locks/<path:name>")
+@tag(["admin"])
+@require_operator
+async def force_release_lock(name: str) -> Response:
+    if not await resources.locks().force_release(name):
+        raise NotFound("No such lock")
+    return Response(status=204)

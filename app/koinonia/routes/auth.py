@@ -1,0 +1,125 @@
+"""Registration, login/logout, the current user, password change."""
+
+from __future__ import annotations
+
+from pydantic import EmailStr, Field
+from quart import Blueprint, Response, jsonify
+from quart_schema import tag, validate_request
+
+from koinonia.errors import Unauthorized
+from koinonia.models.core import User
+from koinonia.schemas import ApiModel
+from koinonia.services import auth, sessions
+from koinonia.services.tenancy import current_user, require_user
+from koinonia.state import get_state
+
+bp = Blueprint("auth", __name__, url_prefix="/api/auth")
+
+
+class RegisterIn(ApiModel):
+    church_name: str = Field(min_length=1, max_length=200)
+    email: EmailStr
+    password: str = Field(min_length=8, max_length=256)
+    first_name: str = Field(default="", max_length=100)
+    last_name: str = Field(default="", max_length=100)
+
+
+class LoginIn(ApiModel):
+    email: str = Field(min_length=1, max_length=320)
+    password: str = Field(min_length=1, max_length=256)
+
+
+class ChangePasswordIn(ApiModel):
+    current_password: str = Field(min_length=1, max_length=256)
+    new_password: str = Field(min_length=8, max_length=256)
+
+
+def _session_response(result: auth.LoginResult, status: int) -> Response:
+    settings = get_state().settings
+    response = jsonify({"token": result.token, "user": auth.user_json(result.user)})
+    response.status_code = status
+    response.set_cookie(
+        settings.session_cookie_name,
+        result.token,
+        max_age=settings.session_ttl_seconds,
+        httponly=True,
+        samesite="Lax",
+        secure=settings.session_cookie_secure,
+        path="/",
+    )
+    return response
+
+
+def _cleared_cookie(response: Response) -> Response:
+    settings = get_state().settings
+    response.delete_cookie(
+        settings.session_cookie_name,
+        path="/",
+        httponly=True,
+        samesite="Lax",
+        secure=settings.session_cookie_secure,
+    )
+    return response
+
+
+@bp.post("/register")
+@tag(["auth"])
+@validate_request(RegisterIn)
+async def register(data: RegisterIn) -> Response:
+    """Create a church and its owner, and log the owner in."""
+    state = get_state()
+    _church, user = await auth.register_church(
+        church_name=data.church_name,
+        email=str(data.email),
+        password=data.password,
+        first_name=data.first_name,
+        last_name=data.last_name,
+    )
+    result = await auth.start_session(
+        state.require_redis(), user, state.settings.session_ttl_seconds
+    )
+    return _session_response(result, 201)
+
+
+@bp.post("/login")
+@tag(["auth"])
+@validate_request(LoginIn)
+async def login(data: LoginIn) -> Response:
+    state = get_state()
+    result = await auth.login(
+        state.require_redis(), data.email, data.password, state.settings.session_ttl_seconds
+    )
+    return _session_response(result, 200)
+
+
+@bp.post("/logout")
+@tag(["auth"])
+@require_user
+async def logout() -> Response:
+    await sessions.revoke_session(get_state().require_redis(), current_user().session)
+    return _cleared_cookie(Response(status=204))
+
+
+@bp.get("/me")
+@tag(["auth"])
+@require_user
+async def me() -> dict:
+    user = await User.get_or_none(id=current_user().user_id)
+    if user is None:
+        raise Unauthorized("Account no longer exists")
+    return {"user": auth.user_json(user)}
+
+
+@bp.post("/password")
+@tag(["auth"])
+@require_user
+@validate_request(ChangePasswordIn)
+async def change_password(data: ChangePasswordIn) -> Response:
+    """Change the password; every session of the user (this one included) is revoked."""
+    await auth.change_password(
+        get_state().require_redis(),
+        current_user().user_id,
+        data.current_password,
+        data.new_password,
+    )
+    return _cleared_cookie(Response(status=204))

@@ -1,0 +1,68 @@
+"""Conversations with members: list, messages, reply (queued like any message)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from pydantic import Field
+from quart import Blueprint
+from quart_schema import tag, validate_querystring, validate_request
+
+from koinonia.schemas import ApiModel
+from koinonia.services import conversations, resources
+from koinonia.services.tenancy import current_church_id, current_user, require_user
+
+bp = Blueprint("conversations", __name__, url_prefix="/api/conversations")
+
+
+class PageQuery(ApiModel):
+    limit: int = Field(default=50, ge=1, le=200)
+    offset: int = Field(default=0, ge=0)
+
+
+class ReplyIn(ApiModel):
+    body: str = Field(min_length=1, max_length=1600)
+
+
+@bp.get("")
+@tag(["conversations"])
+@require_user
+@validate_querystring(PageQuery)
+async def list_conversations(query_args: PageQuery) -> dict[str, Any]:
+    items, total = await conversations.list_conversations(
+        current_church_id(), limit=query_args.limit, offset=query_args.offset
+    )
+    return {
+        "data": items,
+        "pagination": {"total": total, "limit": query_args.limit, "offset": query_args.offset},
+    }
+
+
+@bp.get("/<uuid:conversation_id>/messages")
+@tag(["conversations"])
+@require_user
+@validate_querystring(PageQuery)
+async def conversation_messages(
+    conversation_id: uuid.UUID, query_args: PageQuery
+) -> dict[str, Any]:
+    """Oldest first."""
+    items = await conversations.messages_of(
+        current_church_id(), conversation_id, limit=query_args.limit, offset=query_args.offset
+    )
+    return {"data": items}
+
+
+@bp.post("/<uuid:conversation_id>/messages")
+@tag(["conversations"])
+@require_user
+@validate_request(ReplyIn)
+async def reply(conversation_id: uuid.UUID, data: ReplyIn) -> tuple[dict[str, Any], int]:
+    entry, delivery_ids = await conversations.reply(
+        church_id=current_church_id(),
+        conversation_id=conversation_id,
+        user_id=current_user().user_id,
+        body=data.body,
+    )
+    await resources.enqueue_deliveries(delivery_ids)
+    return conversations.message_json(entry), 202

@@ -1,0 +1,101 @@
+"""Members of the caller's church."""
+
+from __future__ import annotations
+
+import uuid
+
+from pydantic import EmailStr, Field
+from quart import Blueprint, Response, jsonify
+from quart_schema import tag, validate_querystring, validate_request
+
+from koinonia.schemas import ApiModel
+from koinonia.services import members
+from koinonia.services.tenancy import current_church_id, require_user
+from koinonia.state import get_state
+
+bp = Blueprint("members", __name__, url_prefix="/api/members")
+
+
+class MemberListQuery(ApiModel):
+    limit: int = Field(default=50, ge=1, le=members.MAX_PAGE_SIZE)
+    page: int | None = Field(default=None, ge=1)
+    cursor: str | None = Field(default=None, max_length=200)
+
+
+class MemberIn(ApiModel):
+    first_name: str = Field(min_length=1, max_length=100)
+    last_name: str = Field(default="", max_length=100)
+    phone: str = Field(min_length=3, max_length=32)
+    email: EmailStr | None = None
+    opt_in_sms: bool = True
+
+
+class MemberPatch(ApiModel):
+    first_name: str | None = Field(default=None, min_length=1, max_length=100)
+    last_name: str | None = Field(default=None, max_length=100)
+    phone: str | None = Field(default=None, min_length=3, max_length=32)
+    email: EmailStr | None = None
+    opt_in_sms: bool | None = None
+
+
+@bp.get("")
+@tag(["members"])
+@require_user
+@validate_querystring(MemberListQuery)
+async def list_members(query_args: MemberListQuery) -> Response:
+    """Newest first. ``page``/``limit`` or ``cursor`` (from ``pagination.nextCursor``)."""
+    body, cache_status = await members.list_members(
+        get_state().cache,
+        current_church_id(),
+        limit=query_args.limit,
+        page=query_args.page,
+        cursor=query_args.cursor,
+    )
+    response = jsonify(body)
+    response.headers["X-Cache"] = cache_status.upper()
+    return response
+
+
+@bp.post("")
+@tag(["members"])
+@require_user
+@validate_request(MemberIn)
+async def create_member(data: MemberIn) -> tuple[dict, int]:
+    state = get_state()
+    member = await members.create_member(
+        state.cache,
+        current_church_id(),
+        data.model_dump(),
+        state.settings.default_phone_region,
+    )
+    return members.member_json(member), 201
+
+
+@bp.get("/<uuid:member_id>")
+@tag(["members"])
+@require_user
+async def get_member(member_id: uuid.UUID) -> dict:
+    return members.member_json(await members.get_member(current_church_id(), member_id))
+
+
+@bp.patch("/<uuid:member_id>")
+@tag(["members"])
+@require_user
+@validate_request(MemberPatch)
+async def update_member(member_id: uuid.UUID, data: MemberPatch) -> dict:
+    state = get_state()
+    changes = data.model_dump(exclude_unset=True)
+    # Only email may be cleared with null; other fields ignore an explicit null.
+    changes = {k: v for k, v in changes.items() if v is not None or k == "email"}
+    member = await members.update_member(
+        state.cache, current_church_id(), member_id, changes, state.settings.default_phone_region
+    )
+    return members.member_json(member)
+
+
+@bp.delete("/<uuid:member_id>")
+@tag(["members"])
+@require_user
+async def delete_member(member_id: uuid.UUID) -> Response:
+    await members.delete_member(get_state().cache, current_church_id(), member_id)
+    return Response(status=204)

@@ -1,0 +1,120 @@
+"""Messages: record and enqueue (202), list, detail with delivery counts."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from pydantic import Field, model_validator
+from quart import Blueprint, request
+from quart_schema import tag, validate_querystring, validate_request
+
+from koinonia.errors import BadRequest
+from koinonia.metrics import get_metrics
+from koinonia.models.messaging import TargetType
+from koinonia.schemas import ApiModel
+from koinonia.services import messaging, resources
+from koinonia.services.tenancy import current_church_id, current_user, require_user
+from koinonia.state import get_state
+
+bp = Blueprint("messages", __name__, url_prefix="/api/messages")
+
+MAX_CONTENT = 1600  # Twilio's limit for one message body (it splits into segments itself)
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+
+@bp.while_app_serving
+async def _messaging_resources() -> AsyncIterator[None]:
+    # "while serving" starts after the app's own start-up (Redis is open) and ends before its
+    # shutdown closes Redis, so the queue and the event subscription close first.
+    state = get_state()
+    await resources.start(state, get_metrics())
+    yield
+    await resources.stop(state)
+
+
+class Target(ApiModel):
+    target_type: TargetType
+    target_ids: list[str] = Field(default_factory=list, max_length=1000)
+
+    @model_validator(mode="after")
+    def _ids_match_type(self) -> Target:
+        if self.target_type != TargetType.ALL and not self.target_ids:
+            raise ValueError(f"targetIds is required when targetType is {self.target_type}")
+        for value in self.target_ids:
+            try:
+                uuid.UUID(value)
+            except ValueError as exc:
+                raise ValueError(f"targetIds: {value!r} is not an id") from exc
+        return self
+
+
+class MessageIn(Target):
+    content: str = Field(min_length=1, max_length=MAX_CONTENT)
+
+
+class MessageListQuery(ApiModel):
+    limit: int = Field(default=50, ge=1, le=200)
+    offset: int = Field(default=0, ge=0)
+
+
+def idempotency_key() -> str | None:
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is None:
+        return None
+    key = key.strip()
+    if not key or len(key) > 255:
+        raise BadRequest(f"{IDEMPOTENCY_HEADER} must be 1 to 255 characters")
+    return key
+
+
+@bp.post("")
+@tag(["messages"])
+@require_user
+@validate_request(MessageIn)
+async def create_message(data: MessageIn) -> tuple[dict[str, Any], int, dict[str, str]]:
+    """Record the message and one delivery per opted-in recipient; sending happens in workers.
+
+    A repeated request with the same ``Idempotency-Key`` creates nothing and answers the same.
+    """
+    recorded = await messaging.record_message(
+        church_id=current_church_id(),
+        created_by_id=current_user().user_id,
+        content=data.content,
+        target_type=data.target_type,
+        target_ids=data.target_ids,
+        idempotency_key=idempotency_key(),
+    )
+    # Enqueue even on a replay: the first request may have died between commit and enqueue,
+    # and SAQ refuses a second job for a delivery that already has one waiting.
+    await resources.enqueue_deliveries(recorded.delivery_ids)
+    headers = {} if recorded.created else {"Idempotent-Replayed": "true"}
+    return messaging.message_json(recorded.message), 202, headers
+
+
+@bp.get("")
+@tag(["messages"])
+@require_user
+@validate_querystring(MessageListQuery)
+async def list_messages(query_args: MessageListQuery) -> dict[str, Any]:
+    items, total = await messaging.list_messages(
+        current_church_id(), limit=query_args.limit, offset=query_args.offset
+    )
+    counts = await messaging.delivery_counts([m.id for m in items])
+    return {
+        "data": [messaging.message_json(m, counts[m.id]) for m in items],
+        "pagination": {"total": total, "limit": query_args.limit, "offset": query_args.offset},
+    }
+
+
+@bp.get("/<uuid:message_id>")
+@tag(["messages"])
+@require_user
+async def get_message(message_id: uuid.UUID) -> dict[str, Any]:
+    church_id = current_church_id()
+    message = await messaging.get_message(church_id, message_id)
+    counts = await messaging.delivery_counts([message.id])
+    body = messaging.message_json(message, counts[message.id])
+    body["deliveries"] = await messaging.deliveries_of(church_id, message.id)
+    return body

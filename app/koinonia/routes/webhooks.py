@@ -1,0 +1,99 @@
+"""Provider webhooks (Twilio format): inbound texts and delivery status callbacks.
+
+Every request must carry a valid ``X-Twilio-Signature`` for the public URL it was sent to;
+anything unsigned or badly signed is refused with 403 before it is read any further.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+from quart import Blueprint, Response, request
+from quart_schema import DataSource, document_headers, document_request, tag
+
+from koinonia.errors import BadRequest, Forbidden
+from koinonia.services import conversations, messaging
+from koinonia.sms.signature import SIGNATURE_HEADER, validate_signature
+from koinonia.state import get_state
+
+bp = Blueprint("webhooks", __name__, url_prefix="/api/webhooks/sms")
+
+
+class TwilioSignature(BaseModel):
+    x_twilio_signature: str
+
+
+class _TwilioForm(BaseModel):
+    # Documentation only: the fields are read after the signature check, which covers every
+    # field Twilio sends (so the form is never validated before it is known to be Twilio's).
+    model_config = ConfigDict(extra="allow")
+
+
+class InboundSms(_TwilioForm):
+    MessageSid: str
+    From: str
+    To: str
+    Body: str = ""
+
+
+class SmsStatus(_TwilioForm):
+    MessageSid: str
+    MessageStatus: str
+    ErrorCode: str | None = None
+
+
+EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
+
+
+async def _signed_form() -> dict[str, str]:
+    settings = get_state().settings
+    token = settings.twilio_auth_token.get_secret_value() if settings.twilio_auth_token else ""
+    # Twilio signs the URL it called: our public base URL, this path and the query string.
+    url = settings.public_base_url.rstrip("/") + request.path
+    if request.query_string:
+        url += "?" + request.query_string.decode()
+    form = await request.form
+    if not validate_signature(token, url, form, request.headers.get(SIGNATURE_HEADER)):
+        raise Forbidden("Missing or invalid webhook signature", code="invalid_signature")
+    return {key: form.get(key, "") for key in form}
+
+
+def _required(form: dict[str, str], *names: str) -> None:
+    missing = [name for name in names if not form.get(name)]
+    if missing:
+        raise BadRequest("Missing webhook fields", details={"missing": missing})
+
+
+@bp.post("/inbound")
+@tag(["webhooks"])
+@document_request(InboundSms, source=DataSource.FORM)
+@document_headers(TwilioSignature)
+async def inbound() -> Response:
+    """A text to one of the churches' numbers (Twilio's format; answers empty TwiML)."""
+    form = await _signed_form()
+    _required(form, "From", "To")
+    await conversations.handle_inbound(
+        from_number=form["From"],
+        to_number=form["To"],
+        body=form.get("Body", ""),
+        message_sid=form.get("MessageSid") or form.get("SmsSid"),
+        redis=get_state().redis,
+    )
+    return Response(EMPTY_TWIML, status=200, content_type="text/xml")
+
+
+@bp.post("/status")
+@tag(["webhooks"])
+@document_request(SmsStatus, source=DataSource.FORM)
+@document_headers(TwilioSignature)
+async def status() -> Response:
+    """Delivery status of a text we sent (``?deliveryId=`` as set in StatusCallback)."""
+    form = await _signed_form()
+    _required(form, "MessageSid", "MessageStatus")
+    await messaging.apply_status_callback(
+        provider_message_id=form["MessageSid"],
+        provider_status=form["MessageStatus"],
+        error_code=form.get("ErrorCode") or None,
+        delivery_id=request.args.get("deliveryId"),
+        redis=get_state().redis,
+    )
+    return Response(status=204)

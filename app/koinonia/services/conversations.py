@@ -1,0 +1,200 @@
+"""Conversations: inbound texts (with STOP/START), listing, and replies through the queue."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import phonenumbers
+from redis.asyncio import Redis
+from tortoise.exceptions import IntegrityError
+from tortoise.transactions import in_transaction
+
+from koinonia.errors import Conflict, NotFound
+from koinonia.models.core import Member
+from koinonia.models.messaging import (
+    ChurchPhoneNumber,
+    Conversation,
+    ConversationMessage,
+    Direction,
+    TargetType,
+)
+from koinonia.services import events, messaging
+
+log = logging.getLogger(__name__)
+
+# Carrier-standard keywords (CTIA); Twilio itself also honours them for its numbers.
+STOP_KEYWORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"})
+START_KEYWORDS = frozenset({"START", "YES", "UNSTOP"})
+
+
+@dataclass(frozen=True)
+class InboundResult:
+    handled: bool
+    opt_change: bool | None = None  # False: opted out, True: opted in, None: unchanged
+    conversation_id: uuid.UUID | None = None
+
+
+def normalise(number: str) -> str | None:
+    try:
+        parsed = phonenumbers.parse(number, None)
+    except phonenumbers.NumberParseException:
+        return None
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+
+
+async def _conversation_for(church_id: uuid.UUID, member_id: uuid.UUID) -> Conversation:
+    conversation = await Conversation.get_or_none(church_id=church_id, member_id=member_id)
+    if conversation is not None:
+        return conversation
+    try:
+        async with in_transaction():
+            return await Conversation.create(church_id=church_id, member_id=member_id)
+    except IntegrityError:  # created concurrently by another request
+        return await Conversation.get(church_id=church_id, member_id=member_id)
+
+
+async def handle_inbound(
+    *, from_number: str, to_number: str, body: str, message_sid: str | None, redis: Redis | None
+) -> InboundResult:
+    """Record an inbound text in the member's conversation; STOP/START change the opt-in.
+
+    Texts to a number no church has, or from someone who is not a member of that church, are
+    logged and dropped.  The provider's message id makes a redelivered webhook a no-op.
+    """
+    sender, receiver = normalise(from_number), normalise(to_number)
+    if sender is None or receiver is None:
+        return InboundResult(handled=False)
+    line = await ChurchPhoneNumber.get_or_none(number=receiver)
+    if line is None:
+        log.info("inbound text to unknown number %s dropped", receiver)
+        return InboundResult(handled=False)
+    member = await Member.get_or_none(church_id=line.church_id, phone=sender)
+    if member is None:
+        log.info("inbound text from non-member to %s dropped", receiver)
+        return InboundResult(handled=False)
+
+    keyword = body.strip().upper()
+    opt_change: bool | None = None
+    if keyword in STOP_KEYWORDS and member.opt_in_sms:
+        opt_change = False
+    elif keyword in START_KEYWORDS and not member.opt_in_sms:
+        opt_change = True
+    if opt_change is not None:
+        await Member.filter(id=member.id).update(
+            opt_in_sms=opt_change, updated_at=datetime.now(UTC)
+        )
+
+    conversation = await _conversation_for(line.church_id, member.id)
+    now = datetime.now(UTC)
+    try:
+        async with in_transaction():
+            entry = await ConversationMessage.create(
+                conversation_id=conversation.id,
+                direction=Direction.INBOUND,
+                body=body,
+                provider_message_id=message_sid or None,
+            )
+            await Conversation.filter(id=conversation.id).update(last_message_at=now)
+    except IntegrityError:
+        log.info("inbound message %s already recorded", message_sid)
+        return InboundResult(handled=True, conversation_id=conversation.id)
+
+    if redis is not None:
+        await events.publish(
+            redis,
+            line.church_id,
+            {
+                "type": "conversation.message",
+                "conversationId": str(conversation.id),
+                "memberId": str(member.id),
+                "message": message_json(entry),
+            },
+        )
+    return InboundResult(handled=True, opt_change=opt_change, conversation_id=conversation.id)
+
+
+def message_json(entry: ConversationMessage) -> dict[str, Any]:
+    return {
+        "id": str(entry.id),
+        "direction": str(entry.direction),
+        "body": entry.body,
+        "deliveryId": str(entry.delivery_id) if entry.delivery_id else None,
+        "createdAt": entry.created_at.isoformat(),
+    }
+
+
+async def list_conversations(
+    church_id: uuid.UUID, *, limit: int, offset: int
+) -> tuple[list[dict[str, Any]], int]:
+    query = Conversation.filter(church_id=church_id)
+    total = await query.count()
+    rows = (
+        await query.select_related("member")
+        .order_by("-last_message_at", "-created_at", "id")
+        .offset(offset)
+        .limit(limit)
+    )
+    return [
+        {
+            "id": str(c.id),
+            "member": {
+                "id": str(c.member.id),
+                "firstName": c.member.first_name,
+                "lastName": c.member.last_name,
+                "phone": c.member.phone,
+                "optInSms": c.member.opt_in_sms,
+            },
+            "lastMessageAt": c.last_message_at.isoformat() if c.last_message_at else None,
+            "createdAt": c.created_at.isoformat(),
+        }
+        for c in rows
+    ], total
+
+
+async def get_conversation(church_id: uuid.UUID, conversation_id: uuid.UUID) -> Conversation:
+    conversation = await Conversation.get_or_none(id=conversation_id, church_id=church_id)
+    if conversation is None:
+        raise NotFound("Conversation not found")
+    return conversation
+
+
+async def messages_of(
+    church_id: uuid.UUID, conversation_id: uuid.UUID, *, limit: int, offset: int
+) -> list[dict[str, Any]]:
+    conversation = await get_conversation(church_id, conversation_id)
+    rows = (
+        await ConversationMessage.filter(conversation_id=conversation.id)
+        .order_by("created_at", "id")
+        .offset(offset)
+        .limit(limit)
+    )
+    return [message_json(r) for r in rows]
+
+
+async def reply(
+    *, church_id: uuid.UUID, conversation_id: uuid.UUID, user_id: uuid.UUID, body: str
+) -> tuple[ConversationMessage, list[uuid.UUID]]:
+    """Queue a reply to the member: a one-recipient message through the delivery pipeline."""
+    conversation = await get_conversation(church_id, conversation_id)
+    member = await Member.get(id=conversation.member_id)
+    if not member.opt_in_sms:
+        raise Conflict("The member has opted out of texts", code="member_opted_out")
+    recorded = await messaging.record_message(
+        church_id=church_id,
+        created_by_id=user_id,
+        content=body,
+        target_type=TargetType.MEMBERS,
+        target_ids=[str(member.id)],
+    )
+    entry = await ConversationMessage.create(
+        conversation_id=conversation.id,
+        direction=Direction.OUTBOUND,
+        body=body,
+        delivery_id=recorded.delivery_ids[0] if recorded.delivery_ids else None,
+    )
+    await Conversation.filter(id=conversation.id).update(last_message_at=entry.created_at)
+    return entry, recorded.delivery_ids

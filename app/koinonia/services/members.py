@@ -1,0 +1,176 @@
+"""Members of a church: validation, queries and cache invalidation (all data access here)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from datetime import datetime
+from typing import Any
+
+import phonenumbers
+from tortoise.exceptions import IntegrityError
+from tortoise.expressions import Q
+
+from koinonia.errors import Conflict, NotFound, ValidationFailed
+from koinonia.models.core import Member
+from koinonia.services.cache import MEMBERS, CacheService, cache_key
+
+MAX_PAGE_SIZE = 100
+
+
+def normalise_phone(raw: str, default_region: str) -> str:
+    """E.164 (+15551234567) or ValidationFailed naming the field."""
+    try:
+        number = phonenumbers.parse(raw, default_region)
+    except phonenumbers.NumberParseException as exc:
+        raise ValidationFailed(
+            "Invalid phone number",
+            details=[{"field": "phone", "message": str(exc), "type": "phone"}],
+        ) from None
+    if not phonenumbers.is_valid_number(number):
+        raise ValidationFailed(
+            "Invalid phone number",
+            details=[{"field": "phone", "message": "not a valid number", "type": "phone"}],
+        )
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def member_json(member: Member) -> dict[str, Any]:
+    return {
+        "id": str(member.id),
+        "churchId": str(member.church_id),  # type: ignore[attr-defined]
+        "firstName": member.first_name,
+        "lastName": member.last_name,
+        "phone": member.phone,
+        "email": member.email,
+        "optInSms": member.opt_in_sms,
+        "createdAt": member.created_at.isoformat(),
+        "updatedAt": member.updated_at.isoformat(),
+    }
+
+
+def encode_cursor(member: Member) -> str:
+    raw = f"{member.created_at.isoformat()}|{member.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        created, member_id = base64.urlsafe_b64decode(padded).decode().split("|", 1)
+        return datetime.fromisoformat(created), uuid.UUID(member_id)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise ValidationFailed(
+            "Invalid cursor",
+            details=[{"field": "cursor", "message": "malformed", "type": "cursor"}],
+        ) from None
+
+
+async def _page_query(
+    church_id: uuid.UUID, limit: int, page: int | None, cursor: str | None
+) -> dict[str, Any]:
+    query = Member.filter(church_id=church_id)
+    total: int | None = None
+    current_page: int | None = None
+    if cursor:
+        created, member_id = decode_cursor(cursor)
+        # Keyset pagination on (created_at, id), newest first: stable under inserts.
+        query = query.filter(Q(created_at__lt=created) | Q(created_at=created, id__lt=member_id))
+        rows = await query.order_by("-created_at", "-id").limit(limit + 1)
+    else:
+        current_page = page or 1
+        total = await query.count()
+        rows = (
+            await query.order_by("-created_at", "-id")
+            .offset((current_page - 1) * limit)
+            .limit(limit + 1)
+        )
+    has_more = len(rows) > limit
+    rows = rows[:limit]
+    return {
+        "data": [member_json(m) for m in rows],
+        "pagination": {
+            "limit": limit,
+            "page": current_page,
+            "total": total,
+            "nextCursor": encode_cursor(rows[-1]) if has_more and rows else None,
+        },
+    }
+
+
+async def list_members(
+    cache: CacheService | None,
+    church_id: uuid.UUID,
+    *,
+    limit: int = 50,
+    page: int | None = None,
+    cursor: str | None = None,
+) -> tuple[dict[str, Any], str]:
+    """A page of members, newest first; the first page is served from the cache."""
+    limit = max(1, min(limit, MAX_PAGE_SIZE))
+
+    async def load() -> dict[str, Any]:
+        return await _page_query(church_id, limit, page, cursor)
+
+    first_page = cursor is None and (page is None or page == 1)
+    if first_page and cache is not None:
+        return await cache.get_or_load(MEMBERS, cache_key(MEMBERS, church_id, "first", limit), load)
+    return await load(), "bypass"
+
+
+async def get_member(church_id: uuid.UUID, member_id: uuid.UUID) -> Member:
+    member = await Member.get_or_none(id=member_id, church_id=church_id)
+    if member is None:
+        raise NotFound("Member not found")
+    return member
+
+
+async def create_member(
+    cache: CacheService | None, church_id: uuid.UUID, data: dict[str, Any], default_region: str
+) -> Member:
+    data = dict(data)
+    data["phone"] = normalise_phone(data["phone"], default_region)
+    try:
+        member = await Member.create(church_id=church_id, **data)
+    except IntegrityError:
+        raise Conflict("A member with this phone number already exists") from None
+    if cache is not None:
+        await cache.invalidate_church(church_id)
+    return member
+
+
+async def update_member(
+    cache: CacheService | None,
+    church_id: uuid.UUID,
+    member_id: uuid.UUID,
+    changes: dict[str, Any],
+    default_region: str,
+) -> Member:
+    member = await get_member(church_id, member_id)
+    if "phone" in changes:
+        changes["phone"] = normalise_phone(changes["phone"], default_region)
+    for name, value in changes.items():
+        setattr(member, name, value)
+    try:
+        await member.save()
+    except IntegrityError:
+        raise Conflict("A member with this phone number already exists") from None
+    if cache is not None:
+        await cache.invalidate_church(church_id)
+    return member
+
+
+async def delete_member(
+    cache: CacheService | None, church_id: uuid.UUID, member_id: uuid.UUID
+) -> None:
+    deleted = await Member.filter(id=member_id, church_id=church_id).delete()
+    if not deleted:
+        raise NotFound("Member not found")
+    if cache is not None:
+        await cache.invalidate_church(church_id)
+
+
+async def set_opt_in(church_id: uuid.UUID, phone: str, opt_in: bool) -> int:
+    """STOP/START keywords: opt a member out/in by phone; returns rows changed."""
+    return await Member.filter(church_id=church_id, phone=phone).update(opt_in_sms=opt_in)

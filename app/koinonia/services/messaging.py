@@ -1,0 +1,385 @@
+"""Messages and their deliveries: recording a message, who receives it, delivery state.
+
+The HTTP request only records: one Message and one Delivery per recipient in a single
+transaction.  Jobs are enqueued after the commit (``services.queue``) so a worker never picks
+up a delivery the database does not have yet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from redis.asyncio import Redis
+from tortoise.exceptions import IntegrityError
+from tortoise.functions import Count
+from tortoise.transactions import in_transaction
+
+from koinonia.errors import Conflict, NotFound
+from koinonia.models.core import Group, GroupMembership, Member
+from koinonia.models.messaging import (
+    Delivery,
+    DeliveryStatus,
+    Message,
+    MessageStatus,
+    TargetType,
+)
+from koinonia.services import events
+
+log = logging.getLogger(__name__)
+
+# Status updates only move forward: a late "sent" callback must not undo "delivered".
+_STATUS_RANK = {
+    DeliveryStatus.QUEUED: 0,
+    DeliveryStatus.SENT: 1,
+    DeliveryStatus.DELIVERED: 2,
+    DeliveryStatus.FAILED: 2,
+}
+
+
+@dataclass(frozen=True)
+class Recipient:
+    member_id: uuid.UUID
+    phone: str
+
+
+@dataclass(frozen=True)
+class RecordedMessage:
+    message: Message
+    delivery_ids: list[uuid.UUID]
+    created: bool  # False: an earlier request with the same Idempotency-Key made it
+
+
+def _uuids(values: list[str]) -> list[uuid.UUID]:
+    try:
+        return [uuid.UUID(str(value)) for value in values]
+    except ValueError as exc:
+        raise NotFound("Unknown target id") from exc
+
+
+async def resolve_recipients(
+    church_id: uuid.UUID, target_type: TargetType, target_ids: list[str]
+) -> list[Recipient]:
+    """Opted-in members of the church the target names, each once, in a stable order.
+
+    Target ids of another church are reported as not found, exactly like ids that do not
+    exist: a church cannot even learn that another church's id is real.
+    """
+    ids = _uuids(target_ids)
+    if target_type == TargetType.GROUP:
+        found = set(
+            await Group.filter(church_id=church_id, id__in=ids).values_list("id", flat=True)
+        )
+        missing = [str(i) for i in ids if i not in found]
+        if missing:
+            raise NotFound("Group not found", details={"targetIds": missing})
+        rows = (
+            await GroupMembership.filter(
+                group_id__in=ids,
+                member__church_id=church_id,
+                member__opt_in_sms=True,
+            )
+            .distinct()
+            .values_list("member_id", "member__phone")
+        )
+    elif target_type == TargetType.MEMBERS:
+        rows = await Member.filter(church_id=church_id, id__in=ids).values_list(
+            "id", "phone", "opt_in_sms"
+        )
+        found = {row[0] for row in rows}
+        missing = [str(i) for i in ids if i not in found]
+        if missing:
+            raise NotFound("Member not found", details={"targetIds": missing})
+        rows = [(member_id, phone) for member_id, phone, opted_in in rows if opted_in]
+    else:
+        rows = await Member.filter(church_id=church_id, opt_in_sms=True).values_list("id", "phone")
+    unique = {member_id: phone for member_id, phone in rows}  # dedupe across groups
+    return [Recipient(member_id=m, phone=p) for m, p in sorted(unique.items(), key=str)]
+
+
+def request_hash(content: str, target_type: str, target_ids: list[str]) -> str:
+    canonical = json.dumps(
+        {"content": content, "targetType": str(target_type), "targetIds": sorted(target_ids)},
+        sort_keys=True,
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+async def _existing_for_key(church_id: uuid.UUID, key: str, fingerprint: str) -> RecordedMessage:
+    message = await Message.get(church_id=church_id, idempotency_key=key)
+    if message.request_hash != fingerprint:
+        raise Conflict(
+            "Idempotency-Key already used for a different message",
+            code="idempotency_key_reused",
+        )
+    ids = await Delivery.filter(message_id=message.id).values_list("id", flat=True)
+    return RecordedMessage(message=message, delivery_ids=list(ids), created=False)
+
+
+async def record_message(
+    *,
+    church_id: uuid.UUID,
+    created_by_id: uuid.UUID | None,
+    content: str,
+    target_type: TargetType,
+    target_ids: list[str],
+    idempotency_key: str | None = None,
+) -> RecordedMessage:
+    """Record the message and one delivery per opted-in recipient, in one transaction."""
+    fingerprint = request_hash(content, target_type, target_ids)
+    if idempotency_key and await Message.exists(
+        church_id=church_id, idempotency_key=idempotency_key
+    ):
+        return await _existing_for_key(church_id, idempotency_key, fingerprint)
+
+    recipients = await resolve_recipients(church_id, target_type, target_ids)
+    try:
+        async with in_transaction():
+            message = await Message.create(
+                church_id=church_id,
+                created_by_id=created_by_id,
+                content=content,
+                target_type=target_type,
+                target_ids=[str(i) for i in target_ids],
+                recipient_count=len(recipients),
+                status=MessageStatus.QUEUED if recipients else MessageStatus.EMPTY,
+                idempotency_key=idempotency_key,
+                request_hash=fingerprint,
+            )
+            deliveries = [
+                Delivery(
+                    id=uuid.uuid4(),
+                    message_id=message.id,
+                    church_id=church_id,
+                    member_id=r.member_id,
+                    phone=r.phone,
+                )
+                for r in recipients
+            ]
+            if deliveries:
+                await Delivery.bulk_create(deliveries, batch_size=500)
+    except IntegrityError:
+        # Two requests with the same key raced; the other one committed first.
+        if idempotency_key is None:
+            raise
+        return await _existing_for_key(church_id, idempotency_key, fingerprint)
+    return RecordedMessage(message=message, delivery_ids=[d.id for d in deliveries], created=True)
+
+
+async def get_message(church_id: uuid.UUID, message_id: uuid.UUID) -> Message:
+    message = await Message.get_or_none(id=message_id, church_id=church_id)
+    if message is None:
+        raise NotFound("Message not found")
+    return message
+
+
+async def delivery_counts(message_ids: list[uuid.UUID]) -> dict[uuid.UUID, dict[str, int]]:
+    counts: dict[uuid.UUID, dict[str, int]] = {
+        mid: {str(s): 0 for s in DeliveryStatus} for mid in message_ids
+    }
+    if not message_ids:
+        return counts
+    rows = (
+        await Delivery.filter(message_id__in=message_ids)
+        .annotate(n=Count("id"))
+        .group_by("message_id", "status")
+        .values_list("message_id", "status", "n")
+    )
+    for message_id, status, n in rows:
+        counts[message_id][str(status)] = n
+    return counts
+
+
+async def list_messages(
+    church_id: uuid.UUID, *, limit: int, offset: int
+) -> tuple[list[Message], int]:
+    query = Message.filter(church_id=church_id)
+    total = await query.count()
+    items = await query.order_by("-created_at", "-id").offset(offset).limit(limit)
+    return items, total
+
+
+def message_json(message: Message, counts: dict[str, int] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "id": str(message.id),
+        "content": message.content,
+        "targetType": str(message.target_type),
+        "targetIds": message.target_ids,
+        "status": str(message.status),
+        "recipientCount": message.recipient_count,
+        "createdBy": str(message.created_by_id) if message.created_by_id else None,
+        "createdAt": message.created_at.isoformat(),
+    }
+    if counts is not None:
+        body["deliveryCounts"] = counts
+    return body
+
+
+async def deliveries_of(
+    church_id: uuid.UUID, message_id: uuid.UUID, *, limit: int = 100
+) -> list[dict[str, Any]]:
+    rows = (
+        await Delivery.filter(church_id=church_id, message_id=message_id)
+        .order_by("created_at", "id")
+        .limit(limit)
+    )
+    return [
+        {
+            "id": str(d.id),
+            "memberId": str(d.member_id) if d.member_id else None,
+            "phone": d.phone,
+            "status": str(d.status),
+            "attempts": d.attempts,
+            "lastError": d.last_error,
+            "providerMessageId": d.provider_message_id,
+            "sentAt": d.sent_at.isoformat() if d.sent_at else None,
+        }
+        for d in rows
+    ]
+
+
+# --- delivery state, used by the send job and the provider's status callbacks -------------
+
+
+async def _finish_message_if_done(message_id: uuid.UUID) -> None:
+    if await Delivery.filter(message_id=message_id, status=DeliveryStatus.QUEUED).exists():
+        return
+    any_sent = await Delivery.filter(
+        message_id=message_id, status__in=[DeliveryStatus.SENT, DeliveryStatus.DELIVERED]
+    ).exists()
+    await Message.filter(id=message_id, status=MessageStatus.QUEUED).update(
+        status=MessageStatus.SENT if any_sent else MessageStatus.FAILED
+    )
+
+
+async def _publish_delivery(redis: Redis | None, delivery: Delivery, status: str) -> None:
+    if redis is None:
+        return
+    await events.publish(
+        redis,
+        delivery.church_id,
+        {
+            "type": "delivery.status",
+            "messageId": str(delivery.message_id),
+            "deliveryId": str(delivery.id),
+            "memberId": str(delivery.member_id) if delivery.member_id else None,
+            "status": status,
+        },
+    )
+
+
+async def mark_sent(
+    delivery: Delivery, provider_message_id: str, attempts: int, redis: Redis | None
+) -> bool:
+    """Record a successful send; False if another attempt already recorded one."""
+    updated = await Delivery.filter(
+        id=delivery.id, status__in=[DeliveryStatus.QUEUED, DeliveryStatus.FAILED]
+    ).update(
+        status=DeliveryStatus.SENT,
+        provider_message_id=provider_message_id,
+        attempts=attempts,
+        last_error=None,
+        sent_at=datetime.now(UTC),
+        updated_at=datetime.now(UTC),
+    )
+    if updated:
+        await _finish_message_if_done(delivery.message_id)
+        await _publish_delivery(redis, delivery, DeliveryStatus.SENT)
+    return bool(updated)
+
+
+async def mark_attempt_failed(
+    delivery: Delivery, error: str, attempts: int, *, final: bool, redis: Redis | None
+) -> None:
+    """Record a failed attempt; ``final`` marks the delivery failed (no more retries)."""
+    values: dict[str, Any] = {
+        "attempts": attempts,
+        "last_error": error[:2000],
+        "updated_at": datetime.now(UTC),
+    }
+    if final:
+        values["status"] = DeliveryStatus.FAILED
+    await Delivery.filter(
+        id=delivery.id, status__in=[DeliveryStatus.QUEUED, DeliveryStatus.FAILED]
+    ).update(**values)
+    if final:
+        await _finish_message_if_done(delivery.message_id)
+        await _publish_delivery(redis, delivery, DeliveryStatus.FAILED)
+
+
+async def stalled_delivery_ids(updated_before: datetime, limit: int = 5000) -> list[uuid.UUID]:
+    return list(
+        await Delivery.filter(status=DeliveryStatus.QUEUED, updated_at__lt=updated_before)
+        .order_by("updated_at")
+        .limit(limit)
+        .values_list("id", flat=True)
+    )
+
+
+async def requeue_failed_deliveries(delivery_ids: list[uuid.UUID]) -> None:
+    """An operator retries failed jobs: their deliveries (and messages) wait again."""
+    if not delivery_ids:
+        return
+    message_ids = await Delivery.filter(
+        id__in=delivery_ids, status=DeliveryStatus.FAILED
+    ).values_list("message_id", flat=True)
+    await Delivery.filter(id__in=delivery_ids, status=DeliveryStatus.FAILED).update(
+        status=DeliveryStatus.QUEUED, updated_at=datetime.now(UTC)
+    )
+    if message_ids:
+        await Message.filter(id__in=list(set(message_ids))).update(status=MessageStatus.QUEUED)
+
+
+# Twilio MessageStatus values → ours; "queued", "accepted", "sending" change nothing.
+PROVIDER_STATUS = {
+    "sent": DeliveryStatus.SENT,
+    "delivered": DeliveryStatus.DELIVERED,
+    "undelivered": DeliveryStatus.FAILED,
+    "failed": DeliveryStatus.FAILED,
+}
+
+
+async def apply_status_callback(
+    *,
+    provider_message_id: str,
+    provider_status: str,
+    error_code: str | None,
+    delivery_id: str | None,
+    redis: Redis | None,
+) -> bool:
+    """A provider status callback; True when it changed a delivery."""
+    new_status = PROVIDER_STATUS.get(provider_status.lower())
+    if new_status is None:
+        return False
+    delivery = None
+    if delivery_id:
+        try:
+            delivery = await Delivery.get_or_none(id=uuid.UUID(delivery_id))
+        except ValueError:
+            delivery = None
+    if delivery is None:
+        delivery = await Delivery.get_or_none(provider_message_id=provider_message_id)
+    if delivery is None:
+        log.info("status callback for unknown message %s", provider_message_id)
+        return False
+    if _STATUS_RANK[new_status] <= _STATUS_RANK[DeliveryStatus(delivery.status)]:
+        return False
+    values: dict[str, Any] = {
+        "status": new_status,
+        "provider_message_id": provider_message_id,
+        "updated_at": datetime.now(UTC),
+    }
+    if new_status == DeliveryStatus.FAILED:
+        values["last_error"] = f"provider reported {provider_status}" + (
+            f" (error {error_code})" if error_code else ""
+        )
+    updated = await Delivery.filter(id=delivery.id, status=delivery.status).update(**values)
+    if updated:
+        await _finish_message_if_done(delivery.message_id)
+        await _publish_delivery(redis, delivery, new_status)
+    return bool(updated)

@@ -1,0 +1,183 @@
+"""The SAQ job queue seen from the API side: enqueueing deliveries, failed-job bookkeeping,
+metrics for the operators' endpoints.  The job functions and the worker are in ``jobs.py``.
+
+SAQ stores a finished job (complete or failed) for its ``ttl`` and then forgets it, so failed
+jobs would silently vanish from ``/api/admin/queue/failed``.  The worker therefore records each
+finally-failed job in a sorted set (score = failure time) and makes its stored record
+permanent; ``retry_failed`` re-enqueues them and ``clear_failed`` deletes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from saq import Job, Queue
+from saq.job import Status
+from saq.queue.redis import RedisQueue
+
+from koinonia.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SEND_DELIVERY = "send_delivery"
+FAILED_LIST_LIMIT = 50
+
+
+def create_queue(settings: Settings) -> RedisQueue:
+    """The queue with its own Redis client: SAQ needs raw bytes replies (no decoding)."""
+    redis = Redis.from_url(
+        settings.redis_url.get_secret_value(),
+        max_connections=settings.redis_max_connections,
+        socket_connect_timeout=settings.redis_socket_timeout,
+        # redis-py's URL clients do not retry by default: after a Redis restart the first
+        # command on each pooled (now dead) connection would fail. Reconnect and retry; the
+        # queue's operations are safe to repeat (enqueue refuses a key that is waiting).
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
+    )
+    return RedisQueue(redis, name=settings.queue_name)
+
+
+def delivery_job_key(delivery_id: uuid.UUID | str) -> str:
+    # One job key per delivery: SAQ refuses to enqueue a key that is already waiting, so a
+    # repeated enqueue (retried request, re-queue sweep) cannot create a second job.
+    return f"delivery:{delivery_id}"
+
+
+def delivery_job_options(settings: Settings) -> dict[str, Any]:
+    return {
+        # SAQ's ``retries`` is the TOTAL number of attempts, first one included.
+        "retries": settings.sms_max_retries + 1,
+        "timeout": settings.sms_job_timeout_seconds,
+        # Backoff is computed by the job itself (jobs.retry_delay): SAQ's own backoff is "full
+        # jitter", a random delay between 0 and the exponential value, which could retry at
+        # once instead of after the 2 s the retry policy promises.
+        "retry_delay": settings.sms_retry_delay_seconds,
+        "retry_backoff": False,
+    }
+
+
+async def enqueue_deliveries(
+    queue: Queue, settings: Settings, delivery_ids: Iterable[uuid.UUID | str]
+) -> int:
+    """Enqueue one send job per delivery; returns how many were newly enqueued."""
+    options = delivery_job_options(settings)
+    results = await asyncio.gather(
+        *(
+            queue.enqueue(
+                SEND_DELIVERY,
+                key=delivery_job_key(delivery_id),
+                delivery_id=str(delivery_id),
+                **options,
+            )
+            for delivery_id in delivery_ids
+        )
+    )
+    return sum(1 for job in results if job is not None)
+
+
+def failed_index_key(queue: RedisQueue) -> str:
+    return queue.namespace("failed-index")
+
+
+async def record_failed(queue: RedisQueue, job: Job) -> None:
+    """Called by the worker when a job has failed for good: keep it listable until handled."""
+    async with queue.redis.pipeline(transaction=True) as pipe:
+        pipe.persist(job.id)
+        pipe.zadd(failed_index_key(queue), {job.key: job.completed or 0})
+        await pipe.execute()
+
+
+async def failed_jobs(queue: RedisQueue, limit: int = FAILED_LIST_LIMIT) -> list[Job]:
+    """The most recent finally-failed jobs, newest first."""
+    keys = [
+        k.decode() if isinstance(k, bytes) else k
+        for k in await queue.redis.zrevrange(failed_index_key(queue), 0, limit - 1)
+    ]
+    jobs = await queue.jobs(keys) if keys else []
+    return [job for job in jobs if job is not None and job.status == Status.FAILED]
+
+
+async def count_failed(queue: RedisQueue) -> int:
+    return int(await queue.redis.zcard(failed_index_key(queue)))
+
+
+async def retry_failed(queue: RedisQueue, settings: Settings) -> list[Job]:
+    """Re-enqueue every recorded failed job with a fresh set of attempts."""
+    keys = [
+        k.decode() if isinstance(k, bytes) else k
+        for k in await queue.redis.zrange(failed_index_key(queue), 0, -1)
+    ]
+    retried: list[Job] = []
+    for key, job in zip(keys, await queue.jobs(keys) if keys else [], strict=True):
+        await queue.redis.zrem(failed_index_key(queue), key)
+        if job is None or job.status != Status.FAILED:
+            continue
+        options = (
+            delivery_job_options(settings)
+            if job.function == SEND_DELIVERY
+            else {
+                "retries": job.retries,
+                "timeout": job.timeout,
+                "retry_delay": job.retry_delay,
+                "retry_backoff": job.retry_backoff,
+            }
+        )
+        fresh = Job(function=job.function, kwargs=job.kwargs, key=job.key, ttl=job.ttl, **options)
+        # The finished record still exists under this key; SAQ's enqueue only refuses keys
+        # that are waiting, so it replaces the record with the fresh job.
+        if await queue.enqueue(fresh) is not None:
+            retried.append(fresh)
+    return retried
+
+
+async def clear_failed(queue: RedisQueue) -> int:
+    keys = [
+        k.decode() if isinstance(k, bytes) else k
+        for k in await queue.redis.zrange(failed_index_key(queue), 0, -1)
+    ]
+    if not keys:
+        return 0
+    async with queue.redis.pipeline(transaction=True) as pipe:
+        pipe.delete(*(queue.job_id(key) for key in keys))
+        pipe.delete(failed_index_key(queue))
+        await pipe.execute()
+    return len(keys)
+
+
+async def queue_metrics(queue: RedisQueue) -> dict[str, Any]:
+    info = await queue.info()
+    workers = info.get("workers") or {}
+    stats = [w.get("stats") or {} for w in workers.values()]
+    return {
+        "name": queue.name,
+        "queued": info["queued"],
+        "active": info["active"],
+        "scheduled": info["scheduled"],
+        "failed": await count_failed(queue),
+        "workers": len(workers),
+        "totals": {
+            kind: sum(int(s.get(kind) or 0) for s in stats)
+            for kind in ("complete", "failed", "retried", "aborted")
+        },
+    }
+
+
+def describe_job(job: Job) -> dict[str, Any]:
+    """A failed job as the admin endpoint shows it (last line of the error, not the trace)."""
+    error_lines = (job.error or "").strip().splitlines()
+    return {
+        "id": job.key,
+        "function": job.function,
+        "kwargs": job.kwargs or {},
+        "attempts": job.attempts,
+        "error": error_lines[-1] if error_lines else None,
+        "queuedAt": job.queued or None,
+        "failedAt": job.completed or None,
+    }

@@ -1,0 +1,142 @@
+"""Who is calling, and which church they act for: decorators and accessors for routes.
+
+Use in a route module::
+
+    from koinonia.services.tenancy import current_church_id, require_user
+
+    @bp.get("/api/things/<uuid:thing_id>")
+    @require_user
+    async def get_thing(thing_id):
+        church_id = current_church_id()
+        ...
+
+``require_user`` accepts the session by ``Authorization: Bearer <token>`` or by the session
+cookie; ``require_role("owner", "admin")`` also checks the role; ``require_operator`` admits
+platform operators only. Unknown/expired sessions answer 401, wrong role 403. Websocket
+handlers call ``authenticate_websocket()`` themselves.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import wraps
+from typing import Any, TypeVar
+
+from quart import g, request, websocket
+from quart_schema import security_scheme
+from redis.exceptions import RedisError
+
+from koinonia.errors import Forbidden, ServiceUnavailable, Unauthorized
+from koinonia.services.sessions import SessionData, get_session
+from koinonia.state import get_state
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Names of the security schemes declared on QuartSchema in app.py (OpenAPI document).
+SECURITY = [{"bearerAuth": []}, {"cookieAuth": []}]
+
+
+@dataclass(frozen=True)
+class CurrentUser:
+    user_id: uuid.UUID
+    church_id: uuid.UUID | None
+    role: str
+    is_operator: bool
+    session: SessionData
+    token: str
+
+
+def _token_from(headers: Any, cookies: Any, cookie_name: str) -> str | None:
+    authorization = headers.get("Authorization", "")
+    scheme, _, value = authorization.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return cookies.get(cookie_name) or None
+
+
+async def _resolve(headers: Any, cookies: Any) -> CurrentUser:
+    state = get_state()
+    token = _token_from(headers, cookies, state.settings.session_cookie_name)
+    if token is None:
+        raise Unauthorized()
+    try:
+        session = await get_session(state.require_redis(), token)
+    except RedisError as exc:
+        # Sessions live only in Redis: without it nobody can be authenticated.
+        raise ServiceUnavailable("Session store unavailable") from exc
+    if session is None:
+        raise Unauthorized("Session expired or revoked")
+    return CurrentUser(
+        user_id=uuid.UUID(session.user_id),
+        church_id=uuid.UUID(session.church_id) if session.church_id else None,
+        role=session.role,
+        is_operator=session.is_operator,
+        session=session,
+        token=token,
+    )
+
+
+async def authenticate_request() -> CurrentUser:
+    user = await _resolve(request.headers, request.cookies)
+    g.current_user = user
+    return user
+
+
+async def authenticate_websocket() -> CurrentUser:
+    """For ``@bp.websocket`` handlers: bearer header or session cookie of the upgrade request."""
+    user = await _resolve(websocket.headers, websocket.cookies)
+    g.current_user = user
+    return user
+
+
+def current_user() -> CurrentUser:
+    user = g.get("current_user")
+    if user is None:
+        raise Unauthorized()
+    return user  # type: ignore[no-any-return]
+
+
+def current_church_id() -> uuid.UUID:
+    """The church the caller acts for; 403 for an operator account without a church."""
+    user = current_user()
+    if user.church_id is None:
+        raise Forbidden("This account does not belong to a church")
+    return user.church_id
+
+
+def require_user(func: F) -> F:
+    @wraps(func)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        await authenticate_request()
+        return await func(*args, **kwargs)
+
+    return security_scheme(SECURITY)(wrapper)  # type: ignore[return-value]
+
+
+def require_role(*roles: str) -> Callable[[F], F]:
+    allowed: frozenset[str] = frozenset(str(r) for r in roles)
+
+    def decorator(func: F) -> F:
+        @wraps(func)
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            user = await authenticate_request()
+            if user.role not in allowed:
+                raise Forbidden("Your role does not allow this")
+            return await func(*args, **kwargs)
+
+        return security_scheme(SECURITY)(wrapper)  # type: ignore[return-value]
+
+    return decorator
+
+
+def require_operator(func: F) -> F:
+    @wraps(func)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        user = await authenticate_request()
+        if not user.is_operator:
+            raise Forbidden("Platform operators only")
+        return await func(*args, **kwargs)
+
+    return security_scheme(SECURITY)(wrapper)  # type: ignore[return-value]

@@ -1,0 +1,149 @@
+"""Every setting of the service, read from ``KOINONIA_*`` environment variables.
+
+This module is the only place that reads the environment. ``app/README.md`` documents each
+variable (type, default, meaning); keep the two in step.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "KOINONIA_"
+
+
+class SettingsError(RuntimeError):
+    """The environment does not describe a runnable service; the message names the setting."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=None,
+        extra="ignore",
+        frozen=True,
+    )
+
+    # --- required -------------------------------------------------------------------------
+    database_url: SecretStr = Field(
+        description="PostgreSQL URL the app uses, normally PgBouncer "
+        "(postgres://user:password@host:6432/db)."
+    )
+    redis_url: SecretStr = Field(description="Redis URL (redis://[:password@]host:6379/0).")
+
+    # --- database -------------------------------------------------------------------------
+    migration_database_url: SecretStr | None = Field(
+        default=None,
+        description="PostgreSQL URL for migrations, DIRECT to PostgreSQL (not PgBouncer). "
+        "Defaults to database_url.",
+    )
+    db_pool_min: int = Field(default=1, ge=0)
+    db_pool_max: int = Field(default=10, ge=1)
+    db_connect_timeout: float = Field(default=5.0, gt=0)
+    db_command_timeout: float = Field(default=30.0, gt=0)
+
+    # --- redis ----------------------------------------------------------------------------
+    redis_max_connections: int = Field(default=50, ge=1)
+    redis_socket_timeout: float = Field(default=2.0, gt=0)
+
+    # --- http -----------------------------------------------------------------------------
+    environment: Literal["development", "production", "test"] = "development"
+    bind: str = "0.0.0.0:3000"
+    workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
+    graceful_timeout: float = Field(default=30.0, ge=0)
+    shutdown_drain_seconds: float = Field(
+        default=3.0,
+        ge=0,
+        description="After SIGTERM, keep accepting (readiness 503) this long before closing.",
+    )
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+    max_body_bytes: int = Field(default=1_048_576, ge=1)
+    health_check_timeout: float = Field(default=1.0, gt=0)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    access_log: bool = Field(default=True, description="One JSON log line per request.")
+
+    # --- sessions -------------------------------------------------------------------------
+    session_cookie_name: str = "koinonia_session"
+    session_ttl_seconds: int = Field(default=86_400, ge=60)
+    cookie_secure: bool | None = Field(
+        default=None, description="Secure flag on the session cookie; default: on in production."
+    )
+
+    # --- members --------------------------------------------------------------------------
+    default_phone_region: str = Field(
+        default="US",
+        min_length=2,
+        max_length=2,
+        description="ISO country assumed for phone numbers written without +country code.",
+    )
+
+    # --- cache ----------------------------------------------------------------------------
+    cache_analytics_ttl_seconds: int = Field(default=300, ge=1)
+    cache_members_ttl_seconds: int = Field(default=1_800, ge=1)
+
+    # --- jobs and SMS (used by the messaging half) ----------------------------------------
+    queue_name: str = "koinonia-sms"
+    worker_concurrency: int = Field(default=10, ge=1)
+    sms_provider: Literal["log", "twilio"] = "log"
+    twilio_account_sid: str | None = None
+    twilio_auth_token: SecretStr | None = None
+    twilio_from_number: str | None = None
+    twilio_base_url: str = "https://api.twilio.com"
+    public_base_url: str = Field(
+        default="http://localhost:3000",
+        description="Externally visible base URL; provider webhook signatures are computed on it.",
+    )
+    # Added by the messaging half: delivery retries (RETRIES after the first attempt, so SAQ
+    # gets retries+1 total attempts), exponential backoff base delay and its upward jitter.
+    sms_max_retries: int = Field(default=3, ge=0)
+    sms_retry_delay_seconds: float = Field(default=2.0, ge=0)
+    sms_retry_jitter: float = Field(default=0.1, ge=0, le=1)
+    sms_job_timeout_seconds: int = Field(default=30, ge=1)
+    worker_shutdown_grace_seconds: int = Field(default=25, ge=0)
+    phone_link_max_attempts: int = Field(default=5, ge=1)
+
+    @field_validator("database_url", "redis_url", "migration_database_url")
+    @classmethod
+    def _url_has_scheme(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not urlsplit(value.get_secret_value()).scheme:
+            raise ValueError("must be a URL with a scheme")
+        return value
+
+    @field_validator("database_url", "migration_database_url")
+    @classmethod
+    def _postgres_scheme(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            scheme = urlsplit(value.get_secret_value()).scheme
+            if scheme not in {"postgres", "postgresql", "asyncpg"}:
+                raise ValueError("must be a postgres:// URL")
+        return value
+
+    @property
+    def session_cookie_secure(self) -> bool:
+        if self.cookie_secure is not None:
+            return self.cookie_secure
+        return self.environment == "production"
+
+    @property
+    def migration_url(self) -> str:
+        chosen = self.migration_database_url or self.database_url
+        return chosen.get_secret_value()
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment; raise ``SettingsError`` naming what is wrong."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = ENV_PREFIX + "_".join(str(part) for part in error["loc"]).upper()
+            if error["type"] == "missing":
+                problems.append(f"missing required setting {name}")
+            else:
+                problems.append(f"invalid setting {name}: {error['msg']}")
+        raise SettingsError("; ".join(problems)) from None

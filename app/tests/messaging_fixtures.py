@@ -1,0 +1,320 @@
+"""Fixtures for the messaging tests: a local HTTP server that plays Twilio, and helpers.
+
+The fake Twilio is a real HTTP server on loopback (stdlib ``ThreadingHTTPServer`` in a thread),
+so the provider's requests go through httpx and a socket exactly as they would to Twilio.  It
+records every request (method, path, headers, form fields) for the tests to check, and answers
+from a script of responses the test sets.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs
+
+import pytest
+from pydantic import SecretStr
+from redis.asyncio import Redis
+from saq import Worker
+from saq.job import Job
+from saq.queue.redis import RedisQueue
+
+from koinonia.jobs import build_worker
+from koinonia.models.messaging import ChurchPhoneNumber, LinkStatus
+from koinonia.services.queue import create_queue
+from koinonia.sms import LogProvider, TwilioProvider, compute_signature
+from koinonia.state import get_state
+
+ACCOUNT_SID = "AC00000000000000000000000000000001"
+AUTH_TOKEN = "test-auth-token-0123456789abcdef"
+FROM_NUMBER = "+15005550006"
+
+
+@dataclass
+class RecordedRequest:
+    method: str
+    path: str
+    headers: dict[str, str]
+    form: dict[str, list[str]]
+
+
+@dataclass
+class FakeTwilio:
+    """What the fake server received, and what it answers next.
+
+    ``responses`` is consumed first-in first-out; when empty, sends succeed with a new sid.
+    Each response is (status, json body).
+    """
+
+    base_url: str = ""
+    requests: list[RecordedRequest] = field(default_factory=list)
+    responses: list[tuple[int, dict]] = field(default_factory=list)
+    seen_idempotency: dict[str, str] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _counter: int = 0
+
+    def reset(self) -> None:
+        with self._lock:
+            self.requests.clear()
+            self.responses.clear()
+            self.seen_idempotency.clear()
+
+    def fail_next(self, status: int, code: int | None = None, message: str = "failure") -> None:
+        body: dict = {"status": status, "message": message}
+        if code is not None:
+            body["code"] = code
+        self.responses.append((status, body))
+
+    def _answer(self, request: RecordedRequest) -> tuple[int, dict]:
+        with self._lock:
+            self.requests.append(request)
+            if self.responses:
+                return self.responses.pop(0)
+            token = request.headers.get("i-twilio-idempotency-token")
+            # Twilio answers a repeated idempotency token with the first message, unsent.
+            if token and token in self.seen_idempotency:
+                sid = self.seen_idempotency[token]
+            else:
+                self._counter += 1
+                sid = f"SM{self._counter:032d}"
+                if token:
+                    self.seen_idempotency[token] = sid
+            form = request.form
+            return 201, {
+                "sid": sid,
+                "status": "queued",
+                "to": form.get("To", [""])[0],
+                "from": form.get("From", [""])[0],
+                "body": form.get("Body", [""])[0],
+            }
+
+    def sends_to(self, number: str) -> list[RecordedRequest]:
+        """Requests that asked to text ``number`` (including ones the fake refused)."""
+        return [r for r in self.requests if r.form.get("To") == [number]]
+
+    def unique_sends(self) -> set[str]:
+        """Distinct messages the fake really 'sent' (one per idempotency token)."""
+        return set(self.seen_idempotency.values())
+
+
+def _handler_for(fake: FakeTwilio) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length).decode()
+            request = RecordedRequest(
+                method="POST",
+                path=self.path,
+                headers={k.lower(): v for k, v in self.headers.items()},
+                form=parse_qs(raw, keep_blank_values=True),
+            )
+            status, body = fake._answer(request)
+            payload = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, format: str, *args: object) -> None:  # keep test output quiet
+            pass
+
+    return Handler
+
+
+@pytest.fixture(scope="session")
+def fake_twilio_server() -> Iterator[FakeTwilio]:
+    fake = FakeTwilio()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(fake))
+    server.daemon_threads = True
+    fake.base_url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, name="fake-twilio", daemon=True)
+    thread.start()
+    yield fake
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def fake_twilio(fake_twilio_server: FakeTwilio) -> FakeTwilio:
+    fake_twilio_server.reset()
+    return fake_twilio_server
+
+
+# --- members, groups and a job worker for the API-level tests -------------------------------
+
+_phone_counter = itertools.count(random.randrange(0, 9000))
+
+
+def new_phone() -> str:
+    """A valid, unused-so-far US number (555-01xx style numbers are fictional)."""
+    return f"+1415555{next(_phone_counter) % 10000:04d}"
+
+
+async def create_member(
+    client: Any, headers: dict[str, str], *, opt_in: bool = True, first_name: str = "Mary"
+) -> dict[str, Any]:
+    response = await client.post(
+        "/api/members",
+        json={
+            "firstName": first_name,
+            "lastName": "Test",
+            "phone": new_phone(),
+            "optInSms": opt_in,
+        },
+        headers=headers,
+    )
+    assert response.status_code == 201, await response.get_data(as_text=True)
+    return await response.get_json()
+
+
+async def create_group(
+    client: Any, headers: dict[str, str], member_ids: list[str], name: str | None = None
+) -> dict[str, Any]:
+    response = await client.post(
+        "/api/groups", json={"name": name or f"group-{uuid.uuid4().hex[:8]}"}, headers=headers
+    )
+    assert response.status_code == 201, await response.get_data(as_text=True)
+    group = await response.get_json()
+    if member_ids:
+        added = await client.post(
+            f"/api/groups/{group['id']}/members", json={"memberIds": member_ids}, headers=headers
+        )
+        assert added.status_code == 200, await added.get_data(as_text=True)
+    return group
+
+
+@dataclass
+class StepWorker:
+    """A real SAQ worker on the app's queue, stepped by the test (no background loops)."""
+
+    worker: Worker
+    queue: RedisQueue
+
+    async def run_next(self) -> bool:
+        """Dequeue and process one job; False when nothing was waiting."""
+        return await self.worker.process()
+
+    async def run_until_idle(self, limit: int = 100) -> int:
+        done = 0
+        while done < limit and await self.worker.process():
+            done += 1
+        return done
+
+    async def job(self, key: str) -> Job:
+        job = await self.queue.job(key)
+        assert job is not None, key
+        return job
+
+    async def scheduled_at(self, key: str) -> float:
+        """When SAQ will run this (retrying) job: its score in the queue's schedule."""
+        score = await self.queue.redis.zscore(
+            self.queue.namespace("incomplete"), self.queue.job_id(key)
+        )
+        assert score is not None
+        return float(score)
+
+    async def fast_forward(self, key: str) -> None:
+        """Make a scheduled retry due now, instead of sleeping through its backoff."""
+        await self.queue.redis.zadd(
+            self.queue.namespace("incomplete"), {self.queue.job_id(key): time.time() - 1}
+        )
+        # SAQ's scheduler runs at most once a second (a short lock key); clear it to run now.
+        await self.queue.redis.delete(self.queue.namespace("schedule"))
+        assert self.queue.job_id(key) in await self.queue.schedule()
+
+
+async def _clear_queue(queue: RedisQueue) -> None:
+    keys = [k async for k in queue.redis.scan_iter(match=f"saq:*{queue.name}*")]
+    if keys:
+        await queue.redis.delete(*keys)
+
+
+@pytest.fixture
+async def make_worker(app: Any, redis: Redis) -> AsyncIterator[Callable[..., Any]]:
+    """``await make_worker(provider)``: a StepWorker on the app's queue (emptied first)."""
+    settings = get_state(app).settings
+    queues: list[RedisQueue] = []
+
+    async def build(provider: Any = None, **worker_options: Any) -> StepWorker:
+        queue = create_queue(settings)
+        await queue.connect()
+        queues.append(queue)
+        await _clear_queue(queue)
+        worker = build_worker(
+            settings,
+            queue,
+            provider=provider or LogProvider(redis),
+            redis=redis,
+            manage_resources=False,
+            **{"cron_jobs": [], **worker_options},
+        )
+        for startup in worker.startup or []:
+            await startup(worker.context)
+        return StepWorker(worker=worker, queue=queue)
+
+    yield build
+    for queue in queues:
+        await _clear_queue(queue)
+        await queue.disconnect()
+
+
+@pytest.fixture
+async def twilio_provider(fake_twilio: FakeTwilio) -> AsyncIterator[TwilioProvider]:
+    provider = TwilioProvider(
+        account_sid=ACCOUNT_SID,
+        auth_token=AUTH_TOKEN,
+        from_number=FROM_NUMBER,
+        base_url=fake_twilio.base_url,
+    )
+    yield provider
+    await provider.aclose()
+
+
+# --- signed provider webhooks ----------------------------------------------------------------
+
+PUBLIC_BASE_URL = "https://sms.example.org"
+
+
+@pytest.fixture
+def webhook_settings(app: Any) -> Iterator[Any]:
+    """The app configured with a Twilio auth token and public URL for this test."""
+    state = get_state(app)
+    original = state.settings
+    state.settings = original.model_copy(
+        update={"twilio_auth_token": SecretStr(AUTH_TOKEN), "public_base_url": PUBLIC_BASE_URL}
+    )
+    yield state.settings
+    state.settings = original
+
+
+async def post_webhook(
+    client: Any,
+    path: str,
+    form: dict[str, str],
+    *,
+    sign: bool = True,
+    signature: str | None = None,
+    signed_url: str | None = None,
+) -> Any:
+    """POST a form as Twilio would, signed for the public URL of ``path``."""
+    headers = {}
+    if sign:
+        url = signed_url or PUBLIC_BASE_URL + path
+        headers["X-Twilio-Signature"] = signature or compute_signature(AUTH_TOKEN, url, form)
+    return await client.post(path, form=form, headers=headers)
+
+
+async def church_number(church_id: str) -> str:
+    line = await ChurchPhoneNumber.create(
+        church_id=church_id, number=new_phone(), status=LinkStatus.LINKED, attempts=1
+    )
+    return line.number

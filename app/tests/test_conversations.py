@@ -1,0 +1,97 @@
+"""Conversations: listing, replies through the delivery pipeline, isolation."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from koinonia.sms import LogProvider
+from tests.messaging_fixtures import (
+    church_number,
+    create_member,
+    make_worker,
+    post_webhook,
+    webhook_settings,
+)
+
+__all__ = ["make_worker", "webhook_settings"]
+
+
+@pytest.fixture
+async def conversation(client, church_a, webhook_settings) -> dict:
+    line = await church_number(church_a.church_id)
+    member = await create_member(client, church_a.headers)
+    form = {
+        "From": member["phone"],
+        "To": line,
+        "Body": "Is there parking?",
+        "MessageSid": "SM" + uuid.uuid4().hex,
+    }
+    assert (await post_webhook(client, "/api/webhooks/sms/inbound", form)).status_code == 200
+    listing = await (await client.get("/api/conversations", headers=church_a.headers)).get_json()
+    [found] = [c for c in listing["data"] if c["member"]["id"] == member["id"]]
+    return {**found, "line": line}
+
+
+async def test_reply_is_queued_and_sent_to_the_member(
+    client, church_a, conversation, make_worker, redis
+):
+    worker = await make_worker()
+    url = f"/api/conversations/{conversation['id']}/messages"
+
+    response = await client.post(
+        url, json={"body": "Yes, behind the hall"}, headers=church_a.headers
+    )
+
+    assert response.status_code == 202
+    reply = await response.get_json()
+    assert reply["direction"] == "outbound" and reply["deliveryId"]
+    before = len(await LogProvider(redis).sent())
+    assert await worker.run_until_idle() == 1
+    [sent] = (await LogProvider(redis).sent())[before:]
+    assert sent == {**sent, "to": conversation["member"]["phone"], "body": "Yes, behind the hall"}
+    messages = await (await client.get(url, headers=church_a.headers)).get_json()
+    assert [(m["direction"], m["body"]) for m in messages["data"]] == [
+        ("inbound", "Is there parking?"),
+        ("outbound", "Yes, behind the hall"),
+    ]
+
+
+async def test_reply_to_opted_out_member_is_refused(client, church_a, conversation):
+    await post_webhook(
+        client,
+        "/api/webhooks/sms/inbound",
+        {
+            "From": conversation["member"]["phone"],
+            "To": conversation["line"],
+            "Body": "STOP",
+            "MessageSid": "SM" + uuid.uuid4().hex,
+        },
+    )
+    response = await client.post(
+        f"/api/conversations/{conversation['id']}/messages",
+        json={"body": "Are you sure?"},
+        headers=church_a.headers,
+    )
+    assert response.status_code == 409
+    assert (await response.get_json())["error"]["code"] == "member_opted_out"
+
+
+async def test_conversations_are_isolated_per_church(client, church_a, church_b, conversation):
+    url = f"/api/conversations/{conversation['id']}/messages"
+    assert (await client.get(url, headers=church_b.headers)).status_code == 404
+    reply = await client.post(url, json={"body": "hi"}, headers=church_b.headers)
+    assert reply.status_code == 404
+    listing = await (await client.get("/api/conversations", headers=church_b.headers)).get_json()
+    assert listing["data"] == []
+
+
+async def test_reply_validation_and_unknown_conversation(client, church_a, conversation):
+    url = f"/api/conversations/{conversation['id']}/messages"
+    empty = await client.post(url, json={"body": ""}, headers=church_a.headers)
+    assert empty.status_code == 422
+    unknown = await client.get(
+        f"/api/conversations/{uuid.uuid4()}/messages", headers=church_a.headers
+    )
+    assert unknown.status_code == 404

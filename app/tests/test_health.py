@@ -1,0 +1,107 @@
+"""Health probes: exact shapes of the deployment checklist, and failure answers."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from quart import Quart
+
+from koinonia.state import get_state
+from tests.conftest import app_using_redis
+
+
+def _is_iso(value: str) -> bool:
+    datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return True
+
+
+async def test_health_shape(client):
+    response = await client.get("/health")
+    assert response.status_code == 200
+    body = await response.get_json()
+    assert set(body) == {"status", "timestamp"}
+    assert body["status"] == "ok"
+    assert _is_iso(body["timestamp"])
+
+
+async def test_detailed_all_ok(client):
+    response = await client.get("/health/detailed")
+    assert response.status_code == 200
+    body = await response.get_json()
+    assert body["status"] == "healthy"
+    assert body["checks"] == {"database": "ok", "redis": "ok", "application": "ok"}
+    assert _is_iso(body["timestamp"])
+
+
+async def test_ready_and_live(client):
+    response = await client.get("/health/ready")
+    assert response.status_code == 200
+    body = await response.get_json()
+    assert body["ready"] is True and _is_iso(body["timestamp"])
+
+    response = await client.get("/health/live")
+    assert response.status_code == 200
+    body = await response.get_json()
+    assert body["alive"] is True
+    assert isinstance(body["uptime"], int | float) and body["uptime"] >= 0
+
+
+async def test_redis_down_fails_detailed_and_ready(app, client, spare_redis):
+    async with app_using_redis(app, spare_redis.url):
+        assert (await client.get("/health/ready")).status_code == 200
+        with spare_redis.down():
+            detailed = await client.get("/health/detailed")
+            assert detailed.status_code == 503
+            body = await detailed.get_json()
+            assert body["status"] == "unhealthy"
+            assert body["checks"] == {"database": "ok", "redis": "failed", "application": "ok"}
+
+            ready = await client.get("/health/ready")
+            assert ready.status_code == 503
+            assert (await ready.get_json())["ready"] is False
+
+            # /health and /health/live do no dependency I/O.
+            assert (await client.get("/health")).status_code == 200
+            assert (await client.get("/health/live")).status_code == 200
+        # Redis restarted on the same port: the client reconnects.
+        assert (await client.get("/health/ready")).status_code == 200
+
+
+async def test_ready_503_while_shutting_down(app: Quart, client):
+    state = get_state(app)
+    state.shutting_down = True
+    try:
+        response = await client.get("/health/ready")
+        assert response.status_code == 503
+        assert (await response.get_json())["ready"] is False
+        detailed = await (await client.get("/health/detailed")).get_json()
+        assert detailed["checks"]["application"] == "failed"
+    finally:
+        state.shutting_down = False
+
+
+async def test_request_id_echoed_or_generated(client):
+    response = await client.get("/health", headers={"X-Request-ID": "abc-123"})
+    assert response.headers["X-Request-ID"] == "abc-123"
+    generated = await client.get("/health", headers={"X-Request-ID": "bad id with spaces"})
+    assert generated.headers["X-Request-ID"] not in ("", "bad id with spaces")
+
+
+def test_json_log_lines_carry_the_request_id():
+    import json
+    import logging
+
+    from koinonia.logging import JsonFormatter, request_id_var
+
+    token = request_id_var.set("req-42")
+    try:
+        record = logging.LogRecord(
+            "koinonia.test", logging.INFO, __file__, 1, "hello %s", ("x",), None
+        )
+        record.migration = "m1"
+        line = json.loads(JsonFormatter().format(record))
+    finally:
+        request_id_var.reset(token)
+    assert line["message"] == "hello x"
+    assert line["requestId"] == "req-42"
+    assert line["level"] == "INFO" and line["migration"] == "m1"

@@ -1,0 +1,155 @@
+"""POST/GET /api/messages: recipients, idempotency, tenant isolation, end-to-end sending."""
+
+from __future__ import annotations
+
+import uuid
+
+from koinonia.sms import LogProvider
+from tests.messaging_fixtures import create_group, create_member, make_worker
+
+__all__ = ["make_worker"]  # fixture used by name below
+
+
+async def _post(client, headers, body, key: str | None = None):
+    extra = {"Idempotency-Key": key} if key else {}
+    return await client.post("/api/messages", json=body, headers={**headers, **extra})
+
+
+async def test_group_message_reaches_every_opted_in_member_once(
+    client, church_a, make_worker, redis
+):
+    both = await create_member(client, church_a.headers, first_name="InBoth")
+    only_second = await create_member(client, church_a.headers, first_name="InSecond")
+    opted_out = await create_member(client, church_a.headers, opt_in=False)
+    outsider = await create_member(client, church_a.headers, first_name="NotTargeted")
+    first = await create_group(client, church_a.headers, [both["id"], opted_out["id"]])
+    second = await create_group(client, church_a.headers, [both["id"], only_second["id"]])
+    worker = await make_worker()
+    sent_before = len(await LogProvider(redis).sent())
+
+    response = await _post(
+        client,
+        church_a.headers,
+        {"content": "Choir at 7", "targetType": "group", "targetIds": [first["id"], second["id"]]},
+    )
+
+    assert response.status_code == 202
+    created = await response.get_json()
+    assert created["recipientCount"] == 2
+    assert created["status"] == "queued"
+    detail = await (
+        await client.get(f"/api/messages/{created['id']}", headers=church_a.headers)
+    ).get_json()
+    assert detail["deliveryCounts"] == {"queued": 2, "sent": 0, "delivered": 0, "failed": 0}
+    assert sorted(d["phone"] for d in detail["deliveries"]) == sorted(
+        [both["phone"], only_second["phone"]]
+    )
+
+    assert await worker.run_until_idle() == 2
+
+    sent = (await LogProvider(redis).sent())[sent_before:]
+    assert sorted(s["to"] for s in sent) == sorted([both["phone"], only_second["phone"]])
+    assert {s["body"] for s in sent} == {"Choir at 7"}
+    assert opted_out["phone"] not in {s["to"] for s in sent}
+    assert outsider["phone"] not in {s["to"] for s in sent}
+    detail = await (
+        await client.get(f"/api/messages/{created['id']}", headers=church_a.headers)
+    ).get_json()
+    assert detail["deliveryCounts"]["sent"] == 2
+    assert detail["status"] == "sent"
+    assert all(d["attempts"] == 1 and d["providerMessageId"] for d in detail["deliveries"])
+
+
+async def test_target_all_and_members(client, church_a):
+    a = await create_member(client, church_a.headers)
+    b = await create_member(client, church_a.headers)
+    out = await create_member(client, church_a.headers, opt_in=False)
+
+    to_all = await _post(client, church_a.headers, {"content": "hi", "targetType": "all"})
+    assert to_all.status_code == 202
+    # church_a is a fresh church: its opted-in members are exactly a and b.
+    assert (await to_all.get_json())["recipientCount"] == 2
+
+    picked = await _post(
+        client,
+        church_a.headers,
+        {"content": "hi", "targetType": "members", "targetIds": [a["id"], b["id"], out["id"]]},
+    )
+    assert (await picked.get_json())["recipientCount"] == 2
+
+
+async def test_idempotency_key_makes_retried_post_create_nothing(client, church_a):
+    member = await create_member(client, church_a.headers)
+    body = {"content": "Once only", "targetType": "members", "targetIds": [member["id"]]}
+    key = f"retry-{uuid.uuid4()}"
+
+    first = await _post(client, church_a.headers, body, key)
+    again = await _post(client, church_a.headers, body, key)
+
+    assert first.status_code == again.status_code == 202
+    assert await first.get_json() == await again.get_json()
+    assert again.headers["Idempotent-Replayed"] == "true"
+    listing = await (
+        await client.get("/api/messages?limit=200", headers=church_a.headers)
+    ).get_json()
+    assert [m["content"] for m in listing["data"]].count("Once only") == 1
+
+    # The same key for a different message is refused, not silently answered with the first.
+    other = await _post(client, church_a.headers, {**body, "content": "Other"}, key)
+    assert other.status_code == 409
+    assert (await other.get_json())["error"]["code"] == "idempotency_key_reused"
+
+    # Keys are per church: another key creates a new message.
+    fresh = await _post(client, church_a.headers, body, f"retry-{uuid.uuid4()}")
+    assert (await fresh.get_json())["id"] != (await first.get_json())["id"]
+
+
+async def test_tenant_isolation(client, church_a, church_b):
+    member_a = await create_member(client, church_a.headers)
+    group_a = await create_group(client, church_a.headers, [member_a["id"]])
+    created = await _post(client, church_a.headers, {"content": "A only", "targetType": "all"})
+    message_id = (await created.get_json())["id"]
+
+    assert (
+        await client.get(f"/api/messages/{message_id}", headers=church_b.headers)
+    ).status_code == 404
+    listing = await (await client.get("/api/messages", headers=church_b.headers)).get_json()
+    assert message_id not in [m["id"] for m in listing["data"]]
+    # Church B cannot text church A's group or members by id.
+    for body in (
+        {"content": "x", "targetType": "group", "targetIds": [group_a["id"]]},
+        {"content": "x", "targetType": "members", "targetIds": [member_a["id"]]},
+    ):
+        response = await _post(client, church_b.headers, body)
+        assert response.status_code == 404
+        assert (await response.get_json())["error"]["code"] == "not_found"
+
+
+async def test_bad_input_is_a_clear_error(client, church_a):
+    cases = [
+        ({"content": "", "targetType": "all"}, 422),
+        ({"content": "x", "targetType": "everyone"}, 422),
+        ({"content": "x", "targetType": "group"}, 422),
+        ({"content": "x", "targetType": "group", "targetIds": ["not-a-uuid"]}, 422),
+        ({"content": "x" * 1601, "targetType": "all"}, 422),
+        ({"targetType": "all"}, 422),
+    ]
+    for body, status in cases:
+        response = await _post(client, church_a.headers, body)
+        assert response.status_code == status, body
+        assert (await response.get_json())["error"]["code"] == "validation_error"
+    unknown = await _post(
+        client,
+        church_a.headers,
+        {"content": "x", "targetType": "group", "targetIds": [str(uuid.uuid4())]},
+    )
+    assert unknown.status_code == 404
+    bad_key = await _post(client, church_a.headers, {"content": "x", "targetType": "all"}, " ")
+    assert bad_key.status_code == 400
+
+
+async def test_requires_authentication(client):
+    assert (await client.get("/api/messages")).status_code == 401
+    assert (
+        await client.post("/api/messages", json={"content": "x", "targetType": "all"})
+    ).status_code == 401

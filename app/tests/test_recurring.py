@@ -1,0 +1,124 @@
+"""Recurring messages: API and the due-run of the minute cron job."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from koinonia.models.messaging import Delivery, Message, RecurringMessage
+from koinonia.services import recurring
+from tests.messaging_fixtures import create_group, create_member
+
+
+async def _create(client, headers, **overrides):
+    member = await create_member(client, headers)
+    group = await create_group(client, headers, [member["id"]])
+    body = {
+        "content": "Sunday service at 10",
+        "targetType": "group",
+        "targetIds": [group["id"]],
+        "schedule": "0 9 * * 0",
+        **overrides,
+    }
+    return await client.post("/api/recurring-messages", json=body, headers=headers)
+
+
+async def test_create_list_update_delete(client, church_a):
+    response = await _create(client, church_a.headers)
+    assert response.status_code == 201
+    created = await response.get_json()
+    next_run = datetime.fromisoformat(created["nextRunAt"])
+    assert next_run > datetime.now(UTC)
+    assert (next_run.weekday(), next_run.hour, next_run.minute) == (6, 9, 0)  # Sunday 09:00
+    assert created["active"] is True
+
+    listing = await (
+        await client.get("/api/recurring-messages", headers=church_a.headers)
+    ).get_json()
+    assert [r["id"] for r in listing["data"]] == [created["id"]]
+
+    patched = await client.patch(
+        f"/api/recurring-messages/{created['id']}",
+        json={"schedule": "30 18 * * 3", "active": False, "content": "Midweek"},
+        headers=church_a.headers,
+    )
+    assert patched.status_code == 200
+    body = await patched.get_json()
+    moved = datetime.fromisoformat(body["nextRunAt"])
+    assert (moved.weekday(), moved.hour, moved.minute) == (2, 18, 30)
+    assert body["active"] is False and body["content"] == "Midweek"
+
+    deleted = await client.delete(
+        f"/api/recurring-messages/{created['id']}", headers=church_a.headers
+    )
+    assert deleted.status_code == 204
+    assert not await RecurringMessage.exists(id=created["id"])
+
+
+async def test_invalid_schedule_and_targets(client, church_a, church_b):
+    for schedule in ("every sunday", "0 9 * *", "61 9 * * 0", "0 0 9 * * 0"):
+        response = await _create(client, church_a.headers, schedule=schedule)
+        assert response.status_code == 422, schedule
+        assert (await response.get_json())["error"]["code"] == "validation_error"
+    foreign_group = await create_group(client, church_b.headers, [])
+    response = await _create(client, church_a.headers, targetIds=[foreign_group["id"]])
+    assert response.status_code == 404
+
+
+async def test_tenant_isolation(client, church_a, church_b):
+    created = await (await _create(client, church_a.headers)).get_json()
+    url = f"/api/recurring-messages/{created['id']}"
+
+    assert (
+        await client.patch(url, json={"active": False}, headers=church_b.headers)
+    ).status_code == 404
+    assert (await client.delete(url, headers=church_b.headers)).status_code == 404
+    listing = await (
+        await client.get("/api/recurring-messages", headers=church_b.headers)
+    ).get_json()
+    assert created["id"] not in [r["id"] for r in listing["data"]]
+    assert (await RecurringMessage.get(id=created["id"])).active is True
+
+
+async def test_due_run_sends_once_and_moves_schedule(client, church_a):
+    created = await (await _create(client, church_a.headers)).get_json()
+    due_at = datetime.now(UTC) - timedelta(minutes=2)
+    await RecurringMessage.filter(id=created["id"]).update(next_run_at=due_at)
+    enqueued: list[uuid.UUID] = []
+
+    async def enqueue(ids):
+        enqueued.extend(ids)
+
+    now = datetime.now(UTC)
+    made = await recurring.run_due(now=now, enqueue=enqueue)
+
+    [message] = await Message.filter(idempotency_key__startswith=f"recurring:{created['id']}:")
+    assert str(message.id) in made
+    assert message.content == "Sunday service at 10" and message.recipient_count == 1
+    assert enqueued == [d.id for d in await Delivery.filter(message_id=message.id)]
+    item = await RecurringMessage.get(id=created["id"])
+    assert item.next_run_at > now and item.last_run_at == now
+
+    # Not due any more: a second run in the same minute sends nothing.
+    assert str(message.id) not in await recurring.run_due(now=now, enqueue=enqueue)
+
+    # A runner that crashed after sending but before moving the schedule runs it again:
+    # the run's idempotency key finds the message it already made.
+    await RecurringMessage.filter(id=created["id"]).update(next_run_at=due_at)
+    assert str(message.id) not in await recurring.run_due(now=now, enqueue=enqueue)
+    assert (
+        await Message.filter(idempotency_key__startswith=f"recurring:{created['id']}:").count() == 1
+    )
+
+
+async def test_inactive_recurring_message_is_not_sent(client, church_a):
+    created = await (await _create(client, church_a.headers, active=False)).get_json()
+    await RecurringMessage.filter(id=created["id"]).update(
+        next_run_at=datetime.now(UTC) - timedelta(minutes=1)
+    )
+
+    async def enqueue(ids):
+        pass
+
+    await recurring.run_due(now=datetime.now(UTC), enqueue=enqueue)
+    assert not await Message.exists(idempotency_key__startswith=f"recurring:{created['id']}:")

@@ -1,0 +1,182 @@
+"""The SMS providers against a local HTTP server that plays Twilio, and webhook signatures."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+
+import pytest
+
+from koinonia.sms import (
+    PermanentSmsError,
+    TransientSmsError,
+    TwilioProvider,
+    compute_signature,
+    validate_signature,
+)
+from tests.messaging_fixtures import (
+    ACCOUNT_SID,
+    AUTH_TOKEN,
+    FROM_NUMBER,
+    FakeTwilio,
+    fake_twilio,
+    fake_twilio_server,
+)
+
+__all__ = ["fake_twilio", "fake_twilio_server"]  # fixtures used by name below
+
+CALLBACK = "https://sms.example.org/api/webhooks/sms/status"
+
+
+@pytest.fixture
+async def twilio(fake_twilio: FakeTwilio):
+    provider = TwilioProvider(
+        account_sid=ACCOUNT_SID,
+        auth_token=AUTH_TOKEN,
+        from_number=FROM_NUMBER,
+        base_url=fake_twilio.base_url,
+        status_callback_url=CALLBACK,
+    )
+    yield provider
+    await provider.aclose()
+
+
+async def test_send_makes_the_exact_twilio_request(twilio: TwilioProvider, fake_twilio):
+    sid = await twilio.send("+15551230001", "Service at 10am", idempotency_key="delivery-42")
+
+    assert sid.startswith("SM")
+    [request] = fake_twilio.requests
+    assert request.method == "POST"
+    assert request.path == f"/2010-04-01/Accounts/{ACCOUNT_SID}/Messages.json"
+    assert request.headers["content-type"] == "application/x-www-form-urlencoded"
+    expected_auth = base64.b64encode(f"{ACCOUNT_SID}:{AUTH_TOKEN}".encode()).decode()
+    assert request.headers["authorization"] == f"Basic {expected_auth}"
+    assert request.headers["i-twilio-idempotency-token"] == "delivery-42"
+    assert request.form == {
+        "To": ["+15551230001"],
+        "From": [FROM_NUMBER],
+        "Body": ["Service at 10am"],
+        "StatusCallback": [CALLBACK],
+    }
+
+
+async def test_same_idempotency_key_gets_the_same_message(twilio: TwilioProvider, fake_twilio):
+    first = await twilio.send("+15551230001", "hi", idempotency_key="delivery-7")
+    again = await twilio.send("+15551230001", "hi", idempotency_key="delivery-7")
+    other = await twilio.send("+15551230001", "hi", idempotency_key="delivery-8")
+
+    assert first == again
+    assert other != first
+    assert [r.headers["i-twilio-idempotency-token"] for r in fake_twilio.requests] == [
+        "delivery-7",
+        "delivery-7",
+        "delivery-8",
+    ]
+
+
+async def test_invalid_number_is_a_permanent_error(twilio: TwilioProvider, fake_twilio):
+    fake_twilio.fail_next(400, code=21211, message="The 'To' number is not a valid phone number.")
+
+    with pytest.raises(PermanentSmsError) as raised:
+        await twilio.send("+1555", "hi", idempotency_key="delivery-1")
+
+    assert raised.value.code == 21211
+    assert "21211" in str(raised.value)
+
+
+@pytest.mark.parametrize("status", [429, 500, 503])
+async def test_rate_limit_and_server_errors_are_transient(
+    twilio: TwilioProvider, fake_twilio, status
+):
+    fake_twilio.fail_next(status, code=20429 if status == 429 else None)
+
+    with pytest.raises(TransientSmsError):
+        await twilio.send("+15551230001", "hi", idempotency_key="delivery-1")
+
+
+async def test_unreachable_provider_is_transient():
+    provider = TwilioProvider(
+        account_sid=ACCOUNT_SID,
+        auth_token=AUTH_TOKEN,
+        from_number=FROM_NUMBER,
+        base_url="http://127.0.0.1:9",  # discard port: nothing listens
+        timeout=2,
+    )
+    try:
+        with pytest.raises(TransientSmsError):
+            await provider.send("+15551230001", "hi", idempotency_key="k")
+    finally:
+        await provider.aclose()
+
+
+async def test_no_status_callback_field_when_not_configured(fake_twilio: FakeTwilio):
+    provider = TwilioProvider(
+        account_sid=ACCOUNT_SID,
+        auth_token=AUTH_TOKEN,
+        from_number=FROM_NUMBER,
+        base_url=fake_twilio.base_url,
+    )
+    try:
+        await provider.send("+15551230001", "hi", idempotency_key="k")
+    finally:
+        await provider.aclose()
+    assert "StatusCallback" not in fake_twilio.requests[0].form
+
+
+# --- webhook signatures --------------------------------------------------------------------
+
+URL = "https://mycompany.com/myapp.php?foo=1&bar=2"
+PARAMS = {
+    "CallSid": "CA1234567890ABCDE",
+    "Caller": "+12349013030",
+    "Digits": "1234",
+    "From": "+12349013030",
+    "To": "+18005551212",
+}
+
+
+def reference_signature(token: str, url: str, params: dict[str, str]) -> str:
+    """The algorithm as Twilio documents it, written out independently of the module."""
+    data = url + "".join(f"{key}{params[key]}" for key in sorted(params))
+    return base64.b64encode(hmac.new(token.encode(), data.encode(), hashlib.sha1).digest()).decode()
+
+
+def test_signature_matches_twilios_documented_example():
+    # The worked example of Twilio's security documentation (token 12345).
+    assert compute_signature("12345", URL, PARAMS) == "0/KCTR6DLpKmkAf8muzZqo1nDgQ="
+    assert compute_signature("12345", URL, PARAMS) == reference_signature("12345", URL, PARAMS)
+
+
+def test_valid_signature_accepted():
+    signature = reference_signature(AUTH_TOKEN, URL, PARAMS)
+    assert validate_signature(AUTH_TOKEN, URL, PARAMS, signature)
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda url, params, sig: (url, {**params, "Digits": "9999"}, sig),
+        lambda url, params, sig: (url.replace("mycompany", "evil"), params, sig),
+        lambda url, params, sig: (url, params, sig[:-2] + "A="),
+        lambda url, params, sig: (url, params, ""),
+        lambda url, params, sig: (url, params, None),
+    ],
+    ids=["changed-param", "other-url", "bad-signature", "empty", "missing"],
+)
+def test_tampered_or_missing_signature_rejected(tamper):
+    signature = reference_signature(AUTH_TOKEN, URL, PARAMS)
+    url, params, sig = tamper(URL, PARAMS, signature)
+    assert not validate_signature(AUTH_TOKEN, url, params, sig)
+
+
+def test_wrong_token_rejected():
+    signature = reference_signature("another-token", URL, PARAMS)
+    assert not validate_signature(AUTH_TOKEN, URL, PARAMS, signature)
+
+
+def test_default_port_spelled_either_way_is_accepted():
+    signed_without_port = reference_signature(AUTH_TOKEN, "https://sms.example.org/hook", PARAMS)
+    assert validate_signature(
+        AUTH_TOKEN, "https://sms.example.org:443/hook", PARAMS, signed_without_port
+    )

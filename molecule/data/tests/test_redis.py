@@ -1,0 +1,93 @@
+"""Redis for the job queues: authentication, the app user's limits, persistence, binding."""
+
+import pytest
+
+from conftest import other_host, with_env
+
+testinfra_hosts = ["data-client"]
+
+REDIS = "data-redis"
+
+
+def redis_cli(user, password, *args):
+    command = f"redis-cli --no-auth-warning -h {REDIS} " + (f"--user {user} " if user else "")
+    command += " ".join(args)
+    return with_env(command, REDISCLI_AUTH=password) if password else command
+
+
+def test_auth_required_unauthenticated_ping_refused(host):
+    result = host.run(redis_cli(None, None, "PING"))
+    assert "NOAUTH" in result.stdout + result.stderr
+    assert "PONG" not in result.stdout
+
+
+def test_auth_wrong_password_refused(host, cfg):
+    result = host.run(redis_cli("koinonia", "not-the-password", "PING"))
+    assert "WRONGPASS" in result.stdout + result.stderr
+
+
+def test_app_user_can_queue_and_publish_job_updates(host, cfg):
+    password = cfg["koinonia_redis_app_password"]
+    assert host.run(redis_cli("koinonia", password, "PING")).stdout.strip() == "PONG"
+    assert host.run(redis_cli("koinonia", password, "LPUSH", "saq:test:queued", "job")).rc == 0
+    assert host.run(redis_cli("koinonia", password, "LPOP", "saq:test:queued")).stdout.strip() == "job"
+    assert host.run(redis_cli("koinonia", password, "PUBLISH", "saq:job:test", "done")).stdout.strip() == "0"
+    assert "redis_version:7." in host.run(redis_cli("koinonia", password, "INFO", "server")).stdout
+
+
+@pytest.mark.parametrize(
+    "command",
+    ["FLUSHALL", "FLUSHDB", "CONFIG GET maxmemory", "CONFIG SET appendonly no", "DEBUG SLEEP 0",
+     "SHUTDOWN NOSAVE", "KEYS '*'", "ACL LIST", "MONITOR"],
+)
+def test_app_user_denied_dangerous_commands(host, cfg, command):
+    # What the ACL says (Redis also refuses DEBUG to everyone, before the ACL is consulted).
+    dryrun = host.run(redis_cli("ops", cfg["koinonia_redis_ops_password"], "ACL DRYRUN koinonia", command))
+    assert "no permissions to run" in dryrun.stdout, dryrun.stdout + dryrun.stderr
+    if not command.startswith("DEBUG"):
+        result = host.run(redis_cli("koinonia", cfg["koinonia_redis_app_password"], command))
+        assert "NOPERM" in result.stdout + result.stderr, result.stdout + result.stderr
+
+
+def test_app_user_denied_foreign_channels(host, cfg):
+    result = host.run(redis_cli("koinonia", cfg["koinonia_redis_app_password"], "PUBLISH", "other", "x"))
+    assert "NOPERM" in result.stdout + result.stderr
+
+
+def config_get(host, cfg, name):
+    result = host.run(redis_cli("ops", cfg["koinonia_redis_ops_password"], "CONFIG", "GET", name))
+    assert result.rc == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == name, result.stdout
+    return lines[1]
+
+
+def test_aof_persistence_on(host, cfg):
+    assert config_get(host, cfg, "appendonly") == "yes"
+    assert config_get(host, cfg, "appendfsync") == "everysec"
+    assert other_host(REDIS).file("/var/lib/redis/appendonlydir").is_directory
+
+
+def test_maxmemory_policy_noeviction(host, cfg):
+    assert config_get(host, cfg, "maxmemory-policy") == "noeviction"
+    assert config_get(host, cfg, "maxmemory") == str(64 * 1024 * 1024)
+    assert config_get(host, cfg, "protected-mode") == "yes"
+
+
+def test_bound_only_where_configured():
+    redis = other_host(REDIS)
+    private = redis.interface("eth0").addresses
+    listening = redis.run("ss -Hltn 'sport = :6379'").stdout.split("\n")
+    local_addresses = {line.split()[3].rsplit(":", 1)[0] for line in listening if line.strip()}
+    ipv4 = {a for a in private if ":" not in a}
+    assert local_addresses == {"127.0.0.1"} | ipv4
+
+
+def test_acl_file_keeps_only_hashes(cfg):
+    acl = other_host(REDIS).file("/etc/redis/users.acl")
+    assert acl.user == "redis" and acl.mode == 0o640
+    content = acl.content_string
+    assert "user default off" in content
+    assert cfg["koinonia_redis_app_password"] not in content
+    assert cfg["koinonia_redis_ops_password"] not in content
+    assert "#" in content

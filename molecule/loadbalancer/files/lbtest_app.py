@@ -1,0 +1,94 @@
+#!/usr/bin/env python3
+"""Stand-in app server for the loadbalancer scenario (test only, never deployed for real).
+
+GET  /health            200 {"status": "ok"}
+GET  /health/ready      200, or 503 while /run/lbtest/not-ready exists (tests flip it)
+GET  /metrics           200 (must never be reachable through the public listener)
+GET  /api/...           200, echoes the proxy headers it received as JSON
+POST /api/...           200, same echo
+ANY  /api/test/crash    counts the hit, then drops the connection without an answer
+GET  /_lbtest/hits      the per-path hit counters (asked directly on :3000 by the tests)
+POST /_lbtest/reset     clears the counters
+Every answer carries X-Served-By: <hostname>, as the real app is asked to.
+"""
+import json
+import os
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+HOSTNAME = socket.gethostname()
+NOT_READY_FLAG = "/run/lbtest/not-ready"
+HITS: dict[str, int] = {}
+LOCK = threading.Lock()
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "lbtest"
+
+    def log_message(self, fmt, *args):  # keep the journal quiet
+        pass
+
+    def _count(self):
+        key = f"{self.command} {self.path.split('?')[0]}"
+        with LOCK:
+            HITS[key] = HITS.get(key, 0) + 1
+
+    def _send(self, status, body):
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("X-Served-By", HOSTNAME)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _read_body(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _echo(self):
+        self._send(200, {
+            "servedBy": HOSTNAME,
+            "method": self.command,
+            "path": self.path,
+            "headers": {k.lower(): v for k, v in self.headers.items()},
+        })
+
+    def _handle(self):
+        path = self.path.split("?")[0]
+        if self.command == "POST":
+            self._read_body()
+        if path == "/_lbtest/hits":
+            with LOCK:
+                return self._send(200, dict(HITS))
+        if path == "/_lbtest/reset":
+            with LOCK:
+                HITS.clear()
+            return self._send(200, {})
+        self._count()
+        if path == "/health":
+            return self._send(200, {"status": "ok"})
+        if path == "/health/ready":
+            if os.path.exists(NOT_READY_FLAG):
+                return self._send(503, {"status": "not ready"})
+            return self._send(200, {"status": "ready"})
+        if path == "/metrics":
+            return self._send(200, {"metrics": "secret"})
+        if path == "/api/test/crash":
+            # Fail mid-request: the request was received, no response is ever sent.
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return None
+        if path.startswith("/api/"):
+            return self._echo()
+        return self._send(404, {"error": {"code": "not_found", "message": "not found", "details": {}}})
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
+
+
+if __name__ == "__main__":
+    os.makedirs(os.path.dirname(NOT_READY_FLAG), exist_ok=True)
+    ThreadingHTTPServer.daemon_threads = True
+    ThreadingHTTPServer(("0.0.0.0", 3000), Handler).serve_forever()

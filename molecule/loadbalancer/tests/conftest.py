@@ -1,0 +1,94 @@
+"""Shared helpers for the loadbalancer scenario's tests.
+
+Requests go through the balancer from inside lb-nginx (curl, openssl), or from the
+controller to the published ports 127.0.0.1:18443 / 18480. The stand-in app servers
+(files/lbtest_app.py) are reached directly on :3000 to read their hit counters.
+The scenario sets small health check knobs: interval 1 s, fall 3, rise 2.
+"""
+import json
+import shlex
+import time
+
+import pytest
+import testinfra
+
+LB = "lb-nginx"
+APPS = ["lb-app1", "lb-app2"]
+BASE = "https://localhost"
+INTERVAL, FALL, RISE = 1, 3, 2
+# Deadline of a state change: the probes it takes, plus slack for a loaded CI machine.
+DOWN_DEADLINE = INTERVAL * FALL + 8
+UP_DEADLINE = INTERVAL * RISE + 8
+
+
+@pytest.fixture(scope="module")
+def lb():
+    return testinfra.get_host(f"docker://{LB}")
+
+
+@pytest.fixture(scope="module")
+def apps():
+    return {name: testinfra.get_host(f"docker://{name}") for name in APPS}
+
+
+def curl(host, *args):
+    """Runs curl on host; returns (status, headers dict lower-cased, body)."""
+    cmd = "curl -sk -D /dev/stderr -o /dev/stdout " + " ".join(shlex.quote(a) for a in args)
+    res = host.run(cmd)
+    headers, status = {}, 0
+    for line in res.stderr.splitlines():
+        line = line.strip()
+        if line.upper().startswith("HTTP/"):
+            status, headers = int(line.split()[1]), {}
+        elif ":" in line:
+            key, value = line.split(":", 1)
+            headers[key.strip().lower()] = value.strip()
+    return status, headers, res.stdout
+
+
+def upstream_status(lb):
+    out = lb.check_output("curl -s http://127.0.0.1:8080/upstream_status")
+    return {p["name"]: p for p in json.loads(out)["peers"]}
+
+
+def wait_for(predicate, deadline, step=0.3, on_each=None):
+    """Polls predicate() until true or the deadline (seconds) passes; returns elapsed time."""
+    start = time.monotonic()
+    while True:
+        if on_each:
+            on_each()
+        if predicate():
+            return time.monotonic() - start
+        if time.monotonic() - start > deadline:
+            raise AssertionError(f"condition not met within {deadline}s")
+        time.sleep(step)
+
+
+def set_ready(apps, name, ready):
+    flag = "/run/lbtest/not-ready"
+    apps[name].run_expect([0], f"rm -f {flag}" if ready else f"touch {flag}")
+
+
+def hits(lb):
+    """Per-app hit counters, read directly from each stand-in app server."""
+    return {name: json.loads(lb.check_output(f"curl -s http://{name}:3000/_lbtest/hits"))
+            for name in APPS}
+
+
+def reset_hits(lb):
+    for name in APPS:
+        lb.check_output(f"curl -s -X POST http://{name}:3000/_lbtest/reset")
+
+
+@pytest.fixture
+def all_peers_up(lb, apps):
+    """Every peer ready and seen up by the checker, before and after the test."""
+    def restore():
+        for name, h in apps.items():
+            set_ready(apps, name, True)
+            h.run_expect([0], "systemctl start lbtest-app")
+        wait_for(lambda: all(p["status"] == "up" for p in upstream_status(lb).values()),
+                 UP_DEADLINE + INTERVAL * FALL)
+    restore()
+    yield
+    restore()

@@ -1,0 +1,39 @@
+"""Checklist 2.6: traffic spread over the app servers; retries only where they are safe."""
+import collections
+
+from conftest import APPS, BASE, hits, reset_hits
+
+testinfra_hosts = ["lb-nginx"]
+
+
+def test_99_requests_spread_evenly_over_the_peers_within_20_percent(host, all_peers_up):
+    urls = " ".join(f"-o /dev/null {BASE}/health" for _ in range(99))
+    out = host.check_output(f"curl -sk --rate 40/s -w '%header{{x-served-by}}\\n' {urls}")
+    counts = collections.Counter(out.split())
+    expected = 99 / len(APPS)
+    assert sorted(counts) == APPS, counts
+    for name in APPS:
+        assert abs(counts[name] - expected) <= 0.2 * expected, counts
+
+
+def test_get_failing_mid_request_is_retried_on_another_peer(host, all_peers_up):
+    """Idempotent: a GET whose peer drops the connection is tried on the other one."""
+    reset_hits(host)
+    code = host.check_output(f"curl -sk -o /dev/null -w '%{{http_code}}' {BASE}/api/test/crash")
+    assert code == "502"  # both stand-ins drop it
+    counts = hits(host)
+    assert all(counts[name].get("GET /api/test/crash", 0) >= 1 for name in APPS), counts
+
+
+def test_post_failing_mid_request_is_never_sent_to_a_second_peer(host, all_peers_up):
+    """NGINX never re-sends a POST that reached a peer (no non_idempotent retries)."""
+    reset_hits(host)
+    code = host.check_output(f"curl -sk -o /dev/null -w '%{{http_code}}' -X POST -d '{{}}' {BASE}/api/test/crash")
+    assert code == "502"
+    counts = hits(host)
+    assert sum(counts[name].get("POST /api/test/crash", 0) for name in APPS) == 1, counts
+
+
+def test_502_from_the_balancer_has_the_json_error_shape(host, all_peers_up):
+    body = host.check_output(f"curl -sk {BASE}/api/test/crash")
+    assert '"code":"bad_gateway"' in body

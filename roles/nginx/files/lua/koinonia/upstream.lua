@@ -1,0 +1,415 @@
+-- Managed by Ansible (koinonia.platform, role nginx). Local changes are overwritten.
+--
+-- Active health checks and peer selection for the app servers' upstream, on what Debian
+-- ships: libnginx-mod-http-lua + lua-resty-core (ngx.balancer) + lua-cjson.
+--
+-- Why hand-written: Debian bookworm packages no lua-resty-upstream-healthcheck, and that
+-- library needs lua-upstream-nginx-module (ngx.upstream) to mark peers down, which Debian
+-- does not ship either; nginx-full has no check module. So the checker keeps peer state in
+-- a lua_shared_dict and balancer_by_lua picks the peer itself.
+--
+--   configure(json)  init_by_lua:          parse and validate the settings (nginx -t runs it,
+--                                          so a bad value fails validation, not the reload)
+--   init_worker()    init_worker_by_lua:   worker 0 probes every peer every `interval` s
+--   access()         access_by_lua:        503 JSON at once when no peer is up
+--   balance()        balancer_by_lua:      least connections over up peers, retries
+--   log()            log_by_lua:           release the connection counts of this request
+--   status()         content_by_lua:       the /upstream_status JSON
+--
+-- Peer state in the shared dict (key suffix = peer id "name:port"):
+--   down:<id>   true while the active checker has the peer down (absent = up)
+--   fails:<id>  consecutive failed probes      oks:<id>  consecutive good probes
+--   last:<id>   time of the last probe         result:<id>  its status code or error
+--   since:<id>  time of the last up/down change
+--   pfail:<id>  passive failures (errors/timeouts of real requests), expire after fail_timeout
+
+local cjson = require "cjson.safe"
+local balancer = require "ngx.balancer"
+
+local ngx = ngx
+local log = ngx.log
+local ERR, WARN, NOTICE = ngx.ERR, ngx.WARN, ngx.NOTICE
+
+local _M = { _VERSION = "1.0" }
+
+local conf          -- settings from configure()
+local peers = {}    -- array of { id, name, host, port, weight }
+local dict          -- the lua_shared_dict
+local active = {}   -- per worker: requests in flight per peer id (as nginx least_conn without zone)
+local current = {}  -- per worker: smooth weighted round-robin state per peer id (tie-break)
+local checking = false
+
+local function positive_number(value, name)
+    if type(value) ~= "number" or value <= 0 then
+        error("koinonia upstream: " .. name .. " must be a positive number, got " .. tostring(value))
+    end
+    return value
+end
+
+-- Parse and validate the settings; raises on a bad value so `nginx -t` fails.
+function _M.configure(json)
+    local c, err = cjson.decode(json)
+    if not c then
+        error("koinonia upstream: settings are not valid JSON: " .. tostring(err))
+    end
+    dict = ngx.shared[c.shared_dict]
+    if not dict then
+        error("koinonia upstream: lua_shared_dict " .. tostring(c.shared_dict) .. " is not defined")
+    end
+    positive_number(c.interval, "interval")
+    positive_number(c.timeout, "timeout")
+    positive_number(c.rise, "rise")
+    positive_number(c.fall, "fall")
+    positive_number(c.tries, "tries")
+    positive_number(c.max_fails, "max_fails")
+    positive_number(c.fail_timeout, "fail_timeout")
+    if type(c.host_header) ~= "string" or c.host_header == "" then
+        c.host_header = nil  -- JSON null (cjson.null) or empty: the peer's name
+    end
+    if type(c.path) ~= "string" or c.path:sub(1, 1) ~= "/" then
+        error("koinonia upstream: check path must start with /")
+    end
+    if type(c.peers) ~= "table" or #c.peers == 0 then
+        error("koinonia upstream: no peers (is the app servers group empty?)")
+    end
+    local seen = {}
+    peers = {}
+    for i, p in ipairs(c.peers) do
+        if type(p.host) ~= "string" or not (p.host:match("^%d+%.%d+%.%d+%.%d+$") or p.host:find(":", 1, true)) then
+            error("koinonia upstream: peer " .. tostring(p.name) .. " needs an IP address, got " .. tostring(p.host))
+        end
+        local port = positive_number(p.port, "port of peer " .. tostring(p.name))
+        local weight = positive_number(p.weight, "weight of peer " .. tostring(p.name))
+        local id = p.name .. ":" .. port
+        if seen[id] then
+            error("koinonia upstream: peer " .. id .. " is listed twice")
+        end
+        seen[id] = true
+        peers[i] = { id = id, name = p.name, host = p.host, port = port, weight = weight }
+    end
+    conf = c
+end
+
+----------------------------------------------------------------------------------------
+-- Active checks
+----------------------------------------------------------------------------------------
+
+-- One probe: GET <path> over HTTP/1.0; returns the status code, or nil and an error.
+local function probe(peer)
+    local sock = ngx.socket.tcp()
+    sock:settimeout(conf.timeout * 1000)
+    local ok, err = sock:connect(peer.host, peer.port)
+    if not ok then
+        return nil, "connect: " .. tostring(err)
+    end
+    local req = "GET " .. conf.path .. " HTTP/1.0\r\nHost: " .. (conf.host_header or peer.name)
+        .. "\r\nUser-Agent: koinonia-nginx-healthcheck\r\nConnection: close\r\n\r\n"
+    ok, err = sock:send(req)
+    if not ok then
+        sock:close()
+        return nil, "send: " .. tostring(err)
+    end
+    local line
+    line, err = sock:receive("*l")
+    sock:close()
+    if not line then
+        return nil, "receive: " .. tostring(err)
+    end
+    local status = tonumber(line:match("^HTTP/%d%.%d (%d%d%d)"))
+    if not status then
+        return nil, "bad status line"
+    end
+    return status
+end
+
+local function record(peer, status, err)
+    local id = peer.id
+    local now = ngx.now()
+    local healthy = status and status >= 200 and status < 300
+    dict:set("last:" .. id, now)
+    dict:set("result:" .. id, status and tostring(status) or err)
+    if healthy then
+        dict:set("fails:" .. id, 0)
+        local oks = dict:incr("oks:" .. id, 1, 0)
+        if dict:get("down:" .. id) and oks >= conf.rise then
+            dict:delete("down:" .. id)
+            dict:set("since:" .. id, now)
+            log(NOTICE, "koinonia upstream: peer ", id, " is UP after ", oks, " good checks")
+        end
+    else
+        dict:set("oks:" .. id, 0)
+        local fails = dict:incr("fails:" .. id, 1, 0)
+        if not dict:get("down:" .. id) and fails >= conf.fall then
+            dict:set("down:" .. id, true)
+            dict:set("since:" .. id, now)
+            log(WARN, "koinonia upstream: peer ", id, " is DOWN after ", fails,
+                " failed checks, last: ", status or err)
+        end
+    end
+end
+
+local function check_one(peer)
+    -- Never let an error kill the thread: the round must always finish.
+    local ok, status, err = pcall(probe, peer)
+    if not ok then
+        status, err = nil, "probe error: " .. tostring(status)
+    end
+    ok, err = pcall(record, peer, status, err)
+    if not ok then
+        log(ERR, "koinonia upstream: cannot record the check of ", peer.id, ": ", tostring(err))
+    end
+end
+
+local function run_round()
+    local threads = {}
+    for i, peer in ipairs(peers) do
+        local thread, err = ngx.thread.spawn(check_one, peer)
+        if not thread then
+            log(ERR, "koinonia upstream: cannot start the check of ", peer.id, ": ", err)
+        end
+        threads[i] = thread
+    end
+    for i = 1, #peers do
+        if threads[i] then
+            local ok, err = ngx.thread.wait(threads[i])
+            if not ok then
+                log(ERR, "koinonia upstream: check of ", peers[i].id, " failed: ", tostring(err))
+            end
+        end
+    end
+end
+
+local function check_all(premature)
+    if premature or checking then
+        return
+    end
+    -- One round per interval over all workers and over a reload's old and new workers:
+    -- whoever adds the lock runs the round; it expires just before the next one.
+    if not dict:add("lock:round", ngx.worker.pid(), conf.interval * 0.9) then
+        return
+    end
+    checking = true
+    local ok, err = pcall(run_round)
+    checking = false
+    if not ok then
+        log(ERR, "koinonia upstream: health check round failed: ", tostring(err))
+    end
+end
+
+function _M.init_worker()
+    -- Only worker 0 probes (nil in single-process mode: probe there too); the other
+    -- workers read the shared dict.
+    local id = ngx.worker.id()
+    if id ~= nil and id ~= 0 then
+        return
+    end
+    local ok, err = ngx.timer.at(0, check_all)
+    if ok then
+        ok, err = ngx.timer.every(conf.interval, check_all)
+    end
+    if not ok then
+        log(ERR, "koinonia upstream: cannot start the health checker: ", err)
+    end
+end
+
+----------------------------------------------------------------------------------------
+-- Peer selection
+----------------------------------------------------------------------------------------
+
+local function is_up(peer)
+    return not dict:get("down:" .. peer.id)
+end
+
+local function passively_failed(peer)
+    return (dict:get("pfail:" .. peer.id) or 0) >= conf.max_fails
+end
+
+-- Candidates: up, not tried yet by this request, not failing real requests (unless every
+-- up peer is, as nginx does with max_fails: then the passive marks are ignored).
+local function candidates(tried)
+    local up, healthy = {}, {}
+    for _, peer in ipairs(peers) do
+        if is_up(peer) and not tried[peer.id] then
+            up[#up + 1] = peer
+            if not passively_failed(peer) then
+                healthy[#healthy + 1] = peer
+            end
+        end
+    end
+    if #healthy > 0 then
+        return healthy
+    end
+    return up
+end
+
+-- Least connections weighted (active/weight), ties by smooth weighted round-robin.
+local function pick(list)
+    local best_score, ties = nil, {}
+    for _, peer in ipairs(list) do
+        local score = (active[peer.id] or 0) / peer.weight
+        if best_score == nil or score < best_score then
+            best_score, ties = score, { peer }
+        elseif score == best_score then
+            ties[#ties + 1] = peer
+        end
+    end
+    if #ties == 1 then
+        return ties[1]
+    end
+    local total, chosen = 0, nil
+    for _, peer in ipairs(ties) do
+        local cw = (current[peer.id] or 0) + peer.weight
+        current[peer.id] = cw
+        total = total + peer.weight
+        if chosen == nil or cw > current[chosen.id] then
+            chosen = peer
+        end
+    end
+    current[chosen.id] = current[chosen.id] - total
+    return chosen
+end
+
+local function up_count()
+    local n = 0
+    for _, peer in ipairs(peers) do
+        if is_up(peer) then
+            n = n + 1
+        end
+    end
+    return n
+end
+
+local function json_error(status, code, message, retry_after)
+    ngx.status = status
+    ngx.header["Content-Type"] = "application/json"
+    if retry_after then
+        ngx.header["Retry-After"] = tostring(retry_after)
+    end
+    -- cjson encodes an empty table as an object: "details": {}
+    ngx.say(cjson.encode({ error = { code = code, message = message, details = {} } }))
+    -- The response is out: end the request (200 here means "done", not the status sent).
+    return ngx.exit(ngx.HTTP_OK)
+end
+
+-- Access phase: with no peer up, answer 503 at once instead of trying dead peers.
+function _M.access()
+    if up_count() == 0 then
+        return json_error(503, "service_unavailable",
+            "No application server is available; try again shortly.", conf.interval)
+    end
+end
+
+function _M.balance()
+    local ctx = ngx.ctx
+    local tried = ctx.koinonia_tried
+    if not tried then
+        tried = { n = 0 }
+        ctx.koinonia_tried = tried
+    else
+        -- A retry: nginx already judged the last peer (error/timeout, never for a POST or
+        -- PATCH once sent). Count it as a passive failure.
+        local state = balancer.get_last_failure()
+        if state == "failed" and tried.last then
+            local n = dict:incr("pfail:" .. tried.last, 1, 0, conf.fail_timeout)
+            if n == conf.max_fails then
+                log(WARN, "koinonia upstream: peer ", tried.last, " failed ", n,
+                    " requests, skipped for ", conf.fail_timeout, "s")
+            end
+        end
+    end
+
+    local list = candidates(tried)
+    if #list == 0 and tried.n > 0 then
+        -- Every up peer was tried. NGINX still allows this try (it grants one more when a
+        -- cached keepalive connection broke): use a fresh connection to an up peer again.
+        list = candidates({})
+    end
+    local peer = #list > 0 and pick(list)
+    if not peer then
+        log(ERR, "koinonia upstream: no peer is up")
+        return ngx.exit(ngx.ERROR)
+    end
+
+    if tried.n == 0 then
+        local more = math.min(conf.tries, up_count()) - 1
+        if more > 0 then
+            balancer.set_more_tries(more)
+        end
+    end
+    tried.n = tried.n + 1
+    tried[peer.id] = true
+    tried[tried.n] = peer.id
+    tried.last = peer.id
+    active[peer.id] = (active[peer.id] or 0) + 1
+
+    local ok, err = balancer.set_current_peer(peer.host, peer.port)
+    if not ok then
+        log(ERR, "koinonia upstream: cannot use peer ", peer.id, ": ", err)
+        return ngx.exit(ngx.ERROR)
+    end
+end
+
+function _M.log()
+    local tried = ngx.ctx.koinonia_tried
+    if not tried then
+        return
+    end
+    for i = 1, tried.n do
+        local id = tried[i]
+        local n = (active[id] or 1) - 1
+        active[id] = n > 0 and n or 0
+    end
+end
+
+----------------------------------------------------------------------------------------
+-- Status
+----------------------------------------------------------------------------------------
+
+local function iso(t)
+    if not t then
+        return cjson.null
+    end
+    return os.date("!%Y-%m-%dT%H:%M:%SZ", math.floor(t))
+end
+
+function _M.status()
+    local list, up = {}, 0
+    for i, peer in ipairs(peers) do
+        local id = peer.id
+        local down = dict:get("down:" .. id) and true or false
+        if not down then
+            up = up + 1
+        end
+        list[i] = {
+            name = peer.name,
+            address = peer.host .. ":" .. peer.port,
+            weight = peer.weight,
+            status = down and "down" or "up",
+            consecutive_failures = dict:get("fails:" .. id) or 0,
+            consecutive_successes = dict:get("oks:" .. id) or 0,
+            last_check = iso(dict:get("last:" .. id)),
+            last_result = dict:get("result:" .. id) or cjson.null,
+            status_since = iso(dict:get("since:" .. id)),
+            passive_failures = dict:get("pfail:" .. id) or 0,
+            active_requests_this_worker = active[id] or 0,
+        }
+    end
+    ngx.header["Content-Type"] = "application/json"
+    ngx.header["Cache-Control"] = "no-store"
+    ngx.say(cjson.encode({
+        upstream = conf.upstream,
+        algorithm = "least_conn",
+        peers_up = up,
+        peers_total = #peers,
+        checker = {
+            path = conf.path,
+            interval = conf.interval,
+            timeout = conf.timeout,
+            rise = conf.rise,
+            fall = conf.fall,
+        },
+        peers = list,
+    }))
+end
+
+return _M

@@ -1,0 +1,1 @@
+../../../plugins/filter/scram.py
