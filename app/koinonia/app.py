@@ -51,7 +51,7 @@ def create_app(settings: Settings | None = None) -> Quart:
 
     state = AppState(settings=settings)
     app.extensions[EXTENSION_KEY] = state
-    metrics = install_metrics(app)
+    metrics = install_metrics(app, settings.release)
     install_request_logging(app, access_log=settings.access_log)
     register_error_handlers(app)
 

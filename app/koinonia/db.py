@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import asyncpg
 from tortoise import Tortoise, connections
 from tortoise.backends.base.config_generator import expand_db_url
 from tortoise.context import TortoiseContext
 
+from koinonia.deadline import within
 from koinonia.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -53,8 +54,19 @@ class PgBouncerConnection(asyncpg.Connection):
         return ""
 
 
-def _connection_config(url: str, settings: Settings, *, pooled: bool) -> dict[str, Any]:
+def _expand(url: str) -> dict[str, Any]:
+    """Tortoise's URL parsing, plus percent-decoding of user and database (it decodes only the
+    password); deployment tooling percent-encodes all three."""
     config = expand_db_url(_asyncpg_url(url))
+    credentials = config["credentials"]
+    for key in ("user", "database"):
+        if credentials.get(key):
+            credentials[key] = unquote(credentials[key])
+    return config
+
+
+def _connection_config(url: str, settings: Settings, *, pooled: bool) -> dict[str, Any]:
+    config = _expand(url)
     credentials = config["credentials"]
     credentials.update(
         minsize=settings.db_pool_min if pooled else 1,
@@ -109,8 +121,7 @@ async def close_db(ctx: TortoiseContext | None = None) -> None:
 
 async def ping_db(timeout_seconds: float) -> None:
     """Raise unless the database answers ``SELECT 1`` within ``timeout_seconds``."""
-    async with asyncio.timeout(timeout_seconds):
-        await connections.get(CONNECTION_NAME).execute_query("SELECT 1")
+    await within(connections.get(CONNECTION_NAME).execute_query("SELECT 1"), timeout_seconds)
 
 
 def pool_stats() -> dict[str, int] | None:
@@ -126,7 +137,7 @@ def pool_stats() -> dict[str, int] | None:
 
 
 def _asyncpg_connect_kwargs(url: str, timeout: float) -> dict[str, Any]:
-    credentials = expand_db_url(_asyncpg_url(url))["credentials"]
+    credentials = _expand(url)["credentials"]
     return {
         "host": credentials.get("host"),
         "port": credentials.get("port"),

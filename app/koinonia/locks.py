@@ -114,10 +114,9 @@ class LockService:
 
     async def release_token(self, name: str, token: str) -> bool:
         """Release ``name`` only if ``token`` is the one holding it (atomic, see module doc)."""
-        lock = RedisLock(self.redis, self.key(name), timeout=1, thread_local=False)
-        lock.local.token = token.encode()
+        lock = RedisLock(self.redis, self.key(name), thread_local=False)
         try:
-            await lock.do_release(lock.local.token)
+            await lock.do_release(token.encode())
         except LockError:
             return False
         return True

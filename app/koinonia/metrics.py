@@ -39,8 +39,16 @@ EXTENSION_KEY = "koinonia.metrics"
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, release: str = "dev") -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self.build_info = Gauge(
+            "koinonia_build_info",
+            "Always 1; the release label says which build serves.",
+            ["release"],
+            registry=self.registry,
+            multiprocess_mode="max",
+        )
+        self.build_info.labels(release=release).set(1)
         self.http_requests = Counter(
             "koinonia_http_requests_total",
             "HTTP requests by route template, method and status.",
@@ -119,8 +127,8 @@ async def metrics_endpoint() -> Response:
     return Response(metrics.render(), content_type=CONTENT_TYPE_LATEST)
 
 
-def install_metrics(app: Quart) -> Metrics:
-    metrics = Metrics()
+def install_metrics(app: Quart, release: str = "dev") -> Metrics:
+    metrics = Metrics(release)
     app.extensions[EXTENSION_KEY] = metrics
 
     @app.before_request

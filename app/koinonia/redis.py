@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from koinonia.deadline import within
 from koinonia.settings import Settings
 
 
@@ -31,5 +30,4 @@ def create_redis(settings: Settings, *, decode_responses: bool = True) -> Redis:
 
 async def ping_redis(client: Redis, timeout_seconds: float) -> None:
     """Raise unless Redis answers PING within ``timeout_seconds``."""
-    async with asyncio.timeout(timeout_seconds):
-        await client.ping()
+    await within(client.ping(), timeout_seconds)

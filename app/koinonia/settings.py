@@ -52,6 +52,7 @@ class Settings(BaseSettings):
 
     # --- http -----------------------------------------------------------------------------
     environment: Literal["development", "production", "test"] = "development"
+    release: str = Field(default="dev", description="Deployed release id (logs and /metrics).")
     bind: str = "0.0.0.0:3000"
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
     graceful_timeout: float = Field(default=30.0, ge=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 
 from quart import Quart
@@ -105,3 +106,59 @@ def test_json_log_lines_carry_the_request_id():
     assert line["message"] == "hello x"
     assert line["requestId"] == "req-42"
     assert line["level"] == "INFO" and line["migration"] == "m1"
+
+
+async def test_unresponsive_redis_cannot_hang_the_probe(app, client):
+    """A Redis that accepts connections but never answers: the probe still answers 503."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with app_using_redis(app, f"redis://127.0.0.1:{port}/0"):
+            # The bound only guards the test run; the app's own timeout is 1 s.
+            response = await asyncio.wait_for(client.get("/health/ready"), 30)
+            assert response.status_code == 503
+            detailed = await asyncio.wait_for(client.get("/health/detailed"), 30)
+            assert (await detailed.get_json())["checks"]["redis"] == "failed"
+        assert accepted  # the probe really connected to the silent server
+    finally:
+        for writer in accepted:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_paused_database_makes_ready_503_without_hanging(client, servers):
+    """PgBouncer PAUSE: queries wait forever. The probe must answer 503, not hang."""
+    import psycopg
+
+    from tests.servers import DB_NAME, DB_PASSWORD, DB_USER
+
+    admin = await psycopg.AsyncConnection.connect(
+        host="127.0.0.1",
+        port=servers.pgbouncer.port,
+        user=DB_USER,
+        password=DB_PASSWORD,
+        dbname="pgbouncer",
+        autocommit=True,
+    )
+    try:
+        await admin.execute(f"PAUSE {DB_NAME}")
+        try:
+            ready = await asyncio.wait_for(client.get("/health/ready"), 20)
+            assert ready.status_code == 503
+            detailed = await asyncio.wait_for(client.get("/health/detailed"), 20)
+            assert (await detailed.get_json())["checks"] == {
+                "database": "failed",
+                "redis": "ok",
+                "application": "ok",
+            }
+        finally:
+            await admin.execute(f"RESUME {DB_NAME}")
+    finally:
+        await admin.close()
+    assert (await client.get("/health/ready")).status_code == 200

@@ -279,3 +279,28 @@ async def test_stop_past_the_grace_period_requeues_the_job(
     assert await fresh.run_next()
     assert (await Delivery.get(id=delivery.id)).status == DeliveryStatus.SENT
     assert len(fake_twilio.requests) == 1
+
+
+async def test_job_of_a_killed_worker_is_swept_and_texts_once(
+    client, church_a, make_worker, twilio_provider, fake_twilio
+):
+    step = await make_worker(twilio_provider)
+    _, delivery = await _one_delivery(client, church_a.headers)
+    key = delivery_job_key(delivery.id)
+    # A worker takes the job, gets its text to Twilio, and is killed before recording it:
+    # the job stays "active" with nobody working on it.
+    job = await step.queue.dequeue(timeout=1)
+    assert job is not None and job.key == key
+    job.attempts, job.started = 1, int((time.time() - 120) * 1000)
+    await job.update(status=Status.ACTIVE)
+    await twilio_provider.send(delivery.phone, "Retry me", delivery_idempotency_key(delivery.id))
+
+    # SAQ's sweep finds the job past its timeout and puts it back in the queue.
+    assert step.queue.job_id(key) in await step.queue.sweep(abort=0.1)
+    await step.fast_forward(key)
+    assert await step.run_next()
+
+    stored = await Delivery.get(id=delivery.id)
+    assert stored.status == DeliveryStatus.SENT
+    assert len(fake_twilio.requests) == 2
+    assert len(fake_twilio.unique_sends()) == 1  # the member got one text

@@ -29,6 +29,7 @@ async def test_request_counter_by_route_template_and_status(client, church_a):
     assert _sample(after, "koinonia_http_requests_total", **health) >= 1
     assert "koinonia_http_request_duration_seconds_bucket" in after
     assert _sample(after, "koinonia_db_pool_connections", state="max") == 10
+    assert _sample(after, "koinonia_build_info", release="dev") == 1
 
 
 async def test_cache_events_counted(client, church_a):

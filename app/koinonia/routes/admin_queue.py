@@ -62,13 +62,18 @@ async def failed_jobs() -> dict[str, Any]:
 @tag(["admin"])
 @require_operator
 async def retry_failed() -> dict[str, Any]:
-    jobs = await queue_service.retry_failed(resources.sms_queue(), get_state().settings)
-    delivery_ids = [
-        uuid.UUID(job.kwargs["delivery_id"])
-        for job in jobs
-        if job.function == queue_service.SEND_DELIVERY and job.kwargs
-    ]
-    await messaging.requeue_failed_deliveries(delivery_ids)
+    sms_queue = resources.sms_queue()
+    # Deliveries wait again BEFORE their jobs are back in the queue, so a fast worker cannot
+    # finish a job and then see its delivery reset behind it.
+    waiting = await queue_service.failed_jobs(sms_queue, limit=100_000)
+    await messaging.requeue_failed_deliveries(
+        [
+            uuid.UUID(job.kwargs["delivery_id"])
+            for job in waiting
+            if job.function == queue_service.SEND_DELIVERY and job.kwargs
+        ]
+    )
+    jobs = await queue_service.retry_failed(sms_queue, get_state().settings)
     return {"retried": len(jobs), "jobs": [job.key for job in jobs]}
 
 

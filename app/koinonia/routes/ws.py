@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 from quart import Blueprint, Response, websocket
+from redis.exceptions import RedisError
 
 from koinonia.errors import ApiError, Forbidden, error_response
 from koinonia.services import resources
@@ -27,7 +28,14 @@ async def events_socket() -> Response | None:
         # Refuse the upgrade with the usual JSON error (HTTP 401/403), before accepting.
         return error_response(error.status, error.code, error.message, error.details)
 
-    async with resources.event_hub().subscribe(user.church_id) as events:
+    hub = resources.event_hub()
+    try:
+        await hub.start()
+    except (TimeoutError, RedisError, OSError):
+        # Live events come only through Redis: without it, say so instead of a 500.
+        return error_response(503, "service_unavailable", "Live events unavailable")
+
+    async with hub.subscribe(user.church_id) as events:
         await websocket.accept()
         await websocket.send(json.dumps({"type": "ready", "churchId": str(user.church_id)}))
         while True:

@@ -15,8 +15,11 @@ PROJECT_DIR = SCENARIO_DIR.parent.parent
 
 def state(host):
     """What a run would touch: the config files and the running process."""
-    files = ["/etc/pgbouncer/pgbouncer.ini", "/etc/pgbouncer/userlist.txt",
-             "/etc/pgbouncer/pgbouncer-listen.ini"]
+    files = [
+        "/etc/pgbouncer/pgbouncer.ini",
+        "/etc/pgbouncer/userlist.txt",
+        "/etc/pgbouncer/pgbouncer-listen.ini",
+    ]
     sums = {path: (host.file(path).sha256sum, host.file(path).mtime) for path in files}
     pid = host.run("systemctl show -p MainPID --value pgbouncer").stdout.strip()
     return sums, pid
@@ -25,21 +28,33 @@ def state(host):
 @pytest.mark.parametrize(
     ("extra_vars", "message"),
     [
-        ({"pgbouncer_pool_mode": "bogus"},
-         "value of pgbouncer_pool_mode must be one of: session, transaction, statement, got: bogus"),
-        ({"pgbouncer_default_pool_size": "-5"},
-         "PgBouncer pool settings are out of range: pgbouncer_default_pool_size (-5)"),
-        ({"pgbouncer_max_client_conn": "lots"},
-         "pgbouncer_max_client_conn"),
+        (
+            {"pgbouncer_pool_mode": "bogus"},
+            "value of pgbouncer_pool_mode must be one of: "
+            "session, transaction, statement, got: bogus",
+        ),
+        (
+            {"pgbouncer_default_pool_size": "-5"},
+            "PgBouncer pool settings are out of range: pgbouncer_default_pool_size (-5)",
+        ),
+        ({"pgbouncer_max_client_conn": "lots"}, "pgbouncer_max_client_conn"),
     ],
     ids=["pool_mode-bogus", "pool_size-negative", "max_client_conn-not-an-int"],
 )
 def test_bad_input_fails_early_and_changes_nothing(host, extra_vars, message):
     before = state(host)
-    env = dict(os.environ, ANSIBLE_ROLES_PATH=str(PROJECT_DIR / "roles"), ANSIBLE_FORCE_COLOR="0",
-               ANSIBLE_NOCOLOR="1")
-    cmd = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"],
-           str(SCENARIO_DIR / "bad_input.yml")]
+    env = dict(
+        os.environ,
+        ANSIBLE_ROLES_PATH=str(PROJECT_DIR / "roles"),
+        ANSIBLE_FORCE_COLOR="0",
+        ANSIBLE_NOCOLOR="1",
+    )
+    cmd = [
+        "ansible-playbook",
+        "-i",
+        os.environ["MOLECULE_INVENTORY_FILE"],
+        str(SCENARIO_DIR / "bad_input.yml"),
+    ]
     for name, value in extra_vars.items():
         cmd += ["-e", f"{name}={value}"]
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)

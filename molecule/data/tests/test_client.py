@@ -15,15 +15,20 @@ POOL_LOAD = pathlib.Path(__file__).with_name("pool_load.py")
 
 
 def psql(cfg, user, password, database, *sql, port=6432, host_name=PGBOUNCER):
-    commands = " ".join("-c %s" % shlex.quote(s) for s in sql)
+    commands = " ".join(f"-c {shlex.quote(s)}" for s in sql)
     cmd = f"psql -X -w -At -h {host_name} -p {port} -U {user} -d {database} {commands}"
     return with_env(cmd, PGPASSWORD=password) if password is not None else cmd
 
 
 def test_connectivity_select_version_with_password(host, cfg):
     result = host.run(
-        psql(cfg, cfg["koinonia_db_user"], cfg["koinonia_db_password"], cfg["koinonia_db_name"],
-             "SELECT version()")
+        psql(
+            cfg,
+            cfg["koinonia_db_user"],
+            cfg["koinonia_db_password"],
+            cfg["koinonia_db_name"],
+            "SELECT version()",
+        )
     )
     assert result.rc == 0, result.stderr
     assert result.stdout.startswith("PostgreSQL 15")
@@ -45,8 +50,16 @@ def test_connectivity_fails_without_password(host, cfg):
 
 def test_monitor_admin_console_show_pools_and_stats(host, cfg):
     result = host.run(
-        psql(cfg, cfg["koinonia_pgbouncer_admin_user"], cfg["koinonia_pgbouncer_admin_password"],
-             "pgbouncer", "SHOW POOLS", "SHOW STATS", "SHOW CLIENTS", "SHOW SERVERS")
+        psql(
+            cfg,
+            cfg["koinonia_pgbouncer_admin_user"],
+            cfg["koinonia_pgbouncer_admin_password"],
+            "pgbouncer",
+            "SHOW POOLS",
+            "SHOW STATS",
+            "SHOW CLIENTS",
+            "SHOW SERVERS",
+        )
     )
     assert result.rc == 0, result.stderr
     assert f"{cfg['koinonia_db_name']}|{cfg['koinonia_db_user']}|" in result.stdout
@@ -63,8 +76,13 @@ def test_monitor_stats_user_reads_but_cannot_administer(host, cfg):
 
 def test_monitor_show_config_matches_checklist(host, cfg):
     result = host.run(
-        psql(cfg, cfg["koinonia_pgbouncer_admin_user"], cfg["koinonia_pgbouncer_admin_password"],
-             "pgbouncer", "SHOW CONFIG")
+        psql(
+            cfg,
+            cfg["koinonia_pgbouncer_admin_user"],
+            cfg["koinonia_pgbouncer_admin_password"],
+            "pgbouncer",
+            "SHOW CONFIG",
+        )
     )
     assert result.rc == 0, result.stderr
     config = {}
@@ -79,8 +97,14 @@ def test_monitor_show_config_matches_checklist(host, cfg):
 
 def test_postgres_rejects_host_not_in_pg_hba(host, cfg):
     result = host.run(
-        psql(cfg, cfg["koinonia_db_user"], cfg["koinonia_db_password"], cfg["koinonia_db_name"],
-             "SELECT 1", port=5432)
+        psql(
+            cfg,
+            cfg["koinonia_db_user"],
+            cfg["koinonia_db_password"],
+            cfg["koinonia_db_name"],
+            "SELECT 1",
+            port=5432,
+        )
     )
     assert result.rc != 0
     assert "no pg_hba.conf entry for host" in result.stderr
@@ -89,12 +113,14 @@ def test_postgres_rejects_host_not_in_pg_hba(host, cfg):
 def test_pooling_300_clients_share_at_most_default_pool_size_server_connections(host, cfg):
     """300 clients connected at once through PgBouncer; PostgreSQL sees at most 30 of them."""
     db = other_host("data-db")
+    count = (
+        "SELECT count(*) FROM pg_stat_activity"  # noqa: S608 (test constants)
+        f" WHERE datname = '{cfg['koinonia_db_name']}' AND usename = '{cfg['koinonia_db_user']}'"
+    )
     sampler = (
         "rm -f /root/pool-stop /root/pool-samples; "
         "while [ ! -e /root/pool-stop ]; do "
-        "runuser -u postgres -- psql -XAtc \"SELECT count(*) FROM pg_stat_activity "
-        f"WHERE datname = '{cfg['koinonia_db_name']}' AND usename = '{cfg['koinonia_db_user']}'\" "
-        ">> /root/pool-samples; sleep 0.1; done"
+        f'runuser -u postgres -- psql -XAtc "{count}" >> /root/pool-samples; sleep 0.1; done'
     )
     db.run("nohup sh -c %s >/dev/null 2>&1 &", sampler)
     time.sleep(1)

@@ -58,9 +58,8 @@ def test_create_log_directory_owned_by_pgbouncer(host):
 
 def test_postgresql_running_and_role_has_scram_password(host, cfg):
     assert host.service("postgresql@15-main").is_running
-    query = (
-        "SELECT rolpassword FROM pg_authid WHERE rolname = '%s'" % cfg["koinonia_db_user"]
-    )
+    user = cfg["koinonia_db_user"]
+    query = f"SELECT rolpassword FROM pg_authid WHERE rolname = '{user}'"  # noqa: S608 (test constant)
     result = host.run("runuser -u postgres -- psql -XAtc %s", query)
     assert result.rc == 0, result.stderr
     assert result.stdout.strip().startswith("SCRAM-SHA-256$4096:")

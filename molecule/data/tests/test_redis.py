@@ -1,7 +1,6 @@
 """Redis for the job queues: authentication, the app user's limits, persistence, binding."""
 
 import pytest
-
 from conftest import other_host, with_env
 
 testinfra_hosts = ["data-client"]
@@ -30,19 +29,35 @@ def test_app_user_can_queue_and_publish_job_updates(host, cfg):
     password = cfg["koinonia_redis_app_password"]
     assert host.run(redis_cli("koinonia", password, "PING")).stdout.strip() == "PONG"
     assert host.run(redis_cli("koinonia", password, "LPUSH", "saq:test:queued", "job")).rc == 0
-    assert host.run(redis_cli("koinonia", password, "LPOP", "saq:test:queued")).stdout.strip() == "job"
-    assert host.run(redis_cli("koinonia", password, "PUBLISH", "saq:job:test", "done")).stdout.strip() == "0"
+    assert (
+        host.run(redis_cli("koinonia", password, "LPOP", "saq:test:queued")).stdout.strip() == "job"
+    )
+    assert (
+        host.run(redis_cli("koinonia", password, "PUBLISH", "saq:job:test", "done")).stdout.strip()
+        == "0"
+    )
     assert "redis_version:7." in host.run(redis_cli("koinonia", password, "INFO", "server")).stdout
 
 
 @pytest.mark.parametrize(
     "command",
-    ["FLUSHALL", "FLUSHDB", "CONFIG GET maxmemory", "CONFIG SET appendonly no", "DEBUG SLEEP 0",
-     "SHUTDOWN NOSAVE", "KEYS '*'", "ACL LIST", "MONITOR"],
+    [
+        "FLUSHALL",
+        "FLUSHDB",
+        "CONFIG GET maxmemory",
+        "CONFIG SET appendonly no",
+        "DEBUG SLEEP 0",
+        "SHUTDOWN NOSAVE",
+        "KEYS '*'",
+        "ACL LIST",
+        "MONITOR",
+    ],
 )
 def test_app_user_denied_dangerous_commands(host, cfg, command):
     # What the ACL says (Redis also refuses DEBUG to everyone, before the ACL is consulted).
-    dryrun = host.run(redis_cli("ops", cfg["koinonia_redis_ops_password"], "ACL DRYRUN koinonia", command))
+    dryrun = host.run(
+        redis_cli("ops", cfg["koinonia_redis_ops_password"], "ACL DRYRUN koinonia", command)
+    )
     assert "no permissions to run" in dryrun.stdout, dryrun.stdout + dryrun.stderr
     if not command.startswith("DEBUG"):
         result = host.run(redis_cli("koinonia", cfg["koinonia_redis_app_password"], command))
@@ -50,7 +65,9 @@ def test_app_user_denied_dangerous_commands(host, cfg, command):
 
 
 def test_app_user_denied_foreign_channels(host, cfg):
-    result = host.run(redis_cli("koinonia", cfg["koinonia_redis_app_password"], "PUBLISH", "other", "x"))
+    result = host.run(
+        redis_cli("koinonia", cfg["koinonia_redis_app_password"], "PUBLISH", "other", "x")
+    )
     assert "NOPERM" in result.stdout + result.stderr
 
 

@@ -97,6 +97,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", required=True, type=Path)
     parser.add_argument("--path", action="append", required=True, help="source path to hash")
+    parser.add_argument("--git", type=Path, help="checkout to read the commit from (default: source)")
     parser.add_argument("--lock", required=True, type=Path)
     parser.add_argument("--cache", required=True, type=Path)
     parser.add_argument("--python-version", required=True)
@@ -171,8 +172,9 @@ def main() -> None:
         tmp_bundle.rename(bundle)
         changed = True
 
-    commit = _git(source, "rev-parse", "HEAD")
-    dirty = bool(_git(source, "status", "--porcelain", "--", *args.path)) if commit else False
+    checkout = (args.git or source).resolve()
+    commit = _git(checkout, "rev-parse", "HEAD")
+    dirty = bool(_git(checkout, "status", "--porcelain", "--", *args.path)) if commit else False
     print(
         json.dumps(
             {

@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Copyright: Koinonia platform team
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """SCRAM-SHA-256 password secrets, as PostgreSQL stores them in pg_authid.rolpassword.
@@ -7,13 +6,18 @@ The salt is derived from a deployment secret (the *salt seed*) and the role name
 same inputs always give the same secret: a second run changes nothing, and the secret
 the postgresql role stores on the server is byte-for-byte the one the pgbouncer role
 writes to userlist.txt. Identical secrets are what PgBouncer's SCRAM pass-through needs
-to log in to PostgreSQL with the client's proof, without a plaintext password anywhere.
+to log in to PostgreSQL with the client's proof: no plaintext password on either host.
 The salt does not depend on the password, so it gives no shortcut to a password guess.
 """
 
-from __future__ import absolute_import, division, print_function
+import base64
+import hashlib
+import hmac
+import stringprep
+import unicodedata
 
-__metaclass__ = type
+from ansible.errors import AnsibleFilterError
+from ansible.module_utils.common.text.converters import to_bytes, to_text
 
 DOCUMENTATION = r"""
 name: scram_sha256_secret
@@ -21,8 +25,8 @@ short_description: Compute a PostgreSQL SCRAM-SHA-256 secret from a password
 description:
   - Returns C(SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>), the format of
     PostgreSQL's C(pg_authid.rolpassword) and of a PgBouncer C(userlist.txt) SCRAM entry.
-  - The 16-byte salt is HMAC-SHA-256(salt_seed, "koinonia-scram-salt" NUL username), so the result
-    is deterministic (idempotent) yet differs per role and per deployment.
+  - The 16-byte salt is HMAC-SHA-256(salt_seed, "koinonia-scram-salt" NUL username), so the
+    result is deterministic (idempotent) yet differs per role and per deployment.
 options:
   _input:
     description: The plaintext password.
@@ -45,7 +49,8 @@ options:
 EXAMPLES = r"""
 - name: Show the secret PostgreSQL would store (never do this with a real password)
   ansible.builtin.debug:
-    msg: "{{ 'app-password' | koinonia.platform.scram_sha256_secret('koinonia', vault_scram_salt_seed) }}"
+    msg: >-
+      {{ 'app-password' | koinonia.platform.scram_sha256_secret('koinonia', vault_salt_seed) }}
 """
 
 RETURN = r"""
@@ -53,15 +58,6 @@ _value:
   description: The SCRAM-SHA-256 secret.
   type: string
 """
-
-import base64
-import hashlib
-import hmac
-import stringprep
-import unicodedata
-
-from ansible.errors import AnsibleFilterError
-from ansible.module_utils.common.text.converters import to_bytes, to_text
 
 SALT_LABEL = b"koinonia-scram-salt\x00"
 
@@ -77,9 +73,15 @@ def _saslprep(password):
     )
     normalized = unicodedata.normalize("NFKC", mapped)
     prohibited = (
-        stringprep.in_table_c12, stringprep.in_table_c21_c22, stringprep.in_table_c3,
-        stringprep.in_table_c4, stringprep.in_table_c5, stringprep.in_table_c6,
-        stringprep.in_table_c7, stringprep.in_table_c8, stringprep.in_table_c9,
+        stringprep.in_table_c12,
+        stringprep.in_table_c21_c22,
+        stringprep.in_table_c3,
+        stringprep.in_table_c4,
+        stringprep.in_table_c5,
+        stringprep.in_table_c6,
+        stringprep.in_table_c7,
+        stringprep.in_table_c8,
+        stringprep.in_table_c9,
         stringprep.in_table_a1,
     )
     if not normalized or any(check(ch) for ch in normalized for check in prohibited):
@@ -96,12 +98,13 @@ def scram_sha256_secret(password, username, salt_seed, iterations=4096):
         raise AnsibleFilterError("scram_sha256_secret: a salt_seed is required")
     try:
         iterations = int(iterations)
-    except (TypeError, ValueError):
-        raise AnsibleFilterError("scram_sha256_secret: iterations must be an integer")
+    except (TypeError, ValueError) as err:
+        raise AnsibleFilterError("scram_sha256_secret: iterations must be an integer") from err
     if iterations < 4096:
         raise AnsibleFilterError("scram_sha256_secret: iterations must be at least 4096")
 
-    salt = hmac.new(to_bytes(salt_seed), SALT_LABEL + to_bytes(username), hashlib.sha256).digest()[:16]
+    label = SALT_LABEL + to_bytes(username)
+    salt = hmac.new(to_bytes(salt_seed), label, hashlib.sha256).digest()[:16]
     salted = hashlib.pbkdf2_hmac("sha256", _saslprep(to_text(password)), salt, iterations)
     client_key = hmac.new(salted, b"Client Key", hashlib.sha256).digest()
     stored_key = hashlib.sha256(client_key).digest()
@@ -110,10 +113,10 @@ def scram_sha256_secret(password, username, salt_seed, iterations=4096):
     def b64(raw):
         return to_text(base64.b64encode(raw))
 
-    return "SCRAM-SHA-256$%d:%s$%s:%s" % (iterations, b64(salt), b64(stored_key), b64(server_key))
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
 
 
-class FilterModule(object):
+class FilterModule:
     """Koinonia password filters."""
 
     def filters(self):

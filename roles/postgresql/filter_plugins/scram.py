@@ -1,1 +1,0 @@
-../../../plugins/filter/scram.py
