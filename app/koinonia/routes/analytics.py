@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from pydantic import Field
-from quart import Blueprint, Response, jsonify
+from quart import Blueprint, Response
 from quart_schema import tag, validate_querystring
 
+from koinonia.responses import json_response
 from koinonia.schemas import ApiModel
 from koinonia.services import analytics
 from koinonia.services.tenancy import current_church_id, require_user
@@ -23,9 +24,9 @@ class SummaryQuery(ApiModel):
 @require_user
 @validate_querystring(SummaryQuery)
 async def summary(query_args: SummaryQuery) -> Response:
-    body, cache_status = await analytics.summary(
+    body, cache_status = await analytics.summary_json(
         get_state().cache, current_church_id(), query_args.days
     )
-    response = jsonify(body)
+    response = json_response(body)
     response.headers["X-Cache"] = cache_status.upper()
     return response

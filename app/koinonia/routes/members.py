@@ -5,9 +5,10 @@ from __future__ import annotations
 import uuid
 
 from pydantic import EmailStr, Field
-from quart import Blueprint, Response, jsonify
+from quart import Blueprint, Response
 from quart_schema import tag, validate_querystring, validate_request
 
+from koinonia.responses import json_response
 from koinonia.schemas import ApiModel
 from koinonia.services import members
 from koinonia.services.tenancy import current_church_id, require_user
@@ -44,14 +45,15 @@ class MemberPatch(ApiModel):
 @validate_querystring(MemberListQuery)
 async def list_members(query_args: MemberListQuery) -> Response:
     """Newest first. ``page``/``limit`` or ``cursor`` (from ``pagination.nextCursor``)."""
-    body, cache_status = await members.list_members(
+    # Encoded once: a cache hit goes out exactly as Redis returned it.
+    body, cache_status = await members.list_members_json(
         get_state().cache,
         current_church_id(),
         limit=query_args.limit,
         page=query_args.page,
         cursor=query_args.cursor,
     )
-    response = jsonify(body)
+    response = json_response(body)
     response.headers["X-Cache"] = cache_status.upper()
     return response
 

@@ -10,6 +10,7 @@ from tortoise.functions import Count
 
 from koinonia.models.core import Member
 from koinonia.models.messaging import Delivery, Message
+from koinonia.responses import json_bytes
 from koinonia.services.cache import ANALYTICS, CacheService, cache_key
 
 
@@ -49,3 +50,16 @@ async def summary(
     if cache is None:
         return await load(), "bypass"
     return await cache.get_or_load(ANALYTICS, cache_key(ANALYTICS, church_id, days), load)
+
+
+async def summary_json(
+    cache: CacheService | None, church_id: uuid.UUID, days: int
+) -> tuple[str | bytes, str]:
+    """``summary`` as the encoded response body: a cache hit is returned as stored."""
+
+    async def load() -> dict[str, Any]:
+        return await compute_summary(church_id, days)
+
+    if cache is None:
+        return json_bytes(await load()), "bypass"
+    return await cache.get_or_load_json(ANALYTICS, cache_key(ANALYTICS, church_id, days), load)

@@ -14,6 +14,7 @@ from tortoise.expressions import Q
 
 from koinonia.errors import Conflict, NotFound, ValidationFailed
 from koinonia.models.core import Member
+from koinonia.responses import json_bytes
 from koinonia.services.cache import MEMBERS, CacheService, cache_key
 
 MAX_PAGE_SIZE = 100
@@ -99,6 +100,10 @@ async def _page_query(
     }
 
 
+def _first_page(page: int | None, cursor: str | None) -> bool:
+    return cursor is None and (page is None or page == 1)
+
+
 async def list_members(
     cache: CacheService | None,
     church_id: uuid.UUID,
@@ -113,10 +118,30 @@ async def list_members(
     async def load() -> dict[str, Any]:
         return await _page_query(church_id, limit, page, cursor)
 
-    first_page = cursor is None and (page is None or page == 1)
-    if first_page and cache is not None:
+    if _first_page(page, cursor) and cache is not None:
         return await cache.get_or_load(MEMBERS, cache_key(MEMBERS, church_id, "first", limit), load)
     return await load(), "bypass"
+
+
+async def list_members_json(
+    cache: CacheService | None,
+    church_id: uuid.UUID,
+    *,
+    limit: int = 50,
+    page: int | None = None,
+    cursor: str | None = None,
+) -> tuple[str | bytes, str]:
+    """``list_members`` as the encoded response body: a cache hit is returned as stored."""
+    limit = max(1, min(limit, MAX_PAGE_SIZE))
+
+    async def load() -> dict[str, Any]:
+        return await _page_query(church_id, limit, page, cursor)
+
+    if _first_page(page, cursor) and cache is not None:
+        return await cache.get_or_load_json(
+            MEMBERS, cache_key(MEMBERS, church_id, "first", limit), load
+        )
+    return json_bytes(await load()), "bypass"
 
 
 async def get_member(church_id: uuid.UUID, member_id: uuid.UUID) -> Member:

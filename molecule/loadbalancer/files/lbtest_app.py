@@ -7,6 +7,7 @@ GET  /metrics           200 (must never be reachable through the public listener
 GET  /api/...           200, echoes the proxy headers it received as JSON
 POST /api/...           200, same echo
 ANY  /api/test/crash    counts the hit, then drops the connection without an answer
+GET  /api/test/slow     answers after 3 s on lb-app1, at once elsewhere (least connections)
 GET  /_lbtest/hits      the per-path hit counters (asked directly on :3000 by the tests)
 POST /_lbtest/reset     clears the counters
 Every answer carries X-Served-By: <hostname>, as the real app is asked to.
@@ -15,6 +16,7 @@ import json
 import os
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 HOSTNAME = socket.gethostname()
@@ -81,6 +83,8 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)
             return None
+        if path == "/api/test/slow" and HOSTNAME == "lb-app1":
+            time.sleep(3)
         if path.startswith("/api/"):
             return self._echo()
         return self._send(404, {"error": {"code": "not_found", "message": "not found", "details": {}}})

@@ -16,6 +16,17 @@ def test_99_requests_spread_evenly_over_the_peers_within_20_percent(host, all_pe
         assert abs(counts[name] - expected) <= 0.2 * expected, counts
 
 
+def test_least_connections_sends_new_requests_away_from_a_busy_peer(host, all_peers_up):
+    """lb-app1 holds /api/test/slow for 3 s, lb-app2 answers at once: with least connections
+    each of the 2 workers sends at most its first request to lb-app1 (round-robin: ~4 of 8)."""
+    out = host.check_output(
+        "for i in 1 2 3 4 5 6 7 8; do curl -sk -o /dev/null -w '%header{x-served-by}\\n' "
+        f"{BASE}/api/test/slow & sleep 0.2; done; wait")
+    counts = collections.Counter(out.split())
+    assert sum(counts.values()) == 8, counts
+    assert counts["lb-app1"] <= 2, counts
+
+
 def test_get_failing_mid_request_is_retried_on_another_peer(host, all_peers_up):
     """Idempotent: a GET whose peer drops the connection is tried on the other one."""
     reset_hits(host)

@@ -97,7 +97,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", required=True, type=Path)
     parser.add_argument("--path", action="append", required=True, help="source path to hash")
-    parser.add_argument("--git", type=Path, help="checkout to read the commit from (default: source)")
+    parser.add_argument(
+        "--git", type=Path, help="checkout to read the commit from (default: source)"
+    )
     parser.add_argument("--lock", required=True, type=Path)
     parser.add_argument("--cache", required=True, type=Path)
     parser.add_argument("--python-version", required=True)
@@ -124,8 +126,17 @@ def main() -> None:
     if not deps.is_dir():
         tmp = Path(tempfile.mkdtemp(prefix=".deps-", dir=cache))
         _run(
-            [*pip, "download", "--quiet", "--no-deps", *_target_args(args), "-d", str(tmp)]
-            + ["-r", str(args.lock)],
+            [
+                *pip,
+                "download",
+                "--quiet",
+                "--no-deps",
+                *_target_args(args),
+                "-d",
+                str(tmp),
+                "-r",
+                str(args.lock),
+            ],
             "downloading the pinned dependencies",
         )
         tmp.rename(deps)
@@ -159,9 +170,22 @@ def main() -> None:
     if not bundle.is_file():
         with tempfile.TemporaryDirectory(prefix=".check-", dir=cache) as target:
             _run(
-                [*pip, "install", "--quiet", "--dry-run", "--no-index", "--ignore-installed"]
-                + ["--find-links", str(deps), "--find-links", str(appdir)]
-                + [*_target_args(args), "--target", target, f"{name}=={version}"],
+                [
+                    *pip,
+                    "install",
+                    "--quiet",
+                    "--dry-run",
+                    "--no-index",
+                    "--ignore-installed",
+                    "--find-links",
+                    str(deps),
+                    "--find-links",
+                    str(appdir),
+                    *_target_args(args),
+                    "--target",
+                    target,
+                    f"{name}=={version}",
+                ],
                 f"resolving {name}=={version} from the wheelhouse alone (is {args.lock} "
                 "up to date with pyproject.toml? see roles/app/README.md)",
             )

@@ -35,7 +35,7 @@ local _M = { _VERSION = "1.0" }
 local conf          -- settings from configure()
 local peers = {}    -- array of { id, name, host, port, weight }
 local dict          -- the lua_shared_dict
-local active = {}   -- per worker: requests in flight per peer id (as nginx least_conn without zone)
+local active = {}   -- per worker: requests in flight per peer address (as nginx least_conn without zone)
 local current = {}  -- per worker: smooth weighted round-robin state per peer id (tie-break)
 local checking = false
 
@@ -85,7 +85,9 @@ function _M.configure(json)
             error("koinonia upstream: peer " .. id .. " is listed twice")
         end
         seen[id] = true
-        peers[i] = { id = id, name = p.name, host = p.host, port = port, weight = weight }
+        -- addr is how $upstream_addr names the peer (the log phase releases counts by it).
+        local addr = (p.host:find(":", 1, true) and ("[" .. p.host .. "]") or p.host) .. ":" .. port
+        peers[i] = { id = id, name = p.name, host = p.host, port = port, weight = weight, addr = addr }
     end
     conf = c
 end
@@ -246,7 +248,7 @@ end
 local function pick(list)
     local best_score, ties = nil, {}
     for _, peer in ipairs(list) do
-        local score = (active[peer.id] or 0) / peer.weight
+        local score = (active[peer.addr] or 0) / peer.weight
         if best_score == nil or score < best_score then
             best_score, ties = score, { peer }
         elseif score == best_score then
@@ -338,26 +340,28 @@ function _M.balance()
     end
     tried.n = tried.n + 1
     tried[peer.id] = true
-    tried[tried.n] = peer.id
     tried.last = peer.id
-    active[peer.id] = (active[peer.id] or 0) + 1
 
     local ok, err = balancer.set_current_peer(peer.host, peer.port)
     if not ok then
         log(ERR, "koinonia upstream: cannot use peer ", peer.id, ": ", err)
         return ngx.exit(ngx.ERROR)
     end
+    active[peer.addr] = (active[peer.addr] or 0) + 1
 end
 
+-- Releases by $upstream_addr ("a:3000, b:3000" and " : " after an internal redirect), not
+-- by ngx.ctx: an error_page redirect clears ngx.ctx but keeps the upstream states.
 function _M.log()
-    local tried = ngx.ctx.koinonia_tried
-    if not tried then
+    local addrs = ngx.var.upstream_addr
+    if not addrs or addrs == "" then
         return
     end
-    for i = 1, tried.n do
-        local id = tried[i]
-        local n = (active[id] or 1) - 1
-        active[id] = n > 0 and n or 0
+    for addr in addrs:gmatch("[^%s,]+") do
+        local n = active[addr]
+        if n then
+            active[addr] = n > 1 and n - 1 or 0
+        end
     end
 end
 
@@ -391,7 +395,7 @@ function _M.status()
             last_result = dict:get("result:" .. id) or cjson.null,
             status_since = iso(dict:get("since:" .. id)),
             passive_failures = dict:get("pfail:" .. id) or 0,
-            active_requests_this_worker = active[id] or 0,
+            active_requests_this_worker = active[peer.addr] or 0,
         }
     end
     ngx.header["Content-Type"] = "application/json"
