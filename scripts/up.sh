@@ -8,7 +8,7 @@
 #
 # Containers are made exactly like the Molecule hosts (molecule/resources/create.yml):
 # Debian 12 with systemd as PID 1, on the docker network "koinonia-local", then deployed
-# with `ansible-playbook site.yml -i inventories/local` (DEMO passwords, see its README).
+# with `ansible-playbook site.yml -i inventories/local` (DEMO passwords: inventories/local/README.md).
 # Re-running it reuses the containers and re-applies the playbook (nothing changes).
 # `make down` (scripts/down.sh) removes everything.
 #
@@ -65,8 +65,13 @@ done
 
 say "waiting for systemd in each container; test-only drop-in; apt lists"
 prepare() {
-  local name=$1 state
-  state=$(docker exec "$name" systemctl is-system-running --wait 2>/dev/null || true)
+  local name=$1 state="" _
+  # Right after `docker run`, systemctl may not reach systemd yet (empty answer): retry.
+  for _ in $(seq 1 60); do
+    state=$(docker exec "$name" systemctl is-system-running --wait 2>/dev/null || true)
+    case "$state" in running|degraded) break;; esac
+    sleep 2
+  done
   case "$state" in running|degraded) ;; *) echo "$name: systemd did not boot ($state)"; return 1;; esac
   # The same test-only drop-in as molecule/resources/prepare.yml: this sandbox cannot mount
   # /proc with hidepid in a user namespace, so units combining PrivateUsers= with

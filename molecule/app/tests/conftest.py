@@ -47,6 +47,8 @@ try:
         status, text, headers = resp.status, resp.read().decode(), dict(resp.headers)
 except urllib.error.HTTPError as exc:
     status, text, headers = exc.code, exc.read().decode(), dict(exc.headers)
+except OSError as exc:  # refused, reset, timed out: no HTTP answer at all
+    status, text, headers = 0, repr(exc), {}
 try:
     parsed = json.loads(text)
 except ValueError:
@@ -56,7 +58,10 @@ print(json.dumps({"status": status, "body": parsed, "headers": headers}))
 
 
 def http(host, method, path, body=None, token=None, port=3000):
-    """(status, parsed body) of METHOD http://127.0.0.1:port/path, sent from `host`."""
+    """(status, parsed body) of METHOD http://127.0.0.1:port/path, sent from `host`.
+
+    status is 0 when no HTTP answer came (connection refused, reset, timeout).
+    """
     args = [
         "python3",
         "-c",

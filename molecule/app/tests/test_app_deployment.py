@@ -68,7 +68,7 @@ def test_pgbouncer_serves_the_app_servers(host, cfg):
 def test_smoke_register_login_member_group_message_sent_by_log_provider():
     app1, app2 = get_host("app-1"), get_host("app-2")
     suffix = uuid.uuid4().hex[:8]
-    email = f"smoke-{suffix}@molecule.test"
+    email = f"smoke-{suffix}@molecule.example.org"
     password = "smoke-password-123"
     status, body = http(
         app1,

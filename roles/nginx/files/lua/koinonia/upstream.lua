@@ -13,7 +13,7 @@
 --   init_worker()    init_worker_by_lua:   worker 0 probes every peer every `interval` s
 --   access()         access_by_lua:        503 JSON at once when no peer is up
 --   balance()        balancer_by_lua:      least connections over up peers, retries
---   log()            log_by_lua:           release the connection counts of this request
+--   log()            log_by_lua:           release the in-flight counts, record passive failures
 --   status()         content_by_lua:       the /upstream_status JSON
 --
 -- Peer state in the shared dict (key suffix = peer id "name:port"):
@@ -38,6 +38,8 @@ local dict          -- the lua_shared_dict
 local active = {}   -- per worker: requests in flight per peer address (as nginx least_conn without zone)
 local current = {}  -- per worker: smooth weighted round-robin state per peer id (tie-break)
 local checking = false
+
+local by_addr = {}  -- peer by its $upstream_addr form
 
 local function positive_number(value, name)
     if type(value) ~= "number" or value <= 0 then
@@ -73,7 +75,7 @@ function _M.configure(json)
         error("koinonia upstream: no peers (is the app servers group empty?)")
     end
     local seen = {}
-    peers = {}
+    peers, by_addr = {}, {}
     for i, p in ipairs(c.peers) do
         if type(p.host) ~= "string" or not (p.host:match("^%d+%.%d+%.%d+%.%d+$") or p.host:find(":", 1, true)) then
             error("koinonia upstream: peer " .. tostring(p.name) .. " needs an IP address, got " .. tostring(p.host))
@@ -88,6 +90,7 @@ function _M.configure(json)
         -- addr is how $upstream_addr names the peer (the log phase releases counts by it).
         local addr = (p.host:find(":", 1, true) and ("[" .. p.host .. "]") or p.host) .. ":" .. port
         peers[i] = { id = id, name = p.name, host = p.host, port = port, weight = weight, addr = addr }
+        by_addr[addr] = peers[i]
     end
     conf = c
 end
@@ -307,17 +310,6 @@ function _M.balance()
     if not tried then
         tried = { n = 0 }
         ctx.koinonia_tried = tried
-    else
-        -- A retry: nginx already judged the last peer (error/timeout, never for a POST or
-        -- PATCH once sent). Count it as a passive failure.
-        local state = balancer.get_last_failure()
-        if state == "failed" and tried.last then
-            local n = dict:incr("pfail:" .. tried.last, 1, 0, conf.fail_timeout)
-            if n == conf.max_fails then
-                log(WARN, "koinonia upstream: peer ", tried.last, " failed ", n,
-                    " requests, skipped for ", conf.fail_timeout, "s")
-            end
-        end
     end
 
     local list = candidates(tried)
@@ -340,7 +332,6 @@ function _M.balance()
     end
     tried.n = tried.n + 1
     tried[peer.id] = true
-    tried.last = peer.id
 
     local ok, err = balancer.set_current_peer(peer.host, peer.port)
     if not ok then
@@ -350,17 +341,40 @@ function _M.balance()
     active[peer.addr] = (active[peer.addr] or 0) + 1
 end
 
--- Releases by $upstream_addr ("a:3000, b:3000" and " : " after an internal redirect), not
--- by ngx.ctx: an error_page redirect clears ngx.ctx but keeps the upstream states.
+-- Passive check: a try that ended in a connection error (NGINX records 502) or a timeout
+-- (504) counts against its peer for fail_timeout seconds.
+local function passive_failure(peer)
+    local n = dict:incr("pfail:" .. peer.id, 1, 0, conf.fail_timeout)
+    if n == conf.max_fails then
+        log(WARN, "koinonia upstream: peer ", peer.id, " failed ", n,
+            " requests, skipped for up to ", conf.fail_timeout, "s")
+    end
+end
+
+-- Works from $upstream_addr / $upstream_status ("a:3000, b:3000" and " : " after an
+-- internal redirect), not from ngx.ctx: an error_page redirect clears ngx.ctx but keeps
+-- the upstream states. Releases the in-flight counts and records passive failures.
 function _M.log()
     local addrs = ngx.var.upstream_addr
     if not addrs or addrs == "" then
         return
     end
+    local statuses = {}
+    for status in (ngx.var.upstream_status or ""):gmatch("[^%s,:]+") do
+        statuses[#statuses + 1] = status
+    end
+    local i = 0
     for addr in addrs:gmatch("[^%s,]+") do
-        local n = active[addr]
-        if n then
-            active[addr] = n > 1 and n - 1 or 0
+        if addr ~= ":" then
+            i = i + 1
+            local n = active[addr]
+            if n then
+                active[addr] = n > 1 and n - 1 or 0
+            end
+            local peer = by_addr[addr]
+            if peer and (statuses[i] == "502" or statuses[i] == "504") then
+                passive_failure(peer)
+            end
         end
     end
 end
