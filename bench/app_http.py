@@ -77,7 +77,7 @@ def wrk(url: str, seconds: int, connections: int, **lua_env: str) -> dict[str, f
     out = subprocess.run(
         [
             "wrk",
-            "-t2",
+            f"-t{min(2, connections)}",
             f"-c{connections}",
             f"-d{seconds}s",
             "--timeout",

@@ -31,6 +31,15 @@ command -v docker >/dev/null || { echo "docker is required (make setup installs 
 command -v ansible-playbook >/dev/null || { echo "ansible-playbook not found (make setup builds .venv)"; exit 1; }
 docker image inspect "$IMAGE" >/dev/null 2>&1 || scripts/build-base-image.sh
 
+# systemd in every container takes inotify instances, all counted against root's limit on
+# this machine (128 by default). Past it, a container hangs in "initializing" and its
+# journal says "Failed to create inotify object: Too many open files".
+inotify_limit=$(cat /proc/sys/fs/inotify/max_user_instances 2>/dev/null || echo 0)
+if [ "$inotify_limit" -lt 512 ]; then
+  echo "note: fs.inotify.max_user_instances is $inotify_limit; with many systemd containers"
+  echo "      running (Molecule too), raise it: sysctl -w fs.inotify.max_user_instances=1024"
+fi
+
 say "network $NETWORK"
 docker network inspect "$NETWORK" >/dev/null 2>&1 || docker network create "$NETWORK" >/dev/null
 
@@ -65,14 +74,21 @@ done
 
 say "waiting for systemd in each container; test-only drop-in; apt lists"
 prepare() {
-  local name=$1 state="" _
-  # Right after `docker run`, systemctl may not reach systemd yet (empty answer): retry.
-  for _ in $(seq 1 60); do
-    state=$(docker exec "$name" systemctl is-system-running --wait 2>/dev/null || true)
+  local name=$1 state="" deadline=$((SECONDS + 300))
+  # Right after `docker run`, systemctl may not reach systemd yet (empty answer): retry,
+  # for 5 minutes at most.
+  while [ $SECONDS -lt $deadline ]; do
+    state=$(timeout $((deadline - SECONDS)) docker exec "$name" systemctl is-system-running --wait 2>/dev/null || true)
     case "$state" in running|degraded) break;; esac
     sleep 2
   done
-  case "$state" in running|degraded) ;; *) echo "$name: systemd did not boot ($state)"; return 1;; esac
+  case "$state" in
+    running|degraded) ;;
+    *) echo "$name: systemd did not boot ($state)"
+       docker exec "$name" journalctl --no-pager -n 200 2>/dev/null | grep -m1 'Too many open files' \
+         && echo "$name: out of inotify instances: sysctl -w fs.inotify.max_user_instances=1024"
+       return 1;;
+  esac
   # The same test-only drop-in as molecule/resources/prepare.yml: this sandbox cannot mount
   # /proc with hidepid in a user namespace, so units combining PrivateUsers= with
   # ProtectProc=invisible would fail with 217/USER. Only these local containers relax it.

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 
 import pytest
 from saq.job import Status
 
 from koinonia.jobs import build_worker, delivery_idempotency_key, retry_delay
 from koinonia.models.messaging import Delivery, DeliveryStatus
-from koinonia.services.queue import delivery_job_key
+from koinonia.services import queue as queue_service
+from koinonia.services.queue import SEND_DELIVERY, delivery_job_key, enqueue_deliveries
 from tests.messaging_fixtures import (
     StepWorker,
     create_member,
@@ -304,3 +306,30 @@ async def test_job_of_a_killed_worker_is_swept_and_texts_once(
     assert stored.status == DeliveryStatus.SENT
     assert len(fake_twilio.requests) == 2
     assert len(fake_twilio.unique_sends()) == 1  # the member got one text
+
+
+async def test_batched_enqueue_is_what_saq_enqueue_would_store(make_worker, settings, monkeypatch):
+    # enqueue_many runs SAQ's enqueue script for a batch at once; SAQ must see plain jobs.
+    monkeypatch.setattr(queue_service, "ENQUEUE_BATCH", 2)  # 5 jobs: three script calls
+    step = await make_worker()
+    ids = [uuid.uuid4() for _ in range(5)]
+    already = await step.queue.enqueue(
+        SEND_DELIVERY, key=delivery_job_key(ids[0]), delivery_id=str(ids[0])
+    )
+    assert already is not None
+
+    # A key that is already waiting is refused, as by SAQ's own enqueue; the rest go in.
+    assert await enqueue_deliveries(step.queue, settings, ids) == 4
+    assert await enqueue_deliveries(step.queue, settings, ids) == 0
+    assert await step.queue.count("queued") == 5
+    job = await step.job(delivery_job_key(ids[1]))
+    assert job.status == Status.QUEUED
+    assert job.function == SEND_DELIVERY
+    assert job.kwargs == {"delivery_id": str(ids[1])}
+    assert job.retries == settings.sms_max_retries + 1
+    assert job.timeout == settings.sms_job_timeout_seconds
+    # A worker takes them in order (these deliveries do not exist: the job says so).
+    assert await step.run_until_idle() == 5
+    done = await step.job(delivery_job_key(ids[4]))
+    assert done.status == Status.COMPLETE
+    assert done.result == {"status": "missing"}

@@ -16,12 +16,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from redis.asyncio import Redis
+from tortoise import connections
 from tortoise.exceptions import IntegrityError
 from tortoise.functions import Count
-from tortoise.transactions import in_transaction
 
+from koinonia.db import CONNECTION_NAME
 from koinonia.errors import Conflict, NotFound
-from koinonia.models.core import Group, GroupMembership, Member
+from koinonia.models.core import Member
 from koinonia.models.messaging import (
     Delivery,
     DeliveryStatus,
@@ -62,6 +63,18 @@ def _uuids(values: list[str]) -> list[uuid.UUID]:
         raise NotFound("Unknown target id") from exc
 
 
+# The church's groups among the targets with their opted-in members of the same church, in
+# one query (one round trip) rather than a group check and then a membership query: a group
+# without such members still comes back once, with NULLs, so it counts as found.
+_GROUP_RECIPIENTS = """
+SELECT g.id AS group_id, m.id AS member_id, m.phone
+FROM member_group g
+LEFT JOIN group_membership gm ON gm.group_id = g.id
+LEFT JOIN member m ON m.id = gm.member_id AND m.church_id = $1 AND m.opt_in_sms
+WHERE g.church_id = $1 AND g.id = ANY($2::uuid[])
+"""
+
+
 async def resolve_recipients(
     church_id: uuid.UUID, target_type: TargetType, target_ids: list[str]
 ) -> list[Recipient]:
@@ -72,21 +85,14 @@ async def resolve_recipients(
     """
     ids = _uuids(target_ids)
     if target_type == TargetType.GROUP:
-        found = set(
-            await Group.filter(church_id=church_id, id__in=ids).values_list("id", flat=True)
+        _, found_rows = await connections.get(CONNECTION_NAME).execute_query(
+            _GROUP_RECIPIENTS, [church_id, ids]
         )
+        found = {row["group_id"] for row in found_rows}
         missing = [str(i) for i in ids if i not in found]
         if missing:
             raise NotFound("Group not found", details={"targetIds": missing})
-        rows = (
-            await GroupMembership.filter(
-                group_id__in=ids,
-                member__church_id=church_id,
-                member__opt_in_sms=True,
-            )
-            .distinct()
-            .values_list("member_id", "member__phone")
-        )
+        rows = [(r["member_id"], r["phone"]) for r in found_rows if r["member_id"] is not None]
     elif target_type == TargetType.MEMBERS:
         rows = await Member.filter(church_id=church_id, id__in=ids).values_list(
             "id", "phone", "opt_in_sms"
@@ -138,37 +144,73 @@ async def record_message(
         return await _existing_for_key(church_id, idempotency_key, fingerprint)
 
     recipients = await resolve_recipients(church_id, target_type, target_ids)
+    message = Message(
+        id=uuid.uuid4(),
+        church_id=church_id,
+        created_by_id=created_by_id,
+        content=content,
+        target_type=target_type,
+        target_ids=[str(i) for i in target_ids],
+        recipient_count=len(recipients),
+        status=MessageStatus.QUEUED if recipients else MessageStatus.EMPTY,
+        idempotency_key=idempotency_key,
+        request_hash=fingerprint,
+        created_at=datetime.now(UTC),
+    )
+    delivery_ids = [uuid.uuid4() for _ in recipients]
     try:
-        async with in_transaction():
-            message = await Message.create(
-                church_id=church_id,
-                created_by_id=created_by_id,
-                content=content,
-                target_type=target_type,
-                target_ids=[str(i) for i in target_ids],
-                recipient_count=len(recipients),
-                status=MessageStatus.QUEUED if recipients else MessageStatus.EMPTY,
-                idempotency_key=idempotency_key,
-                request_hash=fingerprint,
-            )
-            deliveries = [
-                Delivery(
-                    id=uuid.uuid4(),
-                    message_id=message.id,
-                    church_id=church_id,
-                    member_id=r.member_id,
-                    phone=r.phone,
-                )
-                for r in recipients
-            ]
-            if deliveries:
-                await Delivery.bulk_create(deliveries, batch_size=500)
+        await _insert_message_and_deliveries(message, recipients, delivery_ids)
     except IntegrityError:
         # Two requests with the same key raced; the other one committed first.
         if idempotency_key is None:
             raise
         return await _existing_for_key(church_id, idempotency_key, fingerprint)
-    return RecordedMessage(message=message, delivery_ids=[d.id for d in deliveries], created=True)
+    return RecordedMessage(message=message, delivery_ids=delivery_ids, created=True)
+
+
+# The message and all its deliveries in ONE statement: atomic on its own (no BEGIN/COMMIT
+# round trips through PgBouncer), and the deliveries go in as three arrays rather than one
+# ORM object and one INSERT execution per recipient (for 100 recipients: ~10x less CPU).
+# Column values mirror the models' defaults (models/messaging.py): keep them in step.
+_INSERT_MESSAGE_AND_DELIVERIES = """
+WITH new_message AS (
+    INSERT INTO message (id, church_id, created_by_id, content, target_type, target_ids,
+                         status, recipient_count, idempotency_key, request_hash, created_at)
+    VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $9, $10, $11)
+    RETURNING id
+)
+INSERT INTO delivery (id, message_id, church_id, member_id, phone, status, attempts,
+                      created_at, updated_at)
+SELECT d.id, new_message.id, $2, d.member_id, d.phone, $12, 0, $11, $11
+FROM new_message, unnest($13::uuid[], $14::uuid[], $15::text[]) AS d(id, member_id, phone)
+"""
+
+
+async def _insert_message_and_deliveries(
+    message: Message, recipients: list[Recipient], delivery_ids: list[uuid.UUID]
+) -> None:
+    await connections.get(CONNECTION_NAME).execute_query(
+        _INSERT_MESSAGE_AND_DELIVERIES,
+        [
+            message.id,
+            message.church_id,  # type: ignore[attr-defined]
+            message.created_by_id,  # type: ignore[attr-defined]
+            message.content,
+            str(message.target_type),
+            json.dumps(message.target_ids, separators=(",", ":")),
+            str(message.status),
+            message.recipient_count,
+            message.idempotency_key,
+            message.request_hash,
+            message.created_at,
+            str(DeliveryStatus.QUEUED),
+            delivery_ids,
+            [r.member_id for r in recipients],
+            [r.phone for r in recipients],
+        ],
+    )
+    # The instance now mirrors a stored row: a later save() must UPDATE, not INSERT.
+    message._saved_in_db = True
 
 
 async def get_message(church_id: uuid.UUID, message_id: uuid.UUID) -> Message:

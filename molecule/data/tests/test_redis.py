@@ -36,6 +36,13 @@ def test_app_user_can_queue_and_publish_job_updates(host, cfg):
         host.run(redis_cli("koinonia", password, "PUBLISH", "saq:job:test", "done")).stdout.strip()
         == "0"
     )
+    # WebSocket fan-out: church events travel on church:<id>:events.
+    assert (
+        host.run(
+            redis_cli("koinonia", password, "PUBLISH", "church:42:events", "{}")
+        ).stdout.strip()
+        == "0"
+    )
     assert "redis_version:7." in host.run(redis_cli("koinonia", password, "INFO", "server")).stdout
 
 

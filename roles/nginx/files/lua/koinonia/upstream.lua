@@ -28,7 +28,7 @@ local balancer = require "ngx.balancer"
 
 local ngx = ngx
 local log = ngx.log
-local ERR, WARN, NOTICE = ngx.ERR, ngx.WARN, ngx.NOTICE
+local ERR, WARN = ngx.ERR, ngx.WARN
 
 local _M = { _VERSION = "1.0" }
 
@@ -139,7 +139,7 @@ local function record(peer, status, err)
         if dict:get("down:" .. id) and oks >= conf.rise then
             dict:delete("down:" .. id)
             dict:set("since:" .. id, now)
-            log(NOTICE, "koinonia upstream: peer ", id, " is UP after ", oks, " good checks")
+            log(WARN, "koinonia upstream: peer ", id, " is UP after ", oks, " good checks")
         end
     else
         dict:set("oks:" .. id, 0)
