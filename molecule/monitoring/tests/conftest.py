@@ -4,9 +4,7 @@ import json
 
 
 def internal_ip(host):
-    return host.check_output(
-        "ip -4 -o route get 1.1.1.1 | sed -n 's/.* src \\([0-9.]*\\).*/\\1/p'"
-    )
+    return host.check_output("ip -4 -o route get 1.1.1.1 | sed -n 's/.* src \\([0-9.]*\\).*/\\1/p'")
 
 
 def get(host, url):
