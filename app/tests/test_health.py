@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from datetime import datetime
 
 from quart import Quart
@@ -162,3 +163,8 @@ async def test_paused_database_makes_ready_503_without_hanging(client, servers):
     finally:
         await admin.close()
     assert (await client.get("/health/ready")).status_code == 200
+
+
+async def test_response_names_the_app_server_that_answered(client):
+    response = await client.get("/health")
+    assert response.headers["X-Served-By"] == socket.gethostname()
