@@ -12,6 +12,7 @@ GET  /_lbtest/hits      the per-path hit counters (asked directly on :3000 by th
 POST /_lbtest/reset     clears the counters
 Every answer carries X-Served-By: <hostname>, as the real app is asked to.
 """
+
 import json
 import os
 import socket
@@ -51,12 +52,15 @@ class Handler(BaseHTTPRequestHandler):
         return self.rfile.read(length) if length else b""
 
     def _echo(self):
-        self._send(200, {
-            "servedBy": HOSTNAME,
-            "method": self.command,
-            "path": self.path,
-            "headers": {k.lower(): v for k, v in self.headers.items()},
-        })
+        self._send(
+            200,
+            {
+                "servedBy": HOSTNAME,
+                "method": self.command,
+                "path": self.path,
+                "headers": {k.lower(): v for k, v in self.headers.items()},
+            },
+        )
 
     def _handle(self):
         path = self.path.split("?")[0]
@@ -87,7 +91,9 @@ class Handler(BaseHTTPRequestHandler):
             time.sleep(3)
         if path.startswith("/api/"):
             return self._echo()
-        return self._send(404, {"error": {"code": "not_found", "message": "not found", "details": {}}})
+        return self._send(
+            404, {"error": {"code": "not_found", "message": "not found", "details": {}}}
+        )
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
 

@@ -5,6 +5,7 @@ controller to the published ports 127.0.0.1:18443 / 18480. The stand-in app serv
 (files/lbtest_app.py) are reached directly on :3000 to read their hit counters.
 The scenario sets small health check knobs: interval 1 s, fall 3, rise 2.
 """
+
 import json
 import shlex
 import time
@@ -71,8 +72,10 @@ def set_ready(apps, name, ready):
 
 def hits(lb):
     """Per-app hit counters, read directly from each stand-in app server."""
-    return {name: json.loads(lb.check_output(f"curl -s http://{name}:3000/_lbtest/hits"))
-            for name in APPS}
+    return {
+        name: json.loads(lb.check_output(f"curl -s http://{name}:3000/_lbtest/hits"))
+        for name in APPS
+    }
 
 
 def reset_hits(lb):
@@ -83,12 +86,16 @@ def reset_hits(lb):
 @pytest.fixture
 def all_peers_up(lb, apps):
     """Every peer ready and seen up by the checker, before and after the test."""
+
     def restore():
         for name, h in apps.items():
             set_ready(apps, name, True)
             h.run_expect([0], "systemctl start lbtest-app")
-        wait_for(lambda: all(p["status"] == "up" for p in upstream_status(lb).values()),
-                 UP_DEADLINE + INTERVAL * FALL)
+        wait_for(
+            lambda: all(p["status"] == "up" for p in upstream_status(lb).values()),
+            UP_DEADLINE + INTERVAL * FALL,
+        )
+
     restore()
     yield
     restore()

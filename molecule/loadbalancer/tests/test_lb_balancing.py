@@ -1,4 +1,5 @@
 """Checklist 2.6: traffic spread over the app servers; retries only where they are safe."""
+
 import collections
 
 from conftest import APPS, BASE, hits, reset_hits
@@ -21,7 +22,8 @@ def test_least_connections_sends_new_requests_away_from_a_busy_peer(host, all_pe
     each of the 2 workers sends at most its first request to lb-app1 (round-robin: ~4 of 8)."""
     out = host.check_output(
         "for i in 1 2 3 4 5 6 7 8; do curl -sk -o /dev/null -w '%header{x-served-by}\\n' "
-        f"{BASE}/api/test/slow & sleep 0.2; done; wait")
+        f"{BASE}/api/test/slow & sleep 0.2; done; wait"
+    )
     counts = collections.Counter(out.split())
     assert sum(counts.values()) == 8, counts
     assert counts["lb-app1"] <= 2, counts
@@ -39,7 +41,9 @@ def test_get_failing_mid_request_is_retried_on_another_peer(host, all_peers_up):
 def test_post_failing_mid_request_is_never_sent_to_a_second_peer(host, all_peers_up):
     """NGINX never re-sends a POST that reached a peer (no non_idempotent retries)."""
     reset_hits(host)
-    code = host.check_output(f"curl -sk -o /dev/null -w '%{{http_code}}' -X POST -d '{{}}' {BASE}/api/test/crash")
+    code = host.check_output(
+        f"curl -sk -o /dev/null -w '%{{http_code}}' -X POST -d '{{}}' {BASE}/api/test/crash"
+    )
     assert code == "502"
     counts = hits(host)
     assert sum(counts[name].get("POST /api/test/crash", 0) for name in APPS) == 1, counts

@@ -48,9 +48,14 @@ def test_listens_on_80_443_and_internal_8080(host):
 
 def test_bad_config_is_rejected_by_validation_and_nginx_keeps_serving(host):
     """The validate step (nginx -t -c) refuses a broken candidate; the live config stays."""
-    host.run_expect([0], "sed 's/limit_req_status 429;/limit_req_status 4299;/' "
-                         "/etc/nginx/nginx.conf > /tmp/nginx-bad.conf")
+    host.run_expect(
+        [0],
+        "sed 's/limit_req_status 429;/limit_req_status 4299;/' "
+        "/etc/nginx/nginx.conf > /tmp/nginx-bad.conf",
+    )
     res = host.run("nginx -t -q -c /tmp/nginx-bad.conf")
     assert res.rc != 0
     host.run("rm -f /tmp/nginx-bad.conf")
-    assert host.run("curl -sk -o /dev/null -w '%{http_code}' https://localhost/health").stdout == "200"
+    assert (
+        host.run("curl -sk -o /dev/null -w '%{http_code}' https://localhost/health").stdout == "200"
+    )

@@ -1,4 +1,5 @@
 """Checklist 2.5 and security validation: per-client rate limits answer 429 JSON."""
+
 import json
 import time
 
@@ -11,15 +12,23 @@ def _burst(host, path, count, rate, method="POST"):
     """count requests over one connection, `rate` per second; returns [(status, retry_after, body)]."""
     args = " ".join(f"-o /tmp/rl-{i}.out {BASE}{path}" for i in range(count))
     host.run_expect([0], "rm -f /tmp/rl-*")
-    body = "-H 'Content-Type: application/json' -d '{\"email\":\"test@test.com\",\"password\":\"test\"}'"
+    body = (
+        '-H \'Content-Type: application/json\' -d \'{"email":"test@test.com","password":"test"}\''
+    )
     out = host.check_output(
         f"curl -sk -X {method} {body if method == 'POST' else ''} --rate {rate} "
-        f"-w '%{{http_code}} %header{{retry-after}}\\n' {args}")
+        f"-w '%{{http_code}} %header{{retry-after}}\\n' {args}"
+    )
     results = []
     for i, line in enumerate(out.splitlines()):
         fields = line.split()
-        results.append((int(fields[0]), fields[1] if len(fields) > 1 else None,
-                        host.file(f"/tmp/rl-{i}.out").content_string))
+        results.append(
+            (
+                int(fields[0]),
+                fields[1] if len(fields) > 1 else None,
+                host.file(f"/tmp/rl-{i}.out").content_string,
+            )
+        )
     assert len(results) == count
     return results
 
@@ -28,8 +37,9 @@ def test_15_simultaneous_logins_only_1_plus_burst_5_pass_rest_429(host):
     """/api/auth/ is 10 r/s with burst 5: 15 logins at once -> 6 pass (7 if 100 ms went by)."""
     time.sleep(1.5)  # let the zone drain from earlier tests
     args = " ".join(f"-o /dev/null {BASE}/api/auth/login" for _ in range(15))
-    out = host.check_output(f"curl -sk --parallel --parallel-max 15 -X POST -d '{{}}' "
-                            f"-w '%{{http_code}}\\n' {args}")
+    out = host.check_output(
+        f"curl -sk --parallel --parallel-max 15 -X POST -d '{{}}' -w '%{{http_code}}\\n' {args}"
+    )
     codes = out.split()
     assert len(codes) == 15 and set(codes) <= {"200", "429"}, codes
     assert 6 <= codes.count("200") <= 8, codes
@@ -88,7 +98,7 @@ def test_429_has_json_error_shape_and_retry_after(host):
     results = _burst(host, "/api/auth/login", 12, "1000/s")
     limited = [r for r in results if r[0] == 429]
     assert limited, [r[0] for r in results]
-    status, retry_after, body = limited[0]
+    _status, retry_after, body = limited[0]
     assert retry_after is not None and int(retry_after) >= 1
     error = json.loads(body)["error"]
     assert error["code"] == "rate_limited"

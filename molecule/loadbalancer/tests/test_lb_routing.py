@@ -1,4 +1,5 @@
 """Request ids, forwarded headers, WebSocket upgrade and the detailed access log."""
+
 import json
 import re
 
@@ -32,9 +33,19 @@ def test_forwarded_headers_are_set_and_client_xff_is_not_trusted(host):
 
 
 def test_websocket_upgrade_headers_are_passed_on_api_ws(host):
-    _, _, body = curl(host, "--http1.1", "-H", "Connection: Upgrade", "-H", "Upgrade: websocket",
-                      "-H", "Sec-WebSocket-Version: 13", "-H", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
-                      BASE + "/api/ws")
+    _, _, body = curl(
+        host,
+        "--http1.1",
+        "-H",
+        "Connection: Upgrade",
+        "-H",
+        "Upgrade: websocket",
+        "-H",
+        "Sec-WebSocket-Version: 13",
+        "-H",
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+        BASE + "/api/ws",
+    )
     sent = json.loads(body)["headers"]
     assert sent["upgrade"] == "websocket"
     assert sent["connection"].lower() == "upgrade"
@@ -47,11 +58,19 @@ def test_plain_requests_do_not_send_connection_upgrade(host):
 
 def test_access_log_records_upstream_address_status_and_timings(host):
     curl(host, "-H", "X-Request-ID: log-check-42", BASE + "/api/echo")
-    line = [ln for ln in host.file("/var/log/nginx/access.log").content_string.splitlines()
-            if "log-check-42" in ln][-1]
+    line = [
+        ln
+        for ln in host.file("/var/log/nginx/access.log").content_string.splitlines()
+        if "log-check-42" in ln
+    ][-1]
     entry = json.loads(line)
     assert entry["status"] == 200
     assert re.fullmatch(r"\d+\.\d+\.\d+\.\d+:3000", entry["upstream_addr"])
     assert entry["upstream_status"] == "200"
-    for key in ("request_time", "upstream_connect_time", "upstream_header_time", "upstream_response_time"):
+    for key in (
+        "request_time",
+        "upstream_connect_time",
+        "upstream_header_time",
+        "upstream_response_time",
+    ):
         assert entry[key] != ""

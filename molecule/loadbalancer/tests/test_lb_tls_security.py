@@ -1,28 +1,35 @@
 """Security validation: TLS 1.2/1.3 only, HTTP->HTTPS, HSTS and the other headers, no version."""
+
 import http.client
 import ssl
 
 import pytest
-
 from conftest import BASE, curl
 
 testinfra_hosts = ["lb-nginx"]
 
 
 def _handshake(host, flag):
-    return host.run(f"echo | timeout 10 openssl s_client -connect 127.0.0.1:443 "
-                    f"-servername lb.koinonia.test {flag}")
+    return host.run(
+        f"echo | timeout 10 openssl s_client -connect 127.0.0.1:443 "
+        f"-servername lb.koinonia.test {flag}"
+    )
 
 
 @pytest.mark.parametrize("flag", ["-tls1", "-tls1_1"])
 def test_tls_1_0_and_1_1_handshakes_are_refused(host, flag):
     # Debian's OpenSSL refuses to offer these at its default security level; lower it so
     # the client really tries and the server is what refuses.
-    res = host.run(f"echo | timeout 10 openssl s_client -connect 127.0.0.1:443 "
-                   f"-servername lb.koinonia.test {flag} -cipher 'DEFAULT:@SECLEVEL=0'")
+    res = host.run(
+        f"echo | timeout 10 openssl s_client -connect 127.0.0.1:443 "
+        f"-servername lb.koinonia.test {flag} -cipher 'DEFAULT:@SECLEVEL=0'"
+    )
     assert res.rc != 0
-    assert "Cipher is (NONE)" in res.stdout or "no protocols available" in res.stderr \
+    assert (
+        "Cipher is (NONE)" in res.stdout
+        or "no protocols available" in res.stderr
         or "alert" in res.stderr
+    )
 
 
 @pytest.mark.parametrize("flag,proto", [("-tls1_2", "TLSv1.2"), ("-tls1_3", "TLSv1.3")])
@@ -33,11 +40,20 @@ def test_tls_1_2_and_1_3_handshakes_are_accepted(host, flag, proto):
 
 
 def test_tls_1_2_offers_only_ecdhe_aead_ciphers(host):
-    for weak in ["AES128-SHA", "ECDHE-RSA-AES128-SHA", "ECDHE-ECDSA-AES128-SHA256", "DHE-RSA-AES128-GCM-SHA256"]:
-        res = host.run(f"echo | timeout 10 openssl s_client -connect 127.0.0.1:443 -tls1_2 -cipher {weak}")
+    for weak in [
+        "AES128-SHA",
+        "ECDHE-RSA-AES128-SHA",
+        "ECDHE-ECDSA-AES128-SHA256",
+        "DHE-RSA-AES128-GCM-SHA256",
+    ]:
+        res = host.run(
+            f"echo | timeout 10 openssl s_client -connect 127.0.0.1:443 -tls1_2 -cipher {weak}"
+        )
         assert res.rc != 0, weak
-    res = host.run("echo | timeout 10 openssl s_client -connect 127.0.0.1:443 -tls1_2 "
-                   "-cipher ECDHE-ECDSA-AES128-GCM-SHA256")
+    res = host.run(
+        "echo | timeout 10 openssl s_client -connect 127.0.0.1:443 -tls1_2 "
+        "-cipher ECDHE-ECDSA-AES128-GCM-SHA256"
+    )
     assert res.rc == 0, res.stderr
 
 
