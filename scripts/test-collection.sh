@@ -21,7 +21,9 @@ for role in $(ls "$work/collections/ansible_collections/koinonia/platform/roles"
 - name: Run koinonia.platform.$role by its FQCN with a variable it must refuse
   hosts: localhost
   connection: local
-  gather_facts: false
+  gather_facts: true   # some defaults are built from facts
+  vars:
+    ansible_python_interpreter: "{{ ansible_playbook_python }}"
   roles:
     - role: koinonia.platform.$role
       vars:
@@ -32,14 +34,15 @@ PLAY
   bad=$(python3 - "$work/collections/ansible_collections/koinonia/platform/roles/$role/meta/argument_specs.yml" <<'PY'
 import sys, yaml
 spec = yaml.safe_load(open(sys.argv[1]))["argument_specs"]["main"]["options"]
-for name, opt in spec.items():
-    if opt.get("type") in ("int", "bool", "list", "dict"):
-        print(name); break
+# int and bool refuse a word; list and str would accept it (a string becomes a list).
+typed = [n for n, o in spec.items() if o.get("type") in ("int", "bool")]
+print(typed[0] if typed else "")
 PY
 )
   if [ -z "$bad" ]; then echo "role $role: no typed option to validate"; exit 1; fi
   sed -i "s/${role}_definitely_not_an_option: 1/$bad: \"not-a-valid-value-for-$bad\"/" play.yml
-  if out=$(ansible-playbook -i localhost, play.yml 2>&1); then
+  # --check: should a role wrongly accept the value, it must not touch this machine.
+  if out=$(ansible-playbook -i localhost, --check play.yml 2>&1); then
     echo "role $role accepted a bad value for $bad"; exit 1
   fi
   grep -q "Validating arguments against arg spec" <<<"$out" && grep -q "$bad" <<<"$out" || {
