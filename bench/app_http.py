@@ -9,6 +9,8 @@ cores, and it keeps a full latency histogram (percentiles read by bench/wrk/repo
 Load is bounded (duration and connections) and aimed only at 127.0.0.1.
 
 Writes a markdown table to stdout and both forms to .cache/bench/app_http.{md,json}.
+`--profile ROW` also samples one app worker with py-spy (dev extra) during the matching
+rows and writes flame graphs next to them: profile the worker under load, compare rows.
 """
 
 from __future__ import annotations
@@ -94,6 +96,33 @@ def wrk(url: str, seconds: int, connections: int, **lua_env: str) -> dict[str, f
     return json.loads(out.strip().splitlines()[-1])
 
 
+def profile(server_pid: int, seconds: int, out: Path) -> subprocess.Popen:
+    """Sample one worker of `koinonia serve` (its first child; itself with one worker)."""
+    children = [
+        pid
+        for pid in Path(f"/proc/{server_pid}/task/{server_pid}/children").read_text().split()
+        # Workers are spawned processes; not multiprocessing's resource tracker.
+        if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "py-spy"),
+            "record",
+            "--pid",
+            children[0] if children else str(server_pid),
+            "--duration",
+            str(seconds),
+            "--rate",
+            "250",
+            "--output",
+            str(out),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 def seed(base: str) -> tuple[str, str]:
     """A church with 100 opted-in members in one group; returns (token, group id)."""
     owner = api(
@@ -134,6 +163,12 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=10, help="wrk duration per row")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument(
+        "--profile",
+        metavar="ROW",
+        help="py-spy (dev extra) one app worker during the rows whose name contains ROW; "
+        "flame graphs go to .cache/bench/profile-<n>.svg",
+    )
     parser.add_argument(
         "--smoke",
         action="store_true",
@@ -183,6 +218,11 @@ def main() -> int:
         message = json.dumps(
             {"content": "Service moved to 11am", "targetType": "group", "targetIds": [group_id]}
         )
+        post = {
+            "WRK_METHOD": "POST",
+            "WRK_BODY": message,
+            "WRK_HEADERS": f"{auth}|Content-Type: application/json",
+        }
         rows = [
             ("bare Quart hello-world (ceiling)", hello_base + "/", {}),
             ("GET /health", base + "/health", {}),
@@ -195,17 +235,30 @@ def main() -> int:
             (
                 "POST /api/messages, 100-member group (enqueue)",
                 base + "/api/messages",
-                {
-                    "WRK_METHOD": "POST",
-                    "WRK_BODY": message,
-                    "WRK_HEADERS": f"{auth}|Content-Type: application/json",
-                },
+                post,
+            ),
+            # The enqueue latency itself: with -c64 every POST also waits behind 63 others
+            # (each writes 101 rows and 100 jobs), so that row measures the queue, not the
+            # request. One connection at a time is the latency a sender sees.
+            (
+                "POST /api/messages, 100-member group (enqueue, 1 connection)",
+                base + "/api/messages",
+                post | {"CONNECTIONS": "1"},
             ),
         ]
         results = []
-        for name, url, lua_env in rows:
-            figures = wrk(url, args.seconds, args.connections, **lua_env)
-            results.append({"row": name, **figures})
+        for number, (name, url, lua_env) in enumerate(rows):
+            connections = int(lua_env.pop("CONNECTIONS", args.connections))
+            spy = None
+            if args.profile and args.profile in name and number > 0:
+                spy = profile(app.pid, args.seconds, OUT_DIR / f"profile-{number}.svg")
+            figures = wrk(url, args.seconds, connections, **lua_env)
+            if spy is not None:
+                spy.wait()
+            results.append(
+                {"row": name, **figures}
+                | ({"connections": connections} if connections != args.connections else {})
+            )
             print(f"measured {name}: {figures['rps']:.0f} req/s", file=sys.stderr)
 
     ceiling = results[0]["rps"]

@@ -95,6 +95,7 @@ def install_request_logging(app: Quart, *, access_log: bool = True) -> None:
         request_id = request_id_var.get()
         if request_id:
             response.headers[REQUEST_ID_HEADER] = request_id
+        response.headers[SERVED_BY_HEADER] = served_by
         started = _request_started.get()
         # isEnabledFor first: with access logs off or below the level this costs nothing more.
         if access_log and started is not None and access_logger.isEnabledFor(logging.INFO):
