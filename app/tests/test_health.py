@@ -35,6 +35,18 @@ async def test_detailed_all_ok(client):
     assert _is_iso(body["timestamp"])
 
 
+async def test_detailed_names_the_deployed_release(app, client):
+    state = get_state(app)
+    original = state.settings
+    # One app lifespan per process (Tortoise), so swap the running app's settings.
+    state.settings = original.model_copy(update={"release": "1.2.3-abc123"})
+    try:
+        body = await (await client.get("/health/detailed")).get_json()
+    finally:
+        state.settings = original
+    assert body["release"] == "1.2.3-abc123"
+
+
 async def test_ready_and_live(client):
     response = await client.get("/health/ready")
     assert response.status_code == 200

@@ -37,6 +37,9 @@ class HealthChecks(ApiModel):
 class DetailedHealthOut(ApiModel):
     status: str
     checks: HealthChecks
+    # The deployed release (KOINONIA_RELEASE), so "every server runs the same code" is one
+    # request per server.
+    release: str
     timestamp: str
 
 
@@ -101,7 +104,12 @@ async def health_detailed() -> tuple[dict, int]:
         "application": "ok" if application_ok else "failed",
     }
     healthy = database_ok and redis_ok and application_ok
-    body = {"status": "healthy" if healthy else "unhealthy", "checks": checks, "timestamp": _now()}
+    body = {
+        "status": "healthy" if healthy else "unhealthy",
+        "checks": checks,
+        "release": get_state().settings.release,
+        "timestamp": _now(),
+    }
     return body, 200 if healthy else 503
 
 
