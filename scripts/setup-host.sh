@@ -26,6 +26,14 @@ else
   echo "Debian packages present"
 fi
 
+# Each systemd container holds inotify instances, all counted against one per-user limit:
+# Debian's default of 128 runs out with a few scenarios' containers up ("Too many open files"
+# while booting).
+if [ "$(cat /proc/sys/fs/inotify/max_user_instances)" -lt 1024 ]; then
+  sysctl -qw fs.inotify.max_user_instances=1024
+  echo "raised fs.inotify.max_user_instances to 1024"
+fi
+
 if docker_answers; then
   echo "docker engine answers"
 else
