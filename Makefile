@@ -19,7 +19,7 @@ help: ## List the targets
 .PHONY: test
 test: ## Everything CI runs: setup, lint, app tests, collection build, every Molecule scenario
 	@mkdir -p .cache && : > $(STAGE_LOG)
-	@$(MAKE) --no-print-directory setup lint test-app bench-smoke test-collection molecule
+	@$(MAKE) --no-print-directory setup lint test-alert-rules test-app bench-smoke test-collection molecule
 	@echo "== make test: stage timings (seconds) =="; awk '{printf "  %-26s %s %ss\n", $$1, ($$2==0?"ok":"FAILED"), $$3}' $(STAGE_LOG)
 
 .PHONY: setup
@@ -41,6 +41,10 @@ $(VENV)/.installed: pyproject.toml
 lint: ## ruff and ansible-lint (production profile)
 	@$(STAGE) lint-ruff bash -c 'ruff check . && ruff format --check .'
 	@$(STAGE) lint-ansible ansible-lint --profile production
+
+.PHONY: test-alert-rules
+test-alert-rules: ## promtool check + test of the monitoring role's alert rules on synthetic series
+	@$(STAGE) alert-rules scripts/test-alert-rules.sh
 
 .PHONY: test-app
 test-app: ## The service's tests against real PostgreSQL, PgBouncer and Redis on loopback
