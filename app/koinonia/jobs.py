@@ -23,6 +23,7 @@ from saq.queue.redis import RedisQueue
 
 from koinonia.db import close_db, init_db
 from koinonia.locks import LockService
+from koinonia.metrics import WorkerMetrics, start_worker_metrics_server
 from koinonia.models.messaging import Delivery, DeliveryStatus
 from koinonia.redis import create_redis
 from koinonia.services import messaging, phone_links, recurring
@@ -129,13 +130,21 @@ async def send_delivery(ctx: dict[str, Any], *, delivery_id: str) -> dict[str, A
 
 
 async def run_once_per_cycle(
-    locks: LockService, name: str, period_seconds: int, work: Callable[[], Any]
+    locks: LockService,
+    name: str,
+    period_seconds: int,
+    work: Callable[[], Any],
+    *,
+    metrics: WorkerMetrics | None = None,
 ) -> bool:
     """Run ``work`` at most once per period across every server.
 
     The lock is named after the cycle (``cron:<name>:<cycle number>``) and is NOT released
     when the work ends: it expires with the cycle, so a server whose clock or scheduler runs
     late cannot run the same cycle again after the first one finished.
+
+    Once the lock is held, ``koinonia_cron_last_run_cycle{cron=name}`` is set to the cycle:
+    two servers reporting the same cycle means it ran twice.
     """
     cycle = int(time.time() // period_seconds)
     lock_name = f"cron:{name}:{cycle}"
@@ -144,6 +153,8 @@ async def run_once_per_cycle(
         holder = await locks.holder_of(lock_name)
         log.info("skipping %s cycle %s: lock held by %s", name, cycle, holder or "another")
         return False
+    if metrics is not None:
+        metrics.cron_last_run_cycle.labels(cron=name).set(cycle)
     try:
         async with locks.extending(lock):
             await work()
@@ -168,7 +179,9 @@ async def recurring_messages(ctx: dict[str, Any]) -> dict[str, Any]:
             )
         )
 
-    ran = await run_once_per_cycle(locks, "recurring-messages", RECURRING_PERIOD_SECONDS, work)
+    ran = await run_once_per_cycle(
+        locks, "recurring-messages", RECURRING_PERIOD_SECONDS, work, metrics=ctx.get("metrics")
+    )
     return {"ran": ran, "messages": sent}
 
 
@@ -186,7 +199,9 @@ async def phone_link_recovery(ctx: dict[str, Any]) -> dict[str, Any]:
             )
         )
 
-    ran = await run_once_per_cycle(locks, "phone-link-recovery", PHONE_LINK_PERIOD_SECONDS, work)
+    ran = await run_once_per_cycle(
+        locks, "phone-link-recovery", PHONE_LINK_PERIOD_SECONDS, work, metrics=ctx.get("metrics")
+    )
     return {"ran": ran, **outcome}
 
 
@@ -207,7 +222,11 @@ async def requeue_stalled_deliveries(ctx: dict[str, Any]) -> dict[str, Any]:
         )
 
     ran = await run_once_per_cycle(
-        locks, "requeue-stalled-deliveries", PHONE_LINK_PERIOD_SECONDS, work
+        locks,
+        "requeue-stalled-deliveries",
+        PHONE_LINK_PERIOD_SECONDS,
+        work,
+        metrics=ctx.get("metrics"),
     )
     return {"ran": ran, **outcome}
 
@@ -217,7 +236,13 @@ async def requeue_stalled_deliveries(ctx: dict[str, Any]) -> dict[str, Any]:
 
 async def after_process(ctx: dict[str, Any]) -> None:
     job: Job | None = ctx.get("job")
-    if job is not None and job.status == Status.FAILED:
+    if job is None:
+        return
+    metrics: WorkerMetrics | None = ctx.get("metrics")
+    if metrics is not None:
+        # complete / failed (finally) / queued again for a retry / aborted
+        metrics.observe_job(job.function, job.status.value)
+    if job.status == Status.FAILED:
         queue = job.get_queue()
         if isinstance(queue, RedisQueue):
             await queue_service.record_failed(queue, job)
@@ -248,13 +273,19 @@ def build_worker(
     provider: SmsProvider | None = None,
     redis: Redis | None = None,
     manage_resources: bool = True,
+    metrics: WorkerMetrics | None = None,
     **worker_options: Any,
 ) -> Worker:
-    """The SAQ worker with our jobs; ``manage_resources`` opens/closes DB, Redis, provider."""
+    """The SAQ worker with our jobs; ``manage_resources`` opens/closes DB, Redis, provider.
+
+    Its metrics (``metrics``, or a new ``WorkerMetrics``) are in the jobs' ``ctx["metrics"]``.
+    """
+    worker_metrics = metrics or WorkerMetrics()
 
     async def startup(ctx: dict[str, Any]) -> None:
         ctx["settings"] = settings
         ctx["queue"] = queue
+        ctx["metrics"] = worker_metrics
         if manage_resources:
             ctx["db"] = await init_db(settings)
             ctx["redis"] = create_redis(settings)
@@ -292,10 +323,19 @@ def build_worker(
 
 async def run_worker(settings: Settings) -> None:
     """Run the SAQ worker and the cron jobs until SIGTERM/SIGINT (graceful, see build_worker)."""
+    metrics = WorkerMetrics()
+    server = None
+    if settings.worker_metrics_bind:
+        server, _thread = start_worker_metrics_server(settings.worker_metrics_bind, metrics)
     queue = queue_service.create_queue(settings)
-    await queue.connect()
-    worker = build_worker(settings, queue)
     try:
-        await worker.start()
+        await queue.connect()
+        worker = build_worker(settings, queue, metrics=metrics)
+        try:
+            await worker.start()
+        finally:
+            await queue.disconnect()
     finally:
-        await queue.disconnect()
+        if server is not None:
+            server.shutdown()
+            server.server_close()

@@ -10,6 +10,11 @@ Other modules record through ``get_metrics()``:
 * ``queue_depth.labels(queue=..., state=...).set(n)`` — typically from a scrape hook
 * ``jobs.labels(function=..., outcome="complete"|"failed"|"retried").inc()``
 * ``add_scrape_hook(async_fn)``: awaited before each scrape to refresh gauges.
+
+The SAQ worker (``koinonia worker``, its own process) has its own ``WorkerMetrics``: one
+plain registry per worker process (never multiprocess: each worker is its own scrape target,
+so the cron-cycle gauge is a per-instance series) served by ``start_worker_metrics_server`` on
+``KOINONIA_WORKER_METRICS_BIND``.
 """
 
 from __future__ import annotations
@@ -17,9 +22,11 @@ from __future__ import annotations
 import contextvars
 import logging
 import os
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -29,6 +36,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
     multiprocess,
+    start_http_server,
 )
 from quart import Blueprint, Quart, Response, current_app, request
 
@@ -163,3 +171,65 @@ def install_metrics(app: Quart, release: str = "dev") -> Metrics:
         return response
 
     return metrics
+
+
+# --- the SAQ worker's metrics ---------------------------------------------------------------
+
+# SAQ's job status after processing -> the ``outcome`` label of ``koinonia_jobs_total``.
+JOB_OUTCOMES = {
+    "complete": "complete",
+    "failed": "failed",
+    "queued": "retried",  # SAQ re-queued it (job.retry) for another attempt
+    "aborted": "aborted",
+    "aborting": "aborted",
+}
+
+
+class WorkerMetrics:
+    """The worker process's metrics, in its own registry (served by the worker itself)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.cron_last_run_cycle = Gauge(
+            "koinonia_cron_last_run_cycle",
+            "Cycle number (unix time // period) of the last cron cycle this worker ran "
+            "under its lock.",
+            ["cron"],
+            registry=self.registry,
+            multiprocess_mode="max",
+        )
+        self.jobs = Counter(
+            "koinonia_jobs_total",
+            "Processed jobs by function and outcome (complete, failed, retried, aborted).",
+            ["function", "outcome"],
+            registry=self.registry,
+        )
+
+    def observe_job(self, function: str, status: str) -> None:
+        outcome = JOB_OUTCOMES.get(status)
+        if outcome is not None:
+            self.jobs.labels(function=function, outcome=outcome).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def parse_bind(bind: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` too) -> (host, port)."""
+    host, sep, port = bind.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"not host:port: {bind!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def start_worker_metrics_server(
+    bind: str, metrics: WorkerMetrics
+) -> tuple[WSGIServer, threading.Thread]:
+    """Serve ``metrics`` over HTTP (any path, ``/metrics`` included) in a daemon thread.
+
+    Stop with ``server.shutdown(); server.server_close()``.
+    """
+    host, port = parse_bind(bind)
+    server, thread = start_http_server(port, addr=host, registry=metrics.registry)
+    log.info("worker metrics on http://%s:%s/metrics", host, server.server_port)
+    return server, thread

@@ -106,6 +106,11 @@ class Settings(BaseSettings):
     sms_job_timeout_seconds: int = Field(default=30, ge=1)
     worker_shutdown_grace_seconds: int = Field(default=25, ge=0)
     phone_link_max_attempts: int = Field(default=5, ge=1)
+    worker_metrics_bind: str = Field(
+        default="127.0.0.1:9101",
+        description="host:port where `koinonia worker` serves its Prometheus /metrics; "
+        "empty disables.",
+    )
 
     @field_validator("database_url", "redis_url", "migration_database_url")
     @classmethod
@@ -121,6 +126,16 @@ class Settings(BaseSettings):
             scheme = urlsplit(value.get_secret_value()).scheme
             if scheme not in {"postgres", "postgresql", "asyncpg"}:
                 raise ValueError("must be a postgres:// URL")
+        return value
+
+    @field_validator("worker_metrics_bind")
+    @classmethod
+    def _host_port_or_empty(cls, value: str) -> str:
+        value = value.strip()
+        if value:
+            _host, sep, port = value.rpartition(":")
+            if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError("must be host:port (or empty to disable)")
         return value
 
     @property
