@@ -115,3 +115,29 @@ def test_acl_file_keeps_only_hashes(cfg):
     assert cfg["koinonia_redis_app_password"] not in content
     assert cfg["koinonia_redis_ops_password"] not in content
     assert "#" in content
+
+
+def test_default_user_cannot_log_in_even_with_a_password(host):
+    result = host.run(redis_cli("default", "any-password-at-all", "PING"))
+    assert "PONG" not in result.stdout
+    assert "WRONGPASS" in result.stdout + result.stderr
+
+
+def test_transactions_survive_a_restart_through_the_append_only_file(host, cfg):
+    """MULTI/EXEC writes (sessions, queued jobs) must come back from the AOF after a restart."""
+    password = cfg["koinonia_redis_app_password"]
+    key = "aof-replay-check"
+    transaction = f"printf 'MULTI\\nSET {key} kept\\nEXEC\\n' | " + redis_cli("koinonia", password)
+    assert "OK" in host.run(transaction).stdout
+    redis_host = other_host(REDIS)
+    redis_host.run_expect([0], "systemctl restart redis-server")
+    try:
+        value = ""
+        for _ in range(50):  # bounded wait for Redis to load the AOF and listen again
+            value = host.run(redis_cli("koinonia", password, "GET", key)).stdout.strip()
+            if value == "kept":
+                break
+            host.run("sleep 0.2")
+        assert value == "kept", redis_host.run("journalctl -u redis-server -n 20").stdout
+    finally:
+        host.run(redis_cli("koinonia", password, "DEL", key))

@@ -46,7 +46,7 @@ REDIS = next(p["name"] for p in PLATFORMS if "redis" in p["groups"])
 def _published(container_port: int) -> int:
     for p in PLATFORMS:
         for spec in p.get("published_ports", []):
-            host_ip, host_port, cport = spec.split(":")
+            _host_ip, host_port, cport = spec.split(":")
             if int(cport) == container_port:
                 return int(host_port)
     raise KeyError(container_port)
@@ -115,11 +115,18 @@ def _tls_context() -> ssl.SSLContext:
     return ctx
 
 
-def https(method: str, path: str, body=None, token: str | None = None,
-          headers: dict | None = None, timeout: float = 20) -> Resp:
+def https(
+    method: str,
+    path: str,
+    body=None,
+    token: str | None = None,
+    headers: dict | None = None,
+    timeout: float = 20,
+) -> Resp:
     """One request through the balancer's HTTPS listener, on a new connection."""
-    conn = http.client.HTTPSConnection("127.0.0.1", HTTPS_PORT, context=_tls_context(),
-                                       timeout=timeout)
+    conn = http.client.HTTPSConnection(
+        "127.0.0.1", HTTPS_PORT, context=_tls_context(), timeout=timeout
+    )
     all_headers = {"Accept": "application/json"}
     data = None
     if body is not None:
@@ -158,12 +165,13 @@ def login(email: str, password: str, deadline: float = 15) -> str:
     return r.json()["token"]
 
 
-@pytest.fixture(scope="session")
+# Function scope: a token must not outlive a test (2.4 restarts Redis, where sessions live).
+@pytest.fixture
 def operator_token():
     return login(CFG["koinonia_operator_email"], CFG["koinonia_operator_password"])
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def owner_token():
     return login(CFG["koinonia_owner_email"], CFG["koinonia_owner_password"])
 
@@ -178,7 +186,8 @@ def unique(prefix: str = "ck") -> str:
 def curl(host, *args: str):
     """curl on `host`; returns (status, lower-cased headers of the last response, body)."""
     cmd = "curl -sk --max-time 15 -D /dev/stderr -o /dev/stdout " + " ".join(
-        shlex.quote(a) for a in args)
+        shlex.quote(a) for a in args
+    )
     res = host.run(cmd)
     headers, status = {}, 0
     for line in res.stderr.splitlines():
@@ -206,8 +215,7 @@ def upstream_status(lb) -> dict:
     return {p["name"]: p for p in json.loads(out)["peers"]}
 
 
-def wait_for(predicate, deadline: float, step: float = 0.5, what: str = "condition",
-             on_each=None):
+def wait_for(predicate, deadline: float, step: float = 0.5, what: str = "condition", on_each=None):
     """Polls predicate() until it returns a truthy value (returned) or `deadline` s pass."""
     start = time.monotonic()
     last = None

@@ -4,9 +4,17 @@ import json
 import re
 
 import pytest
-
-from conftest import (APPS, HTTP_PORT, PLATFORMS, all_up, app_direct, curl, https, plain_http,
-                      upstream_status)
+from conftest import (
+    APPS,
+    HTTP_PORT,
+    PLATFORMS,
+    all_up,
+    app_direct,
+    curl,
+    https,
+    plain_http,
+    upstream_status,
+)
 
 
 def test_2_2_install_nginx_t_syntax_is_ok(lb):
@@ -44,7 +52,9 @@ def test_2_2_https_health_200_through_the_balancer():
 
 
 def test_2_2_nginx_status_answers_on_8080_from_inside(lb):
-    out = lb.check_output("curl -s --max-time 5 -w '\\n%{http_code}' http://127.0.0.1:8080/nginx_status")
+    out = lb.check_output(
+        "curl -s --max-time 5 -w '\\n%{http_code}' http://127.0.0.1:8080/nginx_status"
+    )
     body, status = out.rsplit("\n", 1)
     assert status == "200"
     assert re.search(r"^Active connections: \d+", body, re.M), body

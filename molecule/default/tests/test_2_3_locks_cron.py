@@ -16,7 +16,6 @@ import time
 from datetime import datetime
 
 import pytest
-
 from conftest import APPS, CFG, https, unique, wait_for
 
 RECURRING_LOCK = "cron:recurring-messages:"
@@ -46,20 +45,34 @@ def test_2_3_every_app_server_runs_a_worker(apps):
 
 
 def test_2_3_recurring_cron_cycle_runs_exactly_once_across_three_workers(
-        owner_token, operator_token, redis_host):
+    owner_token, operator_token, redis_host
+):
     phone = f"+1 312 555 {int(time.time()) % 10000:04d}"
-    member = https("POST", "/api/members", {"firstName": "Cron", "lastName": unique(),
-                                            "phone": phone, "optInSms": True}, token=owner_token)
+    member = https(
+        "POST",
+        "/api/members",
+        {"firstName": "Cron", "lastName": unique(), "phone": phone, "optInSms": True},
+        token=owner_token,
+    )
     assert member.status == 201, member
     member_id = member.json()["id"]
     content = f"checklist 2.3 recurring {unique()}"
-    created = https("POST", "/api/recurring-messages",
-                    {"content": content, "targetType": "members", "targetIds": [member_id],
-                     "schedule": "* * * * *"}, token=owner_token)
+    created = https(
+        "POST",
+        "/api/recurring-messages",
+        {
+            "content": content,
+            "targetType": "members",
+            "targetIds": [member_id],
+            "schedule": "* * * * *",
+        },
+        token=owner_token,
+    )
     assert created.status == 201, created
     recurring_id = created.json()["id"]
     cycle_locks = {}
     try:
+
         def last_run():
             r = https("GET", "/api/recurring-messages", token=owner_token)
             assert r.status == 200, r
@@ -103,16 +116,20 @@ def test_2_3_recurring_cron_cycle_runs_exactly_once_across_three_workers(
     def sends():
         out = redis_host.check_output(
             "redis-cli --no-auth-warning --user koinonia --pass %s LRANGE sms:log 0 -1",
-            CFG["koinonia_redis_app_password"])
+            CFG["koinonia_redis_app_password"],
+        )
         return [rec for rec in map(json.loads, out.splitlines()) if rec["body"] == content]
 
-    recs = wait_for(lambda: len(sends()) >= len(messages) and sends(), 60,
-                    what="the log provider's sends of the recurring message")
+    recs = wait_for(
+        lambda: len(sends()) >= len(messages) and sends(),
+        60,
+        what="the log provider's sends of the recurring message",
+    )
     assert len(recs) == len(messages), recs
     assert {rec["to"] for rec in recs} == {member.json()["phone"]}
 
 
-LONG_JOB = r'''
+LONG_JOB = r"""
 import asyncio, pathlib, sys
 from koinonia.locks import LockService
 from koinonia.redis import create_redis
@@ -139,13 +156,14 @@ async def main(name, seconds, mode):
         await redis.aclose()
 
 asyncio.run(main(sys.argv[1], float(sys.argv[2]), sys.argv[3]))
-'''
+"""
 PY = "/opt/koinonia/current/venv/bin/python"
 
 
 def _put_script(host):
-    host.run_expect([0], f"cat > /tmp/ck_long_job.py <<'EOF'\n{LONG_JOB}\nEOF\n"
-                    "rm -f /tmp/ck_long_job.result")
+    host.run_expect(
+        [0], f"cat > /tmp/ck_long_job.py <<'EOF'\n{LONG_JOB}\nEOF\nrm -f /tmp/ck_long_job.result"
+    )
 
 
 @pytest.fixture
@@ -161,10 +179,17 @@ def test_2_3_admin_locks_shows_the_holder_while_a_long_job_runs(operator_token, 
     holder, other = long_job_hosts
     name = f"checklist-2.3-long-job-{unique()}"
     run_for = 12  # seconds; the lock's TTL is 3 s, so it lives on only if it is extended
-    holder.run_expect([0], "systemd-run --unit=ck-long-job -p EnvironmentFile=/etc/koinonia/"
-                      f"koinonia.env {PY} /tmp/ck_long_job.py {shlex.quote(name)} {run_for} hold")
-    lock = wait_for(lambda: _locks(operator_token).get(name), 30, step=0.5,
-                    what="the long job's lock in /api/admin/locks")
+    holder.run_expect(
+        [0],
+        "systemd-run --unit=ck-long-job -p EnvironmentFile=/etc/koinonia/"
+        f"koinonia.env {PY} /tmp/ck_long_job.py {shlex.quote(name)} {run_for} hold",
+    )
+    lock = wait_for(
+        lambda: _locks(operator_token).get(name),
+        30,
+        step=0.5,
+        what="the long job's lock in /api/admin/locks",
+    )
     first_seen = time.monotonic()
     pid = holder.check_output("systemctl show -p MainPID --value ck-long-job").strip()
     assert lock["holder"] == f"{APPS[0]}:{pid}", lock
@@ -173,7 +198,8 @@ def test_2_3_admin_locks_shows_the_holder_while_a_long_job_runs(operator_token, 
     # Another server cannot take it while the job runs.
     out = other.check_output(
         f"set -a; . /etc/koinonia/koinonia.env; set +a; {PY} /tmp/ck_long_job.py "
-        f"{shlex.quote(name)} 0 try")
+        f"{shlex.quote(name)} 0 try"
+    )
     assert out.strip() == "held-elsewhere"
 
     # Well past the 3 s TTL the lock is still listed, with the same holder: it is extended.
@@ -184,7 +210,10 @@ def test_2_3_admin_locks_shows_the_holder_while_a_long_job_runs(operator_token, 
         time.sleep(1)
 
     # When the job ends, the lock is released (not left to expire) and disappears.
-    wait_for(lambda: holder.run("systemctl is-active ck-long-job").rc != 0, run_for + 15,
-             what="the long job to finish")
+    wait_for(
+        lambda: holder.run("systemctl is-active ck-long-job").rc != 0,
+        run_for + 15,
+        what="the long job to finish",
+    )
     assert holder.check_output("cat /tmp/ck_long_job.result").strip() == "ok"
     assert name not in _locks(operator_token)

@@ -3,15 +3,16 @@ names the server, HSTS for a year and the other security headers on every respon
 included), server_tokens hidden, the app servers' /metrics not public."""
 
 import pytest
-
 from conftest import APPS, app_direct, https, plain_http
 
 SERVER_NAME = "ck-lb"  # nginx_server_name defaults to the balancer's inventory name
 
 
 def _s_client(lb, *flags):
-    return lb.run("echo | timeout 15 openssl s_client -connect 127.0.0.1:443 "
-                  f"-servername {SERVER_NAME} " + " ".join(flags))
+    return lb.run(
+        "echo | timeout 15 openssl s_client -connect 127.0.0.1:443 "
+        f"-servername {SERVER_NAME} " + " ".join(flags)
+    )
 
 
 @pytest.mark.parametrize("flag", ["-tls1", "-tls1_1"])
@@ -20,8 +21,11 @@ def test_security_tls_1_0_and_1_1_handshakes_refused(lb, flag):
     # it, so the client really tries and the refusal is the server's.
     res = _s_client(lb, flag, "-cipher 'DEFAULT:@SECLEVEL=0'")
     assert res.rc != 0, res.stdout
-    assert "alert protocol version" in res.stderr or "unsupported protocol" in res.stderr \
-        or "wrong version number" in res.stderr, res.stderr
+    assert (
+        "alert protocol version" in res.stderr
+        or "unsupported protocol" in res.stderr
+        or "wrong version number" in res.stderr
+    ), res.stderr
     assert "BEGIN CERTIFICATE" not in res.stdout
 
 
@@ -41,16 +45,20 @@ def test_security_tls_1_2_refuses_weak_ciphers(lb):
 def test_security_certificate_names_the_server(lb):
     text = lb.check_output(
         f"echo | timeout 15 openssl s_client -connect 127.0.0.1:443 -servername {SERVER_NAME} "
-        "2>/dev/null | openssl x509 -noout -subject -ext subjectAltName")
+        "2>/dev/null | openssl x509 -noout -subject -ext subjectAltName"
+    )
     assert f"DNS:{SERVER_NAME}" in text, text
 
 
-@pytest.mark.parametrize("path,status", [
-    ("/health", 200),               # proxied from an app server
-    ("/api/members", 401),          # an app error
-    ("/no-such-page", 404),         # the app's 404
-    ("/metrics", 404),              # answered by NGINX itself
-])
+@pytest.mark.parametrize(
+    "path,status",
+    [
+        ("/health", 200),  # proxied from an app server
+        ("/api/members", 401),  # an app error
+        ("/no-such-page", 404),  # the app's 404
+        ("/metrics", 404),  # answered by NGINX itself
+    ],
+)
 def test_security_headers_on_every_response(path, status):
     r = https("GET", path)
     assert r.status == status, r

@@ -22,9 +22,17 @@ def test_smoke_login_answers_a_token_or_an_error_never_500():
 def test_smoke_register_login_members_group_message_each_opted_in_member_texted_once(redis_host):
     email = f"{unique('smoke')}@example.org"
     password = "smoke-test-password-1"
-    reg = https("POST", "/api/auth/register", {"churchName": f"Smoke {unique()}", "email": email,
-                                               "password": password, "firstName": "Smoke",
-                                               "lastName": "Test"})
+    reg = https(
+        "POST",
+        "/api/auth/register",
+        {
+            "churchName": f"Smoke {unique()}",
+            "email": email,
+            "password": password,
+            "firstName": "Smoke",
+            "lastName": "Test",
+        },
+    )
     assert reg.status == 201, reg
     assert reg.json()["token"]
 
@@ -39,9 +47,17 @@ def test_smoke_register_login_members_group_message_each_opted_in_member_texted_
     base = random.randint(0, 9000)
     members = []
     for i, opt_in in enumerate([True, True, True, False, True]):
-        m = https("POST", "/api/members", {"firstName": f"M{i}", "lastName": "Smoke",
-                                           "phone": _phone(base + i), "optInSms": opt_in},
-                  token=token)
+        m = https(
+            "POST",
+            "/api/members",
+            {
+                "firstName": f"M{i}",
+                "lastName": "Smoke",
+                "phone": _phone(base + i),
+                "optInSms": opt_in,
+            },
+            token=token,
+        )
         assert m.status == 201, m
         assert m.json()["optInSms"] is opt_in
         members.append(m.json())
@@ -50,14 +66,22 @@ def test_smoke_register_login_members_group_message_each_opted_in_member_texted_
         g = https("POST", "/api/groups", {"name": name}, token=token)
         assert g.status == 201, g
         gid = g.json()["id"]
-        added = https("POST", f"/api/groups/{gid}/members",
-                      {"memberIds": [members[i]["id"] for i in idx]}, token=token)
+        added = https(
+            "POST",
+            f"/api/groups/{gid}/members",
+            {"memberIds": [members[i]["id"] for i in idx]},
+            token=token,
+        )
         assert added.status == 200, added
         group_ids.append(gid)
 
     content = f"Smoke test {unique()}: service at 10am"
-    posted = https("POST", "/api/messages", {"content": content, "targetType": "group",
-                                             "targetIds": group_ids}, token=token)
+    posted = https(
+        "POST",
+        "/api/messages",
+        {"content": content, "targetType": "group", "targetIds": group_ids},
+        token=token,
+    )
     assert posted.status == 202, posted
     message = posted.json()
     opted_in_phones = {members[i]["phone"] for i in (0, 1, 2, 4)}
@@ -67,7 +91,9 @@ def test_smoke_register_login_members_group_message_each_opted_in_member_texted_
         r = https("GET", f"/api/messages/{message['id']}", token=token)
         assert r.status == 200, r
         body = r.json()
-        done = body["deliveryCounts"].get("sent") == len(opted_in_phones) and body["status"] == "sent"
+        done = (
+            body["deliveryCounts"].get("sent") == len(opted_in_phones) and body["status"] == "sent"
+        )
         return body if done else None
 
     body = wait_for(all_sent, 60, step=1, what="every delivery sent")
@@ -84,19 +110,26 @@ def test_smoke_register_login_members_group_message_each_opted_in_member_texted_
     # The provider's own record: exactly one text per opted-in member, none to the others.
     out = redis_host.check_output(
         "redis-cli --no-auth-warning --user koinonia --pass %s LRANGE sms:log 0 -1",
-        CFG["koinonia_redis_app_password"])
+        CFG["koinonia_redis_app_password"],
+    )
     sends = [rec for rec in map(json.loads, out.splitlines()) if rec["body"] == content]
     assert sorted(rec["to"] for rec in sends) == sorted(opted_in_phones), sends
     assert {rec["id"] for rec in sends} == {d["providerMessageId"] for d in deliveries}
 
 
 def test_smoke_message_post_is_idempotent_with_a_key(owner_token):
-    m = https("POST", "/api/members", {"firstName": "Idem", "lastName": unique(),
-                                       "phone": _phone(random.randint(9001, 9999))},
-              token=owner_token)
+    m = https(
+        "POST",
+        "/api/members",
+        {"firstName": "Idem", "lastName": unique(), "phone": _phone(random.randint(9001, 9999))},
+        token=owner_token,
+    )
     assert m.status == 201, m
-    payload = {"content": f"idempotent {unique()}", "targetType": "members",
-               "targetIds": [m.json()["id"]]}
+    payload = {
+        "content": f"idempotent {unique()}",
+        "targetType": "members",
+        "targetIds": [m.json()["id"]],
+    }
     key = {"Idempotency-Key": unique("idem")}
     first = https("POST", "/api/messages", payload, token=owner_token, headers=key)
     again = https("POST", "/api/messages", payload, token=owner_token, headers=key)

@@ -138,6 +138,10 @@ local function record(peer, status, err)
         local oks = dict:incr("oks:" .. id, 1, 0)
         if dict:get("down:" .. id) and oks >= conf.rise then
             dict:delete("down:" .. id)
+            -- The active checks have proved the peer healthy again: forget the passive marks
+            -- left by the requests that failed while it was away, or it would stay skipped
+            -- until they expire (fail_timeout) although it is up.
+            dict:delete("pfail:" .. id)
             dict:set("since:" .. id, now)
             log(WARN, "koinonia upstream: peer ", id, " is UP after ", oks, " good checks")
         end
