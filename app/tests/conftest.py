@@ -37,6 +37,16 @@ from koinonia.db import run_migrations
 from koinonia.metrics import get_metrics
 from koinonia.settings import Settings
 from koinonia.state import get_state
+
+# The messaging fixtures (a local fake Twilio, SAQ workers, webhook settings) live in their
+# own module; importing them here makes them available to every test module by name.
+from tests.messaging_fixtures import (  # noqa: F401
+    fake_twilio,
+    fake_twilio_server,
+    make_worker,
+    twilio_provider,
+    webhook_settings,
+)
 from tests.servers import RedisServer, TestServers
 
 

@@ -9,15 +9,7 @@ from koinonia.models.messaging import Delivery
 from koinonia.services.queue import delivery_job_key
 from koinonia.services.resources import LOCKS
 from koinonia.state import get_state
-from tests.messaging_fixtures import (
-    create_member,
-    fake_twilio,
-    fake_twilio_server,
-    make_worker,
-    twilio_provider,
-)
-
-__all__ = ["fake_twilio", "fake_twilio_server", "make_worker", "twilio_provider"]
+from tests.messaging_fixtures import create_member
 
 ADMIN_ROUTES = [
     ("GET", "/api/admin/queue/metrics"),

@@ -7,15 +7,7 @@ import uuid
 import pytest
 
 from koinonia.sms import LogProvider
-from tests.messaging_fixtures import (
-    church_number,
-    create_member,
-    make_worker,
-    post_webhook,
-    webhook_settings,
-)
-
-__all__ = ["make_worker", "webhook_settings"]
+from tests.messaging_fixtures import church_number, create_member, post_webhook
 
 
 @pytest.fixture

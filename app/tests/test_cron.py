@@ -27,9 +27,7 @@ from koinonia.models.messaging import (
 )
 from koinonia.sms import LogProvider
 from koinonia.sms.log import LINKED_NUMBERS_KEY
-from tests.messaging_fixtures import create_group, create_member, make_worker, new_phone
-
-__all__ = ["make_worker"]
+from tests.messaging_fixtures import create_group, create_member, new_phone
 
 
 @pytest.fixture

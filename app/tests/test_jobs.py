@@ -14,16 +14,7 @@ from koinonia.jobs import build_worker, delivery_idempotency_key, retry_delay
 from koinonia.models.messaging import Delivery, DeliveryStatus
 from koinonia.services import queue as queue_service
 from koinonia.services.queue import SEND_DELIVERY, delivery_job_key, enqueue_deliveries
-from tests.messaging_fixtures import (
-    StepWorker,
-    create_member,
-    fake_twilio,
-    fake_twilio_server,
-    make_worker,
-    twilio_provider,
-)
-
-__all__ = ["fake_twilio", "fake_twilio_server", "make_worker", "twilio_provider"]
+from tests.messaging_fixtures import StepWorker, create_member
 
 
 async def _one_delivery(client, headers) -> tuple[dict, Delivery]:

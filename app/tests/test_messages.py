@@ -5,9 +5,7 @@ from __future__ import annotations
 import uuid
 
 from koinonia.sms import LogProvider
-from tests.messaging_fixtures import create_group, create_member, make_worker
-
-__all__ = ["make_worker"]  # fixture used by name below
+from tests.messaging_fixtures import create_group, create_member
 
 
 async def _post(client, headers, body, key: str | None = None):

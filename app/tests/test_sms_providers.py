@@ -15,16 +15,7 @@ from koinonia.sms import (
     compute_signature,
     validate_signature,
 )
-from tests.messaging_fixtures import (
-    ACCOUNT_SID,
-    AUTH_TOKEN,
-    FROM_NUMBER,
-    FakeTwilio,
-    fake_twilio,
-    fake_twilio_server,
-)
-
-__all__ = ["fake_twilio", "fake_twilio_server"]  # fixtures used by name below
+from tests.messaging_fixtures import ACCOUNT_SID, AUTH_TOKEN, FROM_NUMBER, FakeTwilio
 
 CALLBACK = "https://sms.example.org/api/webhooks/sms/status"
 

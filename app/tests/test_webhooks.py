@@ -14,12 +14,8 @@ from tests.messaging_fixtures import (
     PUBLIC_BASE_URL,
     church_number,
     create_member,
-    make_worker,
     post_webhook,
-    webhook_settings,
 )
-
-__all__ = ["make_worker", "webhook_settings"]
 
 INBOUND = "/api/webhooks/sms/inbound"
 STATUS = "/api/webhooks/sms/status"

@@ -28,16 +28,8 @@ from koinonia.models.messaging import Delivery
 from koinonia.services.queue import delivery_job_key
 from koinonia.settings import Settings
 from koinonia.sms import LogProvider
-from tests.messaging_fixtures import (
-    create_member,
-    fake_twilio,
-    fake_twilio_server,
-    make_worker,
-    twilio_provider,
-)
+from tests.messaging_fixtures import create_member
 from tests.servers import free_port
-
-__all__ = ["fake_twilio", "fake_twilio_server", "make_worker", "twilio_provider"]
 
 APP_DIR = Path(__file__).resolve().parents[1]
 CYCLE = "koinonia_cron_last_run_cycle"

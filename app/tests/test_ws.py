@@ -10,15 +10,7 @@ import pytest
 from quart.testing import WebsocketResponseError
 
 from koinonia.services import events
-from tests.messaging_fixtures import (
-    church_number,
-    create_member,
-    make_worker,
-    post_webhook,
-    webhook_settings,
-)
-
-__all__ = ["make_worker", "webhook_settings"]
+from tests.messaging_fixtures import church_number, create_member, post_webhook
 
 
 async def _next_event(ws, wait: float = 5.0) -> dict:
