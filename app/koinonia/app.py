@@ -8,8 +8,9 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
-from quart import Quart
+from quart import Quart, Request
 from quart_schema import QuartSchema
 
 from koinonia import db
@@ -27,9 +28,20 @@ from koinonia.state import EXTENSION_KEY, AppState
 log = logging.getLogger(__name__)
 
 
+class KoinoniaRequest(Request):
+    async def get_json(self, force: bool = False, silent: bool = False, cache: bool = True) -> Any:
+        # Quart decodes the body as UTF-8 outside its JSON error handling, so a body that is
+        # not UTF-8 would be a 500; treat it like any other malformed JSON (400).
+        try:
+            return await super().get_json(force=force, silent=silent, cache=cache)
+        except UnicodeDecodeError as error:
+            return None if silent else self.on_json_loading_failed(error)
+
+
 def create_app(settings: Settings | None = None) -> Quart:
     settings = settings or load_settings()
     app = Quart("koinonia", static_folder=None)
+    app.request_class = KoinoniaRequest
     # Quart answers 413 itself once a body passes this size.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config["PROPAGATE_EXCEPTIONS"] = False

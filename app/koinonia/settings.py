@@ -7,13 +7,31 @@ variable (type, default, meaning); keep the two in step.
 from __future__ import annotations
 
 import os
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "KOINONIA_"
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def url_origin(url: str) -> str | None:
+    """The origin (``scheme://host[:port]``) of a URL as browsers send it in ``Origin``:
+    lower case, default port left out. ``None`` when the URL has no scheme or host."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    scheme = parts.scheme.lower()
+    if not scheme or not parts.hostname:
+        return None
+    host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+    if port is not None and port != _DEFAULT_PORTS.get(scheme):
+        host += f":{port}"
+    return f"{scheme}://{host}"
 
 
 class SettingsError(RuntimeError):
@@ -73,6 +91,22 @@ class Settings(BaseSettings):
     cookie_secure: bool | None = Field(
         default=None, description="Secure flag on the session cookie; default: on in production."
     )
+    login_max_failures: int = Field(
+        default=5,
+        ge=1,
+        description="Failed logins per account (email) before login is locked.",
+    )
+    login_lockout_seconds: int = Field(
+        default=900,
+        ge=1,
+        description="Window of the failure count, and how long a locked account stays locked.",
+    )
+    # NoDecode: the env value is a plain comma-separated list, split by the validator below.
+    csrf_trusted_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Origins besides public_base_url's whose cookie-authenticated "
+        "state-changing requests are accepted (comma-separated).",
+    )
 
     # --- members --------------------------------------------------------------------------
     default_phone_region: str = Field(
@@ -106,6 +140,11 @@ class Settings(BaseSettings):
     sms_job_timeout_seconds: int = Field(default=30, ge=1)
     worker_shutdown_grace_seconds: int = Field(default=25, ge=0)
     phone_link_max_attempts: int = Field(default=5, ge=1)
+    webhook_replay_ttl_seconds: int = Field(
+        default=86_400,
+        ge=1,
+        description="How long a signed provider callback is remembered to refuse its replay.",
+    )
     worker_metrics_bind: str = Field(
         default="127.0.0.1:9101",
         description="host:port where `koinonia worker` serves its Prometheus /metrics; "
@@ -137,6 +176,37 @@ class Settings(BaseSettings):
             if not sep or not port.isdigit() or not 0 < int(port) < 65536:
                 raise ValueError("must be host:port (or empty to disable)")
         return value
+
+    @field_validator("csrf_trusted_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item for item in (part.strip() for part in value.split(",")) if item]
+        return value
+
+    @field_validator("csrf_trusted_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        origins = []
+        for item in value:
+            origin = url_origin(item)
+            if origin is None:
+                raise ValueError(f"{item!r} is not an origin like https://host[:port]")
+            origins.append(origin)
+        return origins
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _public_url_has_origin(cls, value: str) -> str:
+        if url_origin(value) is None:
+            raise ValueError("must be an absolute http(s) URL")
+        return value
+
+    @property
+    def trusted_origins(self) -> frozenset[str]:
+        """Origins whose pages may send cookie-authenticated state-changing requests."""
+        own = url_origin(self.public_base_url)
+        return frozenset([*([own] if own else []), *self.csrf_trusted_origins])
 
     @property
     def session_cookie_secure(self) -> bool:

@@ -8,6 +8,7 @@ import pytest
 
 from koinonia.models.core import Member
 from koinonia.models.messaging import ConversationMessage, Delivery, DeliveryStatus
+from koinonia.services import webhook_replay
 from koinonia.sms import compute_signature
 from tests.messaging_fixtures import (
     AUTH_TOKEN,
@@ -184,3 +185,99 @@ async def test_undelivered_callback_marks_failure_found_by_provider_id(
     stored = await Delivery.get(id=delivery.id)
     assert stored.status == DeliveryStatus.FAILED
     assert "30003" in stored.last_error
+
+
+async def test_replayed_stop_is_ignored_and_changes_nothing(client, church_a, line):
+    member = await create_member(client, church_a.headers)
+    stop = {"From": member["phone"], "To": line, "Body": "STOP", "MessageSid": _sid()}
+    start = {"From": member["phone"], "To": line, "Body": "START", "MessageSid": _sid()}
+    assert (await post_webhook(client, INBOUND, stop)).status_code == 200
+    assert (await post_webhook(client, INBOUND, start)).status_code == 200
+    assert (await Member.get(id=member["id"])).opt_in_sms is True
+
+    # An attacker who captured the signed STOP sends it again: acknowledged (as the
+    # provider's own redelivery must be), and ignored.
+    replay = await post_webhook(client, INBOUND, stop)
+
+    assert replay.status_code == 200
+    assert (await Member.get(id=member["id"])).opt_in_sms is True
+    assert await ConversationMessage.filter(provider_message_id=stop["MessageSid"]).count() == 1
+
+
+async def test_replay_after_the_replay_window_still_changes_nothing(client, church_a, line, redis):
+    member = await create_member(client, church_a.headers)
+    stop = {"From": member["phone"], "To": line, "Body": "STOP", "MessageSid": _sid()}
+    start = {"From": member["phone"], "To": line, "Body": "START", "MessageSid": _sid()}
+    assert (await post_webhook(client, INBOUND, stop)).status_code == 200
+    assert (await post_webhook(client, INBOUND, start)).status_code == 200
+
+    # Once Redis has forgotten the callback, the database still knows its MessageSid: an old
+    # STOP does not flip the opt-in the member has set since.
+    async for key in redis.scan_iter(match=webhook_replay.SEEN_PREFIX + "*"):
+        await redis.delete(key)
+    assert (await post_webhook(client, INBOUND, stop)).status_code == 200
+
+    assert (await Member.get(id=member["id"])).opt_in_sms is True
+
+
+async def _sent_delivery(client, church_a, make_worker) -> Delivery:
+    worker = await make_worker()
+    member = await create_member(client, church_a.headers)
+    created = await client.post(
+        "/api/messages",
+        json={"content": "hi", "targetType": "members", "targetIds": [member["id"]]},
+        headers=church_a.headers,
+    )
+    assert created.status_code == 202, await created.get_data(as_text=True)
+    assert await worker.run_next()
+    delivery = await Delivery.get(message_id=(await created.get_json())["id"])
+    assert delivery.status == DeliveryStatus.SENT
+    return delivery
+
+
+async def test_forged_status_callback_is_refused_and_leaves_the_delivery_unchanged(
+    client, church_a, make_worker, webhook_settings
+):
+    delivery = await _sent_delivery(client, church_a, make_worker)
+    form = {"MessageSid": delivery.provider_message_id, "MessageStatus": "undelivered"}
+    forged = compute_signature("not-the-auth-token", PUBLIC_BASE_URL + STATUS, form)
+
+    response = await post_webhook(client, STATUS, form, signature=forged)
+
+    assert response.status_code == 403
+    assert (await response.get_json())["error"]["code"] == "invalid_signature"
+    stored = await Delivery.get(id=delivery.id)
+    assert (stored.status, stored.updated_at, stored.last_error) == (
+        delivery.status,
+        delivery.updated_at,
+        delivery.last_error,
+    )
+
+
+async def test_replayed_status_callback_is_not_applied_again(
+    client, church_a, make_worker, webhook_settings
+):
+    delivery = await _sent_delivery(client, church_a, make_worker)
+    form = {"MessageSid": delivery.provider_message_id, "MessageStatus": "delivered"}
+    assert (await post_webhook(client, STATUS, form)).status_code == 204
+    assert (await Delivery.get(id=delivery.id)).status == DeliveryStatus.DELIVERED
+    # Put the row back, so that applying the callback again would show.
+    await Delivery.filter(id=delivery.id).update(status=DeliveryStatus.SENT)
+
+    replay = await post_webhook(client, STATUS, form)
+
+    assert replay.status_code == 204
+    assert (await Delivery.get(id=delivery.id)).status == DeliveryStatus.SENT
+
+
+async def test_a_failed_handling_releases_the_claim_for_the_providers_retry(redis):
+    signature = "sig-" + uuid.uuid4().hex
+    with pytest.raises(RuntimeError):
+        async with webhook_replay.claim_once(redis, signature, 60) as new:
+            assert new
+            raise RuntimeError("database down")
+    async with webhook_replay.claim_once(redis, signature, 60) as new:
+        assert new  # the retry is handled
+    async with webhook_replay.claim_once(redis, signature, 60) as new:
+        assert not new  # and only once
+    assert 0 < await redis.ttl(webhook_replay.seen_key(signature)) <= 60

@@ -95,3 +95,31 @@ async def test_delivery_status_changes_are_pushed(app, client, church_a, make_wo
         assert event["messageId"] == message_id
         assert event["memberId"] == member["id"]
         assert event["status"] == "sent"
+
+
+async def test_second_churchs_admin_receives_none_of_the_first_churchs_events(
+    app, client, church_a, church_b, make_worker, redis
+):
+    step = await make_worker()
+    member = await create_member(client, church_a.headers)
+    async with (
+        app.test_client().websocket("/api/ws", headers=church_a.headers) as ws_a,
+        app.test_client().websocket("/api/ws", headers=church_b.headers) as ws_b,
+    ):
+        await _next_event(ws_a)
+        await _next_event(ws_b)
+        # A real delivery status change of church A, and anything else published for A.
+        created = await client.post(
+            "/api/messages",
+            json={"content": "A only", "targetType": "members", "targetIds": [member["id"]]},
+            headers=church_a.headers,
+        )
+        assert created.status_code == 202
+        assert await step.run_next()
+        assert (await _next_event(ws_a))["type"] == "delivery.status"
+        await events.publish(redis, church_a.church_id, {"type": "conversation.message"})
+        assert (await _next_event(ws_a))["type"] == "conversation.message"
+
+        # B's socket saw none of it: the first thing it receives is B's own marker.
+        await events.publish(redis, church_b.church_id, {"type": "marker", "for": "b"})
+        assert await _next_event(ws_b) == {"type": "marker", "for": "b"}

@@ -10,6 +10,7 @@ from koinonia.errors import Unauthorized
 from koinonia.models.core import User
 from koinonia.schemas import ApiModel
 from koinonia.services import auth, sessions
+from koinonia.services.csrf import reject_foreign_origin
 from koinonia.services.tenancy import current_user, require_user
 from koinonia.state import get_state
 
@@ -64,6 +65,7 @@ def _cleared_cookie(response: Response) -> Response:
 
 @bp.post("/register")
 @tag(["auth"])
+@reject_foreign_origin
 @validate_request(RegisterIn)
 async def register(data: RegisterIn) -> Response:
     """Create a church and its owner, and log the owner in."""
@@ -83,11 +85,19 @@ async def register(data: RegisterIn) -> Response:
 
 @bp.post("/login")
 @tag(["auth"])
+@reject_foreign_origin
 @validate_request(LoginIn)
 async def login(data: LoginIn) -> Response:
+    """Log in; after too many failures for the email, 429 with ``Retry-After`` for a while."""
     state = get_state()
+    settings = state.settings
     result = await auth.login(
-        state.require_redis(), data.email, data.password, state.settings.session_ttl_seconds
+        state.require_redis(),
+        data.email,
+        data.password,
+        settings.session_ttl_seconds,
+        max_failures=settings.login_max_failures,
+        lockout_seconds=settings.login_lockout_seconds,
     )
     return _session_response(result, 200)
 

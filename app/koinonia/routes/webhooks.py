@@ -1,7 +1,9 @@
 """Provider webhooks (Twilio format): inbound texts and delivery status callbacks.
 
 Every request must carry a valid ``X-Twilio-Signature`` for the public URL it was sent to;
-anything unsigned or badly signed is refused with 403 before it is read any further.
+anything unsigned or badly signed is refused with 403 before it is read any further. A
+signed callback is handled once: its replay is acknowledged and ignored
+(``services/webhook_replay.py`` says why).
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ from quart import Blueprint, Response, request
 from quart_schema import DataSource, document_headers, document_request, tag
 
 from koinonia.errors import BadRequest, Forbidden
-from koinonia.services import conversations, messaging
-from koinonia.sms.signature import SIGNATURE_HEADER, validate_signature
+from koinonia.services import conversations, messaging, webhook_replay
+from koinonia.sms.signature import SIGNATURE_HEADER, compute_signature, validate_signature
 from koinonia.state import get_state
 
 bp = Blueprint("webhooks", __name__, url_prefix="/api/webhooks/sms")
@@ -44,7 +46,7 @@ class SmsStatus(_TwilioForm):
 EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
 
 
-async def _signed_form() -> dict[str, str]:
+async def _signed_form() -> tuple[dict[str, str], str]:
     settings = get_state().settings
     token = settings.twilio_auth_token.get_secret_value() if settings.twilio_auth_token else ""
     # Twilio signs the URL it called: our public base URL, this path and the query string.
@@ -54,7 +56,9 @@ async def _signed_form() -> dict[str, str]:
     form = await request.form
     if not validate_signature(token, url, form, request.headers.get(SIGNATURE_HEADER)):
         raise Forbidden("Missing or invalid webhook signature", code="invalid_signature")
-    return {key: form.get(key, "") for key in form}
+    # The replay key: our own signature over exactly what was signed, so that another
+    # spelling of the same header value cannot pass for a new callback.
+    return {key: form.get(key, "") for key in form}, compute_signature(token, url, form)
 
 
 def _required(form: dict[str, str], *names: str) -> None:
@@ -69,15 +73,20 @@ def _required(form: dict[str, str], *names: str) -> None:
 @document_headers(TwilioSignature)
 async def inbound() -> Response:
     """A text to one of the churches' numbers (Twilio's format; answers empty TwiML)."""
-    form = await _signed_form()
+    form, signature = await _signed_form()
     _required(form, "From", "To")
-    await conversations.handle_inbound(
-        from_number=form["From"],
-        to_number=form["To"],
-        body=form.get("Body", ""),
-        message_sid=form.get("MessageSid") or form.get("SmsSid"),
-        redis=get_state().redis,
-    )
+    state = get_state()
+    async with webhook_replay.claim_once(
+        state.redis, signature, state.settings.webhook_replay_ttl_seconds
+    ) as new:
+        if new:
+            await conversations.handle_inbound(
+                from_number=form["From"],
+                to_number=form["To"],
+                body=form.get("Body", ""),
+                message_sid=form.get("MessageSid") or form.get("SmsSid"),
+                redis=state.redis,
+            )
     return Response(EMPTY_TWIML, status=200, content_type="text/xml")
 
 
@@ -87,13 +96,18 @@ async def inbound() -> Response:
 @document_headers(TwilioSignature)
 async def status() -> Response:
     """Delivery status of a text we sent (``?deliveryId=`` as set in StatusCallback)."""
-    form = await _signed_form()
+    form, signature = await _signed_form()
     _required(form, "MessageSid", "MessageStatus")
-    await messaging.apply_status_callback(
-        provider_message_id=form["MessageSid"],
-        provider_status=form["MessageStatus"],
-        error_code=form.get("ErrorCode") or None,
-        delivery_id=request.args.get("deliveryId"),
-        redis=get_state().redis,
-    )
+    state = get_state()
+    async with webhook_replay.claim_once(
+        state.redis, signature, state.settings.webhook_replay_ttl_seconds
+    ) as new:
+        if new:
+            await messaging.apply_status_callback(
+                provider_message_id=form["MessageSid"],
+                provider_status=form["MessageStatus"],
+                error_code=form.get("ErrorCode") or None,
+                delivery_id=request.args.get("deliveryId"),
+                redis=state.redis,
+            )
     return Response(status=204)

@@ -3,21 +3,29 @@
 Wrong password and unknown email fail the same way (``InvalidCredentials``), and an unknown
 email still costs one hash verification, so neither the answer nor its timing tells an
 attacker which emails exist.
+
+Brute force: every login attempt counts against its (normalised) email in Redis, known or
+not; after ``login_max_failures`` failures within ``login_lockout_seconds`` the email is
+locked (429 + ``Retry-After``, even with the right password) until the key expires. A
+successful login clears the count.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from tortoise.exceptions import IntegrityError
 from tortoise.transactions import in_transaction
 
-from koinonia.errors import Conflict, Unauthorized
+from koinonia.errors import Conflict, RateLimited, ServiceUnavailable, Unauthorized
 from koinonia.models.core import Church, Role, User
 from koinonia.services import sessions
 from koinonia.services.sessions import SessionData
@@ -31,8 +39,20 @@ class InvalidCredentials(Unauthorized):
     code, message = "invalid_credentials", "Invalid email or password"
 
 
+class LoginLocked(RateLimited):
+    code, message = "login_locked", "Too many failed logins for this account; try again later"
+
+
+LOGIN_FAILURES_PREFIX = "login-failures:"
+
+
 def normalise_email(email: str) -> str:
     return email.strip().lower()
+
+
+def login_failures_key(email: str) -> str:
+    # Hashed so that Redis does not hold a list of the emails people tried.
+    return LOGIN_FAILURES_PREFIX + hashlib.sha256(normalise_email(email).encode()).hexdigest()
 
 
 async def hash_password(password: str) -> str:
@@ -113,9 +133,48 @@ class LoginResult:
     user: User
 
 
-async def login(redis: Redis, email: str, password: str, ttl_seconds: int) -> LoginResult:
-    user = await authenticate(email, password)
+async def login(
+    redis: Redis,
+    email: str,
+    password: str,
+    ttl_seconds: int,
+    *,
+    max_failures: int,
+    lockout_seconds: int,
+) -> LoginResult:
+    key = login_failures_key(email)
+    # Fail closed when Redis is down: no session could be issued anyway (sessions live only
+    # in Redis), and checking passwords without counting would hand an attacker unlimited
+    # guesses for as long as the outage lasts.
+    try:
+        # The attempt is counted before the password is checked, so that concurrent guesses
+        # cannot all slip in under the limit; a success deletes the count again. The window
+        # starts at the first failure (NX: later attempts do not extend it).
+        async with redis.pipeline(transaction=True) as pipe:
+            pipe.incr(key)
+            pipe.expire(key, lockout_seconds, nx=True)
+            pipe.ttl(key)
+            attempts, _, ttl = await pipe.execute()
+    except RedisError as exc:
+        raise ServiceUnavailable("Login unavailable: session store unreachable") from exc
+    if attempts > max_failures:
+        raise LoginLocked(max(int(ttl), 1))
+    try:
+        user = await authenticate(email, password)
+    except InvalidCredentials:
+        if attempts == max_failures:
+            # The failure that locks the account: locked for the whole period from now.
+            await _redis_call(redis.expire(key, lockout_seconds))
+        raise
+    await _redis_call(redis.delete(key))
     return await start_session(redis, user, ttl_seconds)
+
+
+async def _redis_call(call: Awaitable[object]) -> None:
+    try:
+        await call
+    except RedisError as exc:
+        raise ServiceUnavailable("Login unavailable: session store unreachable") from exc
 
 
 async def start_session(redis: Redis, user: User, ttl_seconds: int) -> LoginResult:

@@ -83,10 +83,6 @@ async def handle_inbound(
         opt_change = False
     elif keyword in START_KEYWORDS and not member.opt_in_sms:
         opt_change = True
-    if opt_change is not None:
-        await Member.filter(id=member.id).update(
-            opt_in_sms=opt_change, updated_at=datetime.now(UTC)
-        )
 
     conversation = await _conversation_for(line.church_id, member.id)
     now = datetime.now(UTC)
@@ -99,6 +95,10 @@ async def handle_inbound(
                 provider_message_id=message_sid or None,
             )
             await Conversation.filter(id=conversation.id).update(last_message_at=now)
+            # Only with a newly recorded text: a redelivered (or replayed) old STOP/START
+            # must not flip the opt-in the member has set since.
+            if opt_change is not None:
+                await Member.filter(id=member.id).update(opt_in_sms=opt_change, updated_at=now)
     except IntegrityError:
         log.info("inbound message %s already recorded", message_sid)
         return InboundResult(handled=True, conversation_id=conversation.id)

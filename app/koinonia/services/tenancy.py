@@ -13,7 +13,9 @@ Use in a route module::
 ``require_user`` accepts the session by ``Authorization: Bearer <token>`` or by the session
 cookie; ``require_role("owner", "admin")`` also checks the role; ``require_operator`` admits
 platform operators only. Unknown/expired sessions answer 401, wrong role 403. Websocket
-handlers call ``authenticate_websocket()`` themselves.
+handlers call ``authenticate_websocket()`` themselves. A session taken from the cookie also
+passes the CSRF check of ``services/csrf.py`` (403 ``csrf_rejected``); a bearer token does
+not need to.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from quart_schema import security_scheme
 from redis.exceptions import RedisError
 
 from koinonia.errors import Forbidden, ServiceUnavailable, Unauthorized
+from koinonia.services import csrf
 from koinonia.services.sessions import SessionData, get_session
 from koinonia.state import get_state
 
@@ -48,19 +51,26 @@ class CurrentUser:
     token: str
 
 
-def _token_from(headers: Any, cookies: Any, cookie_name: str) -> str | None:
+def _token_from(headers: Any, cookies: Any, cookie_name: str) -> tuple[str | None, bool]:
+    """The session token and whether it came from the cookie (rather than a bearer header)."""
     authorization = headers.get("Authorization", "")
     scheme, _, value = authorization.partition(" ")
     if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
-    return cookies.get(cookie_name) or None
+        return value.strip(), False
+    token = cookies.get(cookie_name) or None
+    return token, token is not None
 
 
-async def _resolve(headers: Any, cookies: Any) -> CurrentUser:
+async def _resolve(
+    headers: Any, cookies: Any, csrf_check: Callable[[Any], None] | None = None
+) -> CurrentUser:
     state = get_state()
-    token = _token_from(headers, cookies, state.settings.session_cookie_name)
+    token, from_cookie = _token_from(headers, cookies, state.settings.session_cookie_name)
     if token is None:
         raise Unauthorized()
+    if from_cookie and csrf_check is not None:
+        # Before the session lookup: a forged request learns nothing about the session.
+        csrf_check(headers)
     try:
         session = await get_session(state.require_redis(), token)
     except RedisError as exc:
@@ -79,14 +89,18 @@ async def _resolve(headers: Any, cookies: Any) -> CurrentUser:
 
 
 async def authenticate_request() -> CurrentUser:
-    user = await _resolve(request.headers, request.cookies)
+    user = await _resolve(
+        request.headers,
+        request.cookies,
+        lambda headers: csrf.check_cookie_request(request.method, headers),
+    )
     g.current_user = user
     return user
 
 
 async def authenticate_websocket() -> CurrentUser:
     """For ``@bp.websocket`` handlers: bearer header or session cookie of the upgrade request."""
-    user = await _resolve(websocket.headers, websocket.cookies)
+    user = await _resolve(websocket.headers, websocket.cookies, csrf.check_not_foreign)
     g.current_user = user
     return user
 

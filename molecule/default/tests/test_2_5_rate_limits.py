@@ -12,14 +12,22 @@ import json
 import math
 import threading
 import time
+import uuid
 
-from conftest import HTTPS_PORT, LB_VARS, _tls_context, https
+from conftest import HTTPS_PORT, LB_VARS, https
+from stackclient import tls_context
 
 AUTH_RATE = 10  # r/s, checklist (nginx_rate_limit_auth default)
 AUTH_BURST = 5
 API_RATE = 100  # r/s
 API_BURST = LB_VARS.get("nginx_rate_limit_api_burst", 50)
-LOGIN = {"email": "test@test.com", "password": "test"}  # the checklist's own request
+
+
+def login_body(i: int) -> dict:
+    """The checklist's own request (test@test.com / test), with a different unknown address
+    per attempt: the app locks an address out after KOINONIA_LOGIN_MAX_FAILURES (5) failures
+    with its own 429 (login_locked), and these tests are about NGINX's per-IP limit."""
+    return {"email": f"test-{uuid.uuid4().hex[:8]}-{i}@test.com", "password": "test"}
 
 
 def _fire(method, path, count, spacing, body=None, token=None):
@@ -28,10 +36,9 @@ def _fire(method, path, count, spacing, body=None, token=None):
     request sent to the last answer received)."""
     conns = []
     for _ in range(count):
-        c = http.client.HTTPSConnection("127.0.0.1", HTTPS_PORT, context=_tls_context(), timeout=30)
+        c = http.client.HTTPSConnection("127.0.0.1", HTTPS_PORT, context=tls_context(), timeout=30)
         c.connect()
         conns.append(c)
-    data = json.dumps(body).encode() if body is not None else None
     headers = {"Content-Type": "application/json"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
@@ -43,6 +50,8 @@ def _fire(method, path, count, spacing, body=None, token=None):
         if delay > 0:
             time.sleep(delay)
         sent_at[i] = time.monotonic()
+        payload = body(i) if callable(body) else body
+        data = json.dumps(payload).encode() if payload is not None else None
         conns[i].request(method, path, body=data, headers=headers)
         r = conns[i].getresponse()
         results[i] = (r.status, {k.lower(): v for k, v in r.getheaders()}, r.read())
@@ -80,7 +89,7 @@ def test_2_5_auth_15_rapid_logins_50ms_apart_first_10_pass_rest_limited():
     The bucket fills by half a request per request: #1..#11 fit (11 would be exactly full),
     then only every other one; so the first 10 pass for sure and 2 or more get 429."""
     _drain(AUTH_RATE, AUTH_BURST)
-    results, span = _fire("POST", "/api/auth/login", 15, 0.05, body=LOGIN)
+    results, span = _fire("POST", "/api/auth/login", 15, 0.05, body=login_body)
     statuses = [s for s, _, _ in results]
     # "Pass" = NGINX let it through to the app, which answers 401 for these credentials.
     assert statuses[:10] == [401] * 10, statuses
@@ -97,7 +106,7 @@ def test_2_5_auth_15_rapid_logins_50ms_apart_first_10_pass_rest_limited():
 
 def test_2_5_auth_15_simultaneous_logins_only_burst_plus_one_pass():
     _drain(AUTH_RATE, AUTH_BURST)
-    results, span = _fire("POST", "/api/auth/login", 15, 0, body=LOGIN)
+    results, span = _fire("POST", "/api/auth/login", 15, 0, body=login_body)
     statuses = [s for s, _, _ in results]
     passed = statuses.count(401)
     # 1 + burst, plus at most what the bucket leaked while NGINX was judging them.
@@ -127,7 +136,7 @@ def test_2_5_general_api_allows_more_before_429(owner_token):
 
 def test_2_5_limits_are_per_zone_auth_limit_does_not_block_the_api(owner_token):
     _drain(AUTH_RATE, AUTH_BURST)
-    results, _ = _fire("POST", "/api/auth/login", 15, 0, body=LOGIN)
+    results, _ = _fire("POST", "/api/auth/login", 15, 0, body=login_body)
     assert 429 in [s for s, _, _ in results]
     r = https("GET", "/api/conversations", token=owner_token)
     assert r.status == 200, r
