@@ -20,13 +20,16 @@ import os
 import pathlib
 import re
 import shlex
-import ssl
+import sys
 import time
 import uuid
 
 import pytest
 import testinfra
 import yaml
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "resources" / "tests"))
+from stackclient import Resp, curl, https_request
 
 SCENARIO_DIR = pathlib.Path(
     os.environ.get("MOLECULE_SCENARIO_DIRECTORY") or pathlib.Path(__file__).resolve().parent.parent
@@ -94,27 +97,6 @@ def redis_host():
 # --- HTTP from the controller through the balancer ----------------------------------------
 
 
-class Resp:
-    def __init__(self, status: int, headers: list[tuple[str, str]], body: bytes):
-        self.status = status
-        self.header_list = headers
-        self.headers = {k.lower(): v for k, v in headers}
-        self.body = body
-
-    def json(self):
-        return json.loads(self.body)
-
-    def __repr__(self):
-        return f"<{self.status} {self.body[:300]!r}>"
-
-
-def _tls_context() -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE  # self-signed certificate in the test stack
-    return ctx
-
-
 def https(
     method: str,
     path: str,
@@ -124,23 +106,7 @@ def https(
     timeout: float = 20,
 ) -> Resp:
     """One request through the balancer's HTTPS listener, on a new connection."""
-    conn = http.client.HTTPSConnection(
-        "127.0.0.1", HTTPS_PORT, context=_tls_context(), timeout=timeout
-    )
-    all_headers = {"Accept": "application/json"}
-    data = None
-    if body is not None:
-        data = json.dumps(body).encode()
-        all_headers["Content-Type"] = "application/json"
-    if token:
-        all_headers["Authorization"] = f"Bearer {token}"
-    all_headers.update(headers or {})
-    try:
-        conn.request(method, path, body=data, headers=all_headers)
-        r = conn.getresponse()
-        return Resp(r.status, r.getheaders(), r.read())
-    finally:
-        conn.close()
+    return https_request(HTTPS_PORT, method, path, body, token, headers, timeout)
 
 
 def plain_http(method: str, path: str, timeout: float = 20) -> Resp:
@@ -181,23 +147,6 @@ def unique(prefix: str = "ck") -> str:
 
 
 # --- inside the containers ----------------------------------------------------------------
-
-
-def curl(host, *args: str):
-    """curl on `host`; returns (status, lower-cased headers of the last response, body)."""
-    cmd = "curl -sk --max-time 15 -D /dev/stderr -o /dev/stdout " + " ".join(
-        shlex.quote(a) for a in args
-    )
-    res = host.run(cmd)
-    headers, status = {}, 0
-    for line in res.stderr.splitlines():
-        line = line.strip()
-        if line.upper().startswith("HTTP/"):
-            status, headers = int(line.split()[1]), {}
-        elif ":" in line:
-            key, value = line.split(":", 1)
-            headers[key.strip().lower()] = value.strip()
-    return status, headers, res.stdout
 
 
 def app_direct(lb, app: str, path: str):

@@ -7,11 +7,15 @@ The scenario sets small health check knobs: interval 1 s, fall 3, rise 2.
 """
 
 import json
-import shlex
+import pathlib
+import sys
 import time
 
 import pytest
 import testinfra
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "resources" / "tests"))
+from stackclient import curl  # noqa: F401 - used by the test modules
 
 LB = "lb-nginx"
 APPS = ["lb-app1", "lb-app2"]
@@ -30,21 +34,6 @@ def lb():
 @pytest.fixture(scope="module")
 def apps():
     return {name: testinfra.get_host(f"docker://{name}") for name in APPS}
-
-
-def curl(host, *args):
-    """Runs curl on host; returns (status, headers dict lower-cased, body)."""
-    cmd = "curl -sk -D /dev/stderr -o /dev/stdout " + " ".join(shlex.quote(a) for a in args)
-    res = host.run(cmd)
-    headers, status = {}, 0
-    for line in res.stderr.splitlines():
-        line = line.strip()
-        if line.upper().startswith("HTTP/"):
-            status, headers = int(line.split()[1]), {}
-        elif ":" in line:
-            key, value = line.split(":", 1)
-            headers[key.strip().lower()] = value.strip()
-    return status, headers, res.stdout
 
 
 def upstream_status(lb):
