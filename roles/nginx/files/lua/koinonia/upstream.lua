@@ -15,6 +15,8 @@
 --   balance()        balancer_by_lua:      least connections over up peers, retries
 --   log()            log_by_lua:           release the in-flight counts, record passive failures
 --   status()         content_by_lua:       the /upstream_status JSON
+--   drain()          content_by_lua:       /upstream_peers/<name>/drain: PUT takes a peer out of
+--                                          rotation (requests in flight finish), DELETE puts it back
 --
 -- Peer state in the shared dict (key suffix = peer id "name:port"):
 --   down:<id>   true while the active checker has the peer down (absent = up)
@@ -22,6 +24,9 @@
 --   last:<id>   time of the last probe         result:<id>  its status code or error
 --   since:<id>  time of the last up/down change
 --   pfail:<id>  passive failures (errors/timeouts of real requests), expire after fail_timeout
+--   drained:<id> set by an operator (rolling deploys): no new requests, whatever the checks say;
+--               kept across reloads (shared memory) until deleted
+--   inflight:<id> requests in flight to the peer, over all workers (a drain waits for 0)
 
 local cjson = require "cjson.safe"
 local balancer = require "ngx.balancer"
@@ -229,6 +234,15 @@ local function is_up(peer)
     return not dict:get("down:" .. peer.id)
 end
 
+local function is_drained(peer)
+    return dict:get("drained:" .. peer.id) and true or false
+end
+
+-- Up and not drained: the peer may get new requests.
+local function is_available(peer)
+    return is_up(peer) and not is_drained(peer)
+end
+
 local function passively_failed(peer)
     return (dict:get("pfail:" .. peer.id) or 0) >= conf.max_fails
 end
@@ -238,7 +252,7 @@ end
 local function candidates(tried)
     local up, healthy = {}, {}
     for _, peer in ipairs(peers) do
-        if is_up(peer) and not tried[peer.id] then
+        if is_available(peer) and not tried[peer.id] then
             up[#up + 1] = peer
             if not passively_failed(peer) then
                 healthy[#healthy + 1] = peer
@@ -278,10 +292,10 @@ local function pick(list)
     return chosen
 end
 
-local function up_count()
+local function available_count()
     local n = 0
     for _, peer in ipairs(peers) do
-        if is_up(peer) then
+        if is_available(peer) then
             n = n + 1
         end
     end
@@ -300,9 +314,9 @@ local function json_error(status, code, message, retry_after)
     return ngx.exit(ngx.HTTP_OK)
 end
 
--- Access phase: with no peer up, answer 503 at once instead of trying dead peers.
+-- Access phase: with no peer up (or all drained), answer 503 at once instead of trying them.
 function _M.access()
-    if up_count() == 0 then
+    if available_count() == 0 then
         return json_error(503, "service_unavailable",
             "No application server is available; try again shortly.", conf.interval)
     end
@@ -329,7 +343,7 @@ function _M.balance()
     end
 
     if tried.n == 0 then
-        local more = math.min(conf.tries, up_count()) - 1
+        local more = math.min(conf.tries, available_count()) - 1
         if more > 0 then
             balancer.set_more_tries(more)
         end
@@ -343,6 +357,7 @@ function _M.balance()
         return ngx.exit(ngx.ERROR)
     end
     active[peer.addr] = (active[peer.addr] or 0) + 1
+    dict:incr("inflight:" .. peer.id, 1, 0)
 end
 
 -- Passive check: a try that ended in a connection error (NGINX records 502) or a timeout
@@ -376,6 +391,9 @@ function _M.log()
                 active[addr] = n > 1 and n - 1 or 0
             end
             local peer = by_addr[addr]
+            if peer and n and n > 0 then
+                dict:incr("inflight:" .. peer.id, -1, 0)
+            end
             if peer and (statuses[i] == "502" or statuses[i] == "504") then
                 passive_failure(peer)
             end
@@ -394,19 +412,28 @@ local function iso(t)
     return os.date("!%Y-%m-%dT%H:%M:%SZ", math.floor(t))
 end
 
+local function in_flight(peer)
+    return math.max(dict:get("inflight:" .. peer.id) or 0, 0)
+end
+
 function _M.status()
-    local list, up = {}, 0
+    local list, up, available = {}, 0, 0
     for i, peer in ipairs(peers) do
         local id = peer.id
         local down = dict:get("down:" .. id) and true or false
         if not down then
             up = up + 1
+            if not is_drained(peer) then
+                available = available + 1
+            end
         end
         list[i] = {
             name = peer.name,
             address = peer.host .. ":" .. peer.port,
             weight = peer.weight,
             status = down and "down" or "up",
+            drained = is_drained(peer),
+            in_flight = in_flight(peer),
             consecutive_failures = dict:get("fails:" .. id) or 0,
             consecutive_successes = dict:get("oks:" .. id) or 0,
             last_check = iso(dict:get("last:" .. id)),
@@ -422,6 +449,7 @@ function _M.status()
         upstream = conf.upstream,
         algorithm = "least_conn",
         peers_up = up,
+        peers_available = available,
         peers_total = #peers,
         checker = {
             path = conf.path,
@@ -432,6 +460,57 @@ function _M.status()
         },
         peers = list,
     }))
+end
+
+----------------------------------------------------------------------------------------
+-- Drain (rolling deploys): /upstream_peers/<name or name:port>/drain on the status port
+----------------------------------------------------------------------------------------
+
+-- PUT: no new requests go to the peer (the requests in flight finish); DELETE: back in
+-- rotation (it still has to pass the active checks); GET: its state. The answer says how
+-- many requests are still in flight, so a deploy can wait for 0 before stopping the app.
+function _M.drain()
+    local wanted = ngx.var.koinonia_peer
+    local matched = {}
+    for _, peer in ipairs(peers) do
+        if peer.name == wanted or peer.id == wanted then
+            matched[#matched + 1] = peer
+        end
+    end
+    if #matched == 0 then
+        return json_error(404, "unknown_peer", "No upstream peer is named " .. tostring(wanted) .. ".")
+    end
+    local method = ngx.req.get_method()
+    for _, peer in ipairs(matched) do
+        if method == "PUT" or method == "POST" then
+            if not is_drained(peer) then
+                dict:set("drained:" .. peer.id, ngx.now())
+                log(WARN, "koinonia upstream: peer ", peer.id, " DRAINED by an operator")
+            end
+        elseif method == "DELETE" then
+            if is_drained(peer) then
+                dict:delete("drained:" .. peer.id)
+                log(WARN, "koinonia upstream: peer ", peer.id, " back in rotation (drain removed)")
+            end
+        elseif method ~= "GET" and method ~= "HEAD" then
+            ngx.header["Allow"] = "GET, PUT, DELETE"
+            return json_error(405, "method_not_allowed", "Use GET, PUT (drain) or DELETE (undrain).")
+        end
+    end
+    local out = {}
+    for i, peer in ipairs(matched) do
+        out[i] = {
+            name = peer.name,
+            address = peer.host .. ":" .. peer.port,
+            status = is_up(peer) and "up" or "down",
+            drained = is_drained(peer),
+            drained_since = iso(dict:get("drained:" .. peer.id)),
+            in_flight = in_flight(peer),
+        }
+    end
+    ngx.header["Content-Type"] = "application/json"
+    ngx.header["Cache-Control"] = "no-store"
+    ngx.say(cjson.encode({ peers = out }))
 end
 
 return _M
