@@ -54,9 +54,13 @@ test-app: ## The service's tests against real PostgreSQL, PgBouncer and Redis on
 bench-app: ## The service's req/s and p50/p95/p99 per route next to a bare Quart hello-world
 	@$(STAGE) bench-app python bench/app_http.py
 
+.PHONY: bench
+bench: ## Every benchmark against the `make up` stack (HTTP, cache, queue, PgBouncer, scale-out, deploy) -> BENCHMARKS.md
+	@$(STAGE) bench python bench/run.py --write
+
 .PHONY: bench-smoke
-bench-smoke: ## The benchmark in its smallest mode, so it cannot rot (part of make test)
-	@$(STAGE) bench-smoke python bench/app_http.py --smoke
+bench-smoke: ## The benchmarks in their smallest mode, so they cannot rot (part of make test)
+	@$(STAGE) bench-smoke bash -c 'python bench/app_http.py --smoke && python bench/run.py --smoke'
 
 .PHONY: test-collection
 test-collection: ## Build the collection tarball, install it, run its roles by FQCN

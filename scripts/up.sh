@@ -50,6 +50,8 @@ start_container() {
     return
   fi
   docker rm -f "$name" >/dev/null 2>&1 || true
+  # Fresh container: this run's site.yml is a first converge (bench/deploy.py reads it).
+  touch "$STARTED_MARK"
   mkdir -p "$APT_CACHE/$name/partial"
   # Same recipe as molecule/resources/create.yml (--privileged is not available here).
   docker run -d --name "$name" --hostname "$name" --network "$NETWORK" \
@@ -64,6 +66,9 @@ start_container() {
 }
 
 say "containers"
+# Wall time of site.yml goes to .cache/bench/deploy.json (`make bench` reports it): a run that
+# started any container is a first converge, otherwise a re-run.
+STARTED_MARK=$(mktemp /tmp/koinonia-up-started.XXXXXX) && rm -f "$STARTED_MARK"
 for name in "${HOSTS[@]}"; do
   if [ "$name" = "$LB" ]; then
     start_container "$name" -p 127.0.0.1:8443:443 -p 127.0.0.1:8080:80
@@ -111,7 +116,31 @@ if [ "${KOINONIA_UP_SKIP_LB:-0}" = 1 ] || [ ! -f roles/nginx/tasks/main.yml ]; t
   echo "(the load balancer is skipped: KOINONIA_UP_SKIP_LB=1 or roles/nginx missing)"
 fi
 lb_ok=1
-if ! ANSIBLE_STDOUT_CALLBACK=ansible.builtin.default ansible-playbook site.yml -i "$INVENTORY" "${skip[@]}"; then
+deploy_kind=rerun
+[ ! -e "$STARTED_MARK" ] || deploy_kind=first_converge
+rm -f "$STARTED_MARK"
+deploy_start=$(date +%s.%N)
+record_deploy() {  # KIND EXIT_CODE: bench/deploy.py reads .cache/bench/deploy.json
+  python3 - "$1" "$2" "$deploy_start" "$(date +%s.%N)" "${#skip[@]}" <<'PY' || true
+import json, os, sys, time
+kind, rc, start, end, skipped = sys.argv[1:]
+path = os.path.join(".cache", "bench", "deploy.json")
+os.makedirs(os.path.dirname(path), exist_ok=True)
+try:
+    data = json.load(open(path))
+except (OSError, ValueError):
+    data = {}
+data[kind] = {"seconds": round(float(end) - float(start), 1), "exit_code": int(rc),
+              "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(end))),
+              "load_balancer_skipped": skipped != "0", "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+              "source": "scripts/up.sh"}
+json.dump(data, open(path, "w"), indent=2)
+PY
+}
+deploy_rc=0
+ANSIBLE_STDOUT_CALLBACK=ansible.builtin.default ansible-playbook site.yml -i "$INVENTORY" "${skip[@]}" || deploy_rc=$?
+record_deploy "$deploy_kind" "$deploy_rc"
+if [ "$deploy_rc" -ne 0 ]; then
   # Which tier failed? If the app servers are ready, only the balancer is missing.
   if docker exec koinonia-app1 python3 -c \
       'import urllib.request,sys; sys.exit(urllib.request.urlopen("http://127.0.0.1:3000/health/ready", timeout=5).status != 200)' \

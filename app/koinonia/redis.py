@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -16,16 +16,23 @@ def create_redis(settings: Settings, *, decode_responses: bool = True) -> Redis:
     Short socket timeouts: a dead Redis must make calls fail fast (the cache then degrades to
     the database) rather than hang requests.
     """
-    return Redis.from_url(
+    # A blocking pool: when every connection is busy a call waits (up to
+    # redis_pool_timeout) for one to come back. redis-py's default pool raises "Too many
+    # connections" at once instead, which under a burst of more concurrent requests than
+    # redis_max_connections turned into 503s (session lookups) and stuck SAQ jobs.
+    pool = BlockingConnectionPool.from_url(
         settings.redis_url.get_secret_value(),
-        decode_responses=decode_responses,
         max_connections=settings.redis_max_connections,
+        timeout=settings.redis_pool_timeout,
+        decode_responses=decode_responses,
         socket_timeout=settings.redis_socket_timeout,
         socket_connect_timeout=settings.redis_socket_timeout,
         health_check_interval=30,
         # One quick reconnect attempt, no backoff: the callers have their own fallback.
         retry=Retry(NoBackoff(), 1),
     )
+    # from_pool: closing the client closes the pool too.
+    return Redis.from_pool(pool)
 
 
 async def ping_redis(client: Redis, timeout_seconds: float) -> None:

@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     # --- redis ----------------------------------------------------------------------------
     redis_max_connections: int = Field(default=50, ge=1)
     redis_socket_timeout: float = Field(default=2.0, gt=0)
+    # Seconds a call waits for a free pooled connection when all are busy.
+    redis_pool_timeout: float = Field(default=5.0, gt=0)
 
     # --- http -----------------------------------------------------------------------------
     environment: Literal["development", "production", "test"] = "development"

@@ -25,11 +25,11 @@ import time
 import uuid
 
 import pytest
-import testinfra
 import yaml
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "resources" / "tests"))
 from stackclient import Resp, curl, https_request
+from stackops import docker_host, upstream_status
 
 SCENARIO_DIR = pathlib.Path(
     os.environ.get("MOLECULE_SCENARIO_DIRECTORY") or pathlib.Path(__file__).resolve().parent.parent
@@ -73,10 +73,6 @@ ISO8601 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$
 
 
 # --- hosts --------------------------------------------------------------------------------
-
-
-def docker_host(name: str):
-    return testinfra.get_host(f"docker://{name}")
 
 
 @pytest.fixture(scope="session")
@@ -156,12 +152,6 @@ def app_direct(lb, app: str, path: str):
         return status, json.loads(body)
     except ValueError:
         return status, body
-
-
-def upstream_status(lb) -> dict:
-    """The balancer's /upstream_status (internal port 8080) as {peer name: peer}."""
-    out = lb.check_output("curl -s --max-time 5 http://127.0.0.1:8080/upstream_status")
-    return {p["name"]: p for p in json.loads(out)["peers"]}
 
 
 def wait_for(predicate, deadline: float, step: float = 0.5, what: str = "condition", on_each=None):

@@ -10,18 +10,22 @@ import json
 import os
 import pathlib
 import random
-import re
 import shutil
-import subprocess
 import sys
 import uuid
 
 import pytest
-import testinfra
 import yaml
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "resources" / "tests"))
 from stackclient import https_request, wait_for
+from stackops import (  # noqa: F401 - recap, run_playbook, task_results: for the test modules
+    docker_host,
+    recap,
+    run_playbook,
+    task_results,
+    upstream_status,
+)
 
 SCENARIO_DIR = pathlib.Path(
     os.environ.get("MOLECULE_SCENARIO_DIRECTORY") or pathlib.Path(__file__).resolve().parent.parent
@@ -56,10 +60,6 @@ def login(email: str, password: str) -> str:
     r = https("POST", "/api/auth/login", {"email": email, "password": password})
     assert r.status == 200, r
     return r.json()["token"]
-
-
-def docker_host(name: str):
-    return testinfra.get_host(f"docker://{name}")
 
 
 @pytest.fixture(scope="session")
@@ -108,38 +108,7 @@ def group_id(owner_token):
     return gid
 
 
-# --- the operators' playbooks ---------------------------------------------------------------
-
-
-def run_playbook(name: str, *args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
-    """ansible-playbook playbooks/<name> against the scenario's inventory, as an operator."""
-    env = dict(
-        os.environ,
-        ANSIBLE_ROLES_PATH=str(PROJECT_DIR / "roles"),
-        ANSIBLE_FORCE_COLOR="0",
-        ANSIBLE_NOCOLOR="1",
-    )
-    cmd = [
-        "ansible-playbook",
-        "-i",
-        os.environ["MOLECULE_INVENTORY_FILE"],
-        str(PROJECT_DIR / "playbooks" / name),
-        *args,
-    ]
-    run = subprocess.run(
-        cmd, env=env, cwd=PROJECT_DIR, capture_output=True, text=True, timeout=timeout, check=False
-    )
-    print(f"$ {' '.join(cmd)}  -> rc {run.returncode}")
-    print(run.stdout[-6000:])
-    return run
-
-
-def recap(output: str) -> dict[str, dict[str, int]]:
-    """PLAY RECAP counters per host."""
-    out = {}
-    for host, counters in re.findall(r"^(\S+)\s*:\s*(ok=.*)$", output, re.M):
-        out[host] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", counters)}
-    return out
+# --- releases --------------------------------------------------------------------------------
 
 
 def source_copy(
@@ -179,11 +148,6 @@ def serving_release(host) -> str:
     return json.loads(out)["release"]
 
 
-def upstream_status(lb) -> dict:
-    out = lb.check_output("curl -s --max-time 5 http://127.0.0.1:8080/upstream_status")
-    return {p["name"]: p for p in json.loads(out)["peers"]}
-
-
 def all_serving(lb) -> bool:
     peers = upstream_status(lb)
     return len(peers) == len(APPS) and all(
@@ -204,18 +168,6 @@ def psql(db, sql: str, database: str = "koinonia") -> str:
     return db.check_output(
         "runuser -u postgres -- psql --no-psqlrc -X -tA -d %s -c %s", database, sql
     ).strip()
-
-
-def task_results(output: str, task: str) -> list[tuple[str, str]]:
-    """(status, host) lines of every run of the task whose name starts with `task`."""
-    results = []
-    for block in re.findall(
-        r"^TASK \[[^\]]*" + re.escape(task) + r"[^\]]*\][^\n]*\n(.*?)(?=^TASK |^PLAY |\Z)",
-        output,
-        re.M | re.S,
-    ):
-        results += re.findall(r"^(ok|changed|skipping|failed|fatal): \[([^\]\s]+)", block, re.M)
-    return results
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,199 @@
+"""Section 3 (queue): SMS deliveries per second, from enqueue to `sent`, by N `koinonia worker`
+processes (SAQ), with the `log` provider and with a provider that takes 200 ms per call.
+
+On loopback (real PostgreSQL, PgBouncer and Redis from app/tests/servers.py): a church with a
+100-member group; N workers are started and ready (their metrics port answers); then
+POST /api/messages is sent DELIVERIES/100 times (4 at a time) and the clock runs from the
+first POST until the database has every delivery of those messages `sent`. The 200 ms
+provider is bench/fake_twilio.py playing Twilio's API on loopback (KOINONIA_SMS_PROVIDER=
+twilio, KOINONIA_TWILIO_BASE_URL); there SAQ's per-worker concurrency
+(KOINONIA_WORKER_CONCURRENCY) bounds the rate at workers x concurrency ÷ 0.2 s.
+The same servers then serve section 2 (cache), whose church holds these deliveries.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from datetime import UTC, datetime
+
+from bench.common import ROOT, BenchError, Section, api, log, message_body, seed_church, table
+from bench.loopback import Loopback, free_port, wait_for_port
+
+ACCOUNT_SID = "AC00000000000000000000000000000001"
+
+
+def count_by_status(lb: Loopback, since: datetime) -> dict[str, int]:
+    import psycopg
+
+    with psycopg.connect(lb.servers.postgres.superuser_dsn("koinonia")) as conn:
+        rows = conn.execute(
+            "select d.status, count(*) from delivery d join message m on m.id = d.message_id "
+            "where m.created_at >= %s group by 1",
+            (since,),
+        ).fetchall()
+    return {str(s): int(n) for s, n in rows}
+
+
+def last_sent_at(lb: Loopback, since: datetime) -> datetime | None:
+    import psycopg
+
+    with psycopg.connect(lb.servers.postgres.superuser_dsn("koinonia")) as conn:
+        row = conn.execute(
+            "select max(d.sent_at) from delivery d join message m on m.id = d.message_id "
+            "where m.created_at >= %s",
+            (since,),
+        ).fetchone()
+    return row[0] if row else None
+
+
+def one_run(
+    lb: Loopback,
+    token: str,
+    group_id: str,
+    deliveries: int,
+    workers: int,
+    concurrency: int,
+    provider: str,
+    env: dict[str, str],
+    timeout: float,
+) -> dict:
+    messages = max(1, deliveries // 100)
+    worker_env = env | {"KOINONIA_WORKER_CONCURRENCY": str(concurrency)}
+    procs = []
+    for _ in range(workers):
+        port = free_port()
+        procs += lb.start_job_workers(
+            1, **worker_env, KOINONIA_WORKER_METRICS_BIND=f"127.0.0.1:{port}"
+        )
+        wait_for_port(port, timeout=60, proc=procs[-1])
+    time.sleep(1)  # past the metrics server: the worker's dequeue loop is up
+    since = datetime.now(UTC)
+    started = time.monotonic()
+    body = json.loads(message_body(group_id, "Bench: queue throughput"))
+
+    def post(_: int) -> None:
+        api(lb.base, "POST", "/api/messages", body, token)
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(post, range(messages)))
+    enqueued = time.monotonic() - started
+    expected = messages * 100
+    counts: dict[str, int] = {}
+    while time.monotonic() - started < timeout:
+        counts = count_by_status(lb, since)
+        done = counts.get("sent", 0) + counts.get("delivered", 0) + counts.get("failed", 0)
+        if done >= expected:
+            break
+        if any(p.poll() is not None for p in procs):
+            raise BenchError("a `koinonia worker` exited during the queue run")
+        time.sleep(0.2)
+    elapsed = time.monotonic() - started
+    last = last_sent_at(lb, since)
+    db_elapsed = (last - since).total_seconds() if last else None
+    lb.stop_job_workers()
+    sent = counts.get("sent", 0) + counts.get("delivered", 0)
+    result = {
+        "provider": provider,
+        "workers": workers,
+        "concurrency": concurrency,
+        "deliveries": expected,
+        "sent": sent,
+        "failed": counts.get("failed", 0),
+        "unfinished": expected - sum(counts.get(s, 0) for s in ("sent", "delivered", "failed")),
+        "enqueue_seconds": round(enqueued, 2),
+        "seconds": round(db_elapsed if db_elapsed else elapsed, 2),
+        "per_second": round(sent / (db_elapsed or elapsed), 1),
+        "timed_out": elapsed >= timeout,
+    }
+    if provider != "log":
+        result["ceiling_per_second"] = workers * concurrency / 0.2
+    log(
+        f"queue {provider} workers={workers} concurrency={concurrency}: {result['per_second']}/s "
+        f"({sent}/{expected} sent in {result['seconds']} s)"
+    )
+    return result
+
+
+def run(args, stack: ExitStack) -> tuple[Section, Loopback, str]:
+    section = Section("queue", "Queue: SMS deliveries per second, enqueue to sent")
+    lb = Loopback.start(stack, os.cpu_count() or 1, hello=False)
+    token, group_id = seed_church(lb.base, "queue-bench@example.org")
+    deliveries = 200 if args.smoke else args.deliveries
+    slow = 100 if args.smoke else args.deliveries
+    timeout = 60 if args.smoke else args.queue_timeout
+    twilio_port = free_port()
+    fake = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / "fake_twilio.py"), str(twilio_port), "0.2"]
+    )
+    stack.callback(fake.terminate)
+    wait_for_port(twilio_port, proc=fake)
+    twilio_env = {
+        "KOINONIA_SMS_PROVIDER": "twilio",
+        "KOINONIA_TWILIO_ACCOUNT_SID": ACCOUNT_SID,
+        "KOINONIA_TWILIO_AUTH_TOKEN": "bench-auth-token-0123456789abcdef",
+        "KOINONIA_TWILIO_FROM_NUMBER": "+15005550006",
+        "KOINONIA_TWILIO_BASE_URL": f"http://127.0.0.1:{twilio_port}",
+    }
+    plan = (
+        [("log", 1, 10, deliveries, {}), ("200 ms", 1, 10, slow, twilio_env)]
+        if args.smoke
+        else [
+            ("log", 1, 10, deliveries, {}),
+            ("log", 2, 10, deliveries, {}),
+            ("log", 4, 10, deliveries, {}),
+            ("200 ms", 2, 10, slow, twilio_env),
+            ("200 ms", 2, 50, slow, twilio_env),
+            ("200 ms", 2, 200, slow, twilio_env),
+        ]
+    )
+    for provider, workers, concurrency, count, env in plan:
+        section.rows.append(
+            one_run(lb, token, group_id, count, workers, concurrency, provider, env, timeout)
+        )
+    section.notes += [
+        "Loopback: PostgreSQL 15, PgBouncer (transaction pooling) and Redis from "
+        "app/tests/servers.py; one `koinonia serve` for the POSTs; the workers are "
+        "`koinonia worker` processes. Clock: first POST → last `sent_at` in the database "
+        "(the POSTs themselves, 4 at a time, are inside it).",
+        "200 ms provider: bench/fake_twilio.py (asyncio) answers Twilio's Messages.json after "
+        "200 ms; the ceiling is workers x concurrency ÷ 0.2 s.",
+        f"The machine has {os.cpu_count()} cores shared by the API, the workers, PostgreSQL, "
+        "PgBouncer and Redis.",
+    ]
+    return section.finish(), lb, token
+
+
+def markdown(section: Section) -> list[str]:
+    return table(
+        [
+            "provider",
+            "workers",
+            "concurrency/worker",
+            "deliveries",
+            "sent",
+            "failed+unfinished",
+            "seconds",
+            "deliveries/s",
+            "ceiling/s",
+        ],
+        [
+            [
+                r["provider"],
+                r["workers"],
+                r["concurrency"],
+                r["deliveries"],
+                r["sent"],
+                r["failed"] + r["unfinished"],
+                r["seconds"],
+                r["per_second"],
+                r.get("ceiling_per_second"),
+            ]
+            for r in section.rows
+        ],
+    )
