@@ -9,8 +9,10 @@ with a generic 500 — the client never sees a stack trace.
 from __future__ import annotations
 
 import logging
+import socket
 from typing import Any
 
+import asyncpg
 from pydantic import ValidationError
 from quart import Quart, Response, jsonify
 from quart_schema import RequestSchemaValidationError
@@ -129,6 +131,36 @@ _HTTP_CODES = {
 }
 
 
+# Failures that mean "the database (or PgBouncer) is unreachable right now", not a bug: the
+# request may succeed in a moment, on this server or another, so they answer 503 with
+# Retry-After (NGINX and clients retry) instead of 500. Tortoise passes asyncpg's errors on
+# unwrapped, and its own DBConnectionError is a ConnectionError.
+_UNAVAILABLE = (
+    ConnectionError,
+    TimeoutError,
+    socket.gaierror,
+    asyncpg.PostgresConnectionError,  # SQLSTATE class 08: PgBouncer's refusals among them
+    asyncpg.CannotConnectNowError,  # the server is starting or shutting down
+    asyncpg.InterfaceError,  # "connection is closed" and the like
+)
+UNAVAILABLE_RETRY_AFTER_SECONDS = 5
+
+
+def dependency_unavailable(error: BaseException) -> bool:
+    """True when the error, or one it was raised from, says a dependency is unreachable."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, _UNAVAILABLE):
+            return True
+        # asyncpg reports a refused connect to several addresses as a bare OSError.
+        if type(current) is OSError and "connect call failed" in str(current).lower():
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
 def register_error_handlers(app: Quart) -> None:
     @app.errorhandler(ApiError)
     async def _api_error(error: ApiError) -> Response:
@@ -155,5 +187,14 @@ def register_error_handlers(app: Quart) -> None:
 
     @app.errorhandler(Exception)
     async def _unexpected(error: Exception) -> Response:
+        if dependency_unavailable(error):
+            log.warning("dependency unavailable", extra={"error": type(error).__name__})
+            return error_response(
+                503,
+                "service_unavailable",
+                "A service this request needs is unavailable; try again shortly.",
+                None,
+                {"Retry-After": str(UNAVAILABLE_RETRY_AFTER_SECONDS)},
+            )
         log.exception("unhandled error")
         return error_response(500, "internal_error", "Internal server error")

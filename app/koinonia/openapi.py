@@ -23,8 +23,10 @@ class KoinoniaOpenAPIProvider(OpenAPIProvider):
                     str(code): value for code, value in operation.get("responses", {}).items()
                 }
                 operation["responses"] = responses
+                # "2XX", not "200": routes without a response model answer 201 or 202 too
+                # (register, create), and a client must accept what they send.
                 if not any(code.startswith("2") for code in responses):
-                    responses["200"] = {"description": "Success"}
+                    responses["2XX"] = {"description": "Success"}
                 responses.setdefault(
                     "default",
                     {

@@ -180,3 +180,45 @@ async def test_paused_database_makes_ready_503_without_hanging(client, servers):
 async def test_response_names_the_app_server_that_answered(client):
     response = await client.get("/health")
     assert response.headers["X-Served-By"] == socket.gethostname()
+
+
+async def test_database_refusing_connections_answers_503_with_retry_after_not_500(client, servers):
+    """PgBouncer DISABLE + KILL: the pool's connections drop and new ones are refused. A
+    request that needs the database answers 503 (retryable), never a 500."""
+    import psycopg
+
+    from tests.servers import DB_NAME, DB_PASSWORD, DB_USER
+
+    admin = await psycopg.AsyncConnection.connect(
+        host="127.0.0.1",
+        port=servers.pgbouncer.port,
+        user=DB_USER,
+        password=DB_PASSWORD,
+        dbname="pgbouncer",
+        autocommit=True,
+    )
+    try:
+        await admin.execute(f"DISABLE {DB_NAME}")
+        await admin.execute(f"KILL {DB_NAME}")
+        try:
+            response = await asyncio.wait_for(
+                client.post(
+                    "/api/auth/register",
+                    json={
+                        "churchName": "Unreachable Chapel",
+                        "email": "nobody-503@example.org",
+                        "password": "long-enough-password",
+                    },
+                ),
+                30,
+            )
+            body = await response.get_json()
+            assert response.status_code == 503, body
+            assert body["error"]["code"] == "service_unavailable"
+            assert response.headers["Retry-After"].isdigit()
+        finally:
+            await admin.execute(f"ENABLE {DB_NAME}")
+            await admin.execute(f"RESUME {DB_NAME}")
+    finally:
+        await admin.close()
+    assert (await client.get("/health/ready")).status_code == 200

@@ -34,8 +34,17 @@ def run_playbook(name: str, *args: str, timeout: int = 1200) -> subprocess.Compl
         str(PROJECT_DIR / "playbooks" / name),
         *args,
     ]
+    # stderr merged into stdout: with Molecule's ansible.cfg (display_failed_stderr) a
+    # failed task's message goes to stderr, and the tests read the output as one stream.
     run = subprocess.run(
-        cmd, env=env, cwd=PROJECT_DIR, capture_output=True, text=True, timeout=timeout, check=False
+        cmd,
+        env=env,
+        cwd=PROJECT_DIR,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
     print(f"$ {' '.join(cmd)}  -> rc {run.returncode}")
     print(run.stdout[-6000:])
