@@ -19,7 +19,6 @@ import json
 import os
 import pathlib
 import random
-import subprocess
 import sys
 import threading
 import time
@@ -28,12 +27,16 @@ from collections import Counter
 from dataclasses import dataclass
 
 import pytest
-import testinfra
 import yaml
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "resources" / "tests"))
 from load import BoundedLoad
 from stackclient import https_request, tls_context, wait_for
+from stackops import (  # noqa: F401 - run_playbook: for the test modules
+    docker_host,
+    run_playbook,
+    upstream_status,
+)
 
 SCENARIO_DIR = pathlib.Path(
     os.environ.get("MOLECULE_SCENARIO_DIRECTORY") or pathlib.Path(__file__).resolve().parent.parent
@@ -75,10 +78,6 @@ def login(email: str, password: str) -> str:
     r = https("POST", "/api/auth/login", {"email": email, "password": password})
     assert r.status == 200, r
     return r.json()["token"]
-
-
-def docker_host(name: str):
-    return testinfra.get_host(f"docker://{name}")
 
 
 @pytest.fixture(scope="session")
@@ -138,11 +137,6 @@ def phone_prefix() -> str:
 
 
 # --- the stack's state ------------------------------------------------------------------------
-
-
-def upstream_status(lb) -> dict:
-    out = lb.check_output("curl -s --max-time 5 http://127.0.0.1:8080/upstream_status")
-    return {p["name"]: p for p in json.loads(out)["peers"]}
 
 
 def peer_of(lb, app: str) -> str:
@@ -214,29 +208,6 @@ def redis_cli(redis, *args: str) -> str:
         CFG["koinonia_redis_ops_password"],
         *args,
     )
-
-
-def run_playbook(name: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    """ansible-playbook playbooks/<name> against the scenario's inventory, as an operator."""
-    env = dict(
-        os.environ,
-        ANSIBLE_ROLES_PATH=str(PROJECT_DIR / "roles"),
-        ANSIBLE_FORCE_COLOR="0",
-        ANSIBLE_NOCOLOR="1",
-    )
-    cmd = [
-        "ansible-playbook",
-        "-i",
-        os.environ["MOLECULE_INVENTORY_FILE"],
-        str(PROJECT_DIR / "playbooks" / name),
-        *args,
-    ]
-    run = subprocess.run(
-        cmd, env=env, cwd=PROJECT_DIR, capture_output=True, text=True, timeout=timeout, check=False
-    )
-    print(f"$ {' '.join(cmd)}  -> rc {run.returncode}")
-    print(run.stdout[-6000:], run.stderr[-3000:])
-    return run
 
 
 # --- load, and what it sent, received, lost and duplicated ----------------------------------

@@ -30,7 +30,9 @@ def test_1_api_killed_under_load_fails_no_get_duplicates_no_post_and_comes_back(
         pids = unit_pids(host, "koinonia-api")
         assert int(before["MainPID"]) in pids, (before, pids)
         print(f"kill -9 {pids} (koinonia-api on {victim}, MainPID {before['MainPID']})")
-        host.check_output("kill -9 %s", " ".join(str(p) for p in pids))
+        host.check_output(
+            "kill -9 " + " ".join(str(int(p)) for p in pids)
+        )  # ints: nothing to quote
         # systemd restarts it (Restart=on-failure): a new main process, one more restart.
         after = wait_for(
             lambda: (

@@ -39,7 +39,9 @@ def test_4_worker_killed_mid_job_has_its_jobs_retried_and_sends_each_delivery_on
             what=f"{victim}'s worker sending",
         )
         pids = unit_pids(host, "koinonia-worker")
-        host.check_output("kill -9 %s", " ".join(str(p) for p in pids))
+        host.check_output(
+            "kill -9 " + " ".join(str(int(p)) for p in pids)
+        )  # ints: nothing to quote
         active = redis_cli(redis, "LRANGE", ACTIVE, "0", "-1").split()
         killed_jobs = [job for job in active if ":delivery:" in job]  # not the cron jobs
         # Attempts SAQ had counted for each (0: dequeued by the victim, not yet started).
