@@ -27,24 +27,10 @@ from contextlib import ExitStack
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "app" / "tests"))
+sys.path[:0] = [str(ROOT), str(ROOT / "app" / "tests")]
 
+from bench.common import OUT_DIR, seed_church, wrk  # noqa: E402
 from servers import TestServers, free_port, wait_for_port  # noqa: E402
-
-REPORT_LUA = ROOT / "bench" / "wrk" / "report.lua"
-OUT_DIR = ROOT / ".cache" / "bench"
-
-
-def api(base: str, method: str, path: str, body: object | None = None, token: str | None = None):
-    request = urllib.request.Request(  # noqa: S310 - loopback only
-        base + path,
-        method=method,
-        data=None if body is None else json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"}
-        | ({"Authorization": f"Bearer {token}"} if token else {}),
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
-        return json.loads(response.read() or b"null")
 
 
 def wait_http(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
@@ -74,28 +60,6 @@ def start(stack: ExitStack, argv: list[str], env: dict[str, str]) -> subprocess.
     return proc
 
 
-def wrk(url: str, seconds: int, connections: int, **lua_env: str) -> dict[str, float]:
-    env = os.environ | lua_env
-    out = subprocess.run(
-        [
-            "wrk",
-            f"-t{min(2, connections)}",
-            f"-c{connections}",
-            f"-d{seconds}s",
-            "--timeout",
-            "10s",
-            "-s",
-            str(REPORT_LUA),
-            url,
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return json.loads(out.strip().splitlines()[-1])
-
-
 def profile(server_pid: int, seconds: int, out: Path) -> subprocess.Popen:
     """Sample one worker of `koinonia serve` (its first child; itself with one worker)."""
     children = [
@@ -121,41 +85,6 @@ def profile(server_pid: int, seconds: int, out: Path) -> subprocess.Popen:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-
-
-def seed(base: str) -> tuple[str, str]:
-    """A church with 100 opted-in members in one group; returns (token, group id)."""
-    owner = api(
-        base,
-        "POST",
-        "/api/auth/register",
-        {
-            "churchName": "Bench Chapel",
-            "email": "bench@example.org",
-            "password": "bench-password-123",
-            "firstName": "Bea",
-            "lastName": "Bench",
-        },
-    )
-    token = owner["token"]
-    member_ids = [
-        api(
-            base,
-            "POST",
-            "/api/members",
-            {
-                "firstName": f"Member{i}",
-                "lastName": "Bench",
-                "phone": f"+1415555{i:04d}",
-                "optInSms": True,
-            },
-            token,
-        )["id"]
-        for i in range(100)
-    ]
-    group = api(base, "POST", "/api/groups", {"name": "Everyone"}, token)
-    api(base, "POST", f"/api/groups/{group['id']}/members", {"memberIds": member_ids}, token)
-    return token, group["id"]
 
 
 def main() -> int:
@@ -213,7 +142,7 @@ def main() -> int:
         wait_http(base + "/health", app)
         wait_for_port(hello_port, proc=hello)
 
-        token, group_id = seed(base)
+        token, group_id = seed_church(base, "bench@example.org")
         auth = f"Authorization: Bearer {token}"
         message = json.dumps(
             {"content": "Service moved to 11am", "targetType": "group", "targetIds": [group_id]}

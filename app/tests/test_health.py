@@ -3,13 +3,34 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+from collections.abc import AsyncIterator
 from datetime import datetime
 
+import psycopg
 from quart import Quart
 
 from koinonia.state import get_state
 from tests.conftest import app_using_redis
+from tests.servers import DB_NAME, DB_PASSWORD, DB_USER
+
+
+@contextlib.asynccontextmanager
+async def pgbouncer_admin(servers) -> AsyncIterator[psycopg.AsyncConnection]:
+    """PgBouncer's admin console (PAUSE, DISABLE, KILL...) as the test user."""
+    admin = await psycopg.AsyncConnection.connect(
+        host="127.0.0.1",
+        port=servers.pgbouncer.port,
+        user=DB_USER,
+        password=DB_PASSWORD,
+        dbname="pgbouncer",
+        autocommit=True,
+    )
+    try:
+        yield admin
+    finally:
+        await admin.close()
 
 
 def _is_iso(value: str) -> bool:
@@ -147,19 +168,7 @@ async def test_unresponsive_redis_cannot_hang_the_probe(app, client):
 
 async def test_paused_database_makes_ready_503_without_hanging(client, servers):
     """PgBouncer PAUSE: queries wait forever. The probe must answer 503, not hang."""
-    import psycopg
-
-    from tests.servers import DB_NAME, DB_PASSWORD, DB_USER
-
-    admin = await psycopg.AsyncConnection.connect(
-        host="127.0.0.1",
-        port=servers.pgbouncer.port,
-        user=DB_USER,
-        password=DB_PASSWORD,
-        dbname="pgbouncer",
-        autocommit=True,
-    )
-    try:
+    async with pgbouncer_admin(servers) as admin:
         await admin.execute(f"PAUSE {DB_NAME}")
         try:
             ready = await asyncio.wait_for(client.get("/health/ready"), 20)
@@ -172,8 +181,6 @@ async def test_paused_database_makes_ready_503_without_hanging(client, servers):
             }
         finally:
             await admin.execute(f"RESUME {DB_NAME}")
-    finally:
-        await admin.close()
     assert (await client.get("/health/ready")).status_code == 200
 
 
@@ -185,19 +192,7 @@ async def test_response_names_the_app_server_that_answered(client):
 async def test_database_refusing_connections_answers_503_with_retry_after_not_500(client, servers):
     """PgBouncer DISABLE + KILL: the pool's connections drop and new ones are refused. A
     request that needs the database answers 503 (retryable), never a 500."""
-    import psycopg
-
-    from tests.servers import DB_NAME, DB_PASSWORD, DB_USER
-
-    admin = await psycopg.AsyncConnection.connect(
-        host="127.0.0.1",
-        port=servers.pgbouncer.port,
-        user=DB_USER,
-        password=DB_PASSWORD,
-        dbname="pgbouncer",
-        autocommit=True,
-    )
-    try:
+    async with pgbouncer_admin(servers) as admin:
         await admin.execute(f"DISABLE {DB_NAME}")
         await admin.execute(f"KILL {DB_NAME}")
         try:
@@ -219,6 +214,4 @@ async def test_database_refusing_connections_answers_503_with_retry_after_not_50
         finally:
             await admin.execute(f"ENABLE {DB_NAME}")
             await admin.execute(f"RESUME {DB_NAME}")
-    finally:
-        await admin.close()
     assert (await client.get("/health/ready")).status_code == 200
