@@ -122,6 +122,22 @@ def cmd_create_church(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_revoke_sessions(settings: Settings, args: argparse.Namespace) -> int:
+    """Log everyone out: delete every session in Redis (after a secret rotation or a breach)."""
+    from koinonia.redis import create_redis
+    from koinonia.services.sessions import revoke_all_sessions
+
+    async def revoke() -> int:
+        redis = create_redis(settings)
+        try:
+            return await revoke_all_sessions(redis)
+        finally:
+            await redis.aclose()
+
+    print(json.dumps({"revokedSessions": asyncio.run(revoke())}))
+    return 0
+
+
 async def run_checks(settings: Settings) -> list[str]:
     """Connectivity and schema checks; returns the problems found (empty = healthy)."""
     from tortoise.migrations.api import plan
@@ -224,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     church.add_argument("--password-stdin", action="store_true")
 
     sub.add_parser("check", help="check settings and connectivity; exit 1 with the reason")
+    sub.add_parser("revoke-sessions", help="log everyone out (delete every session in Redis)")
     return parser
 
 
@@ -234,6 +251,7 @@ COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "create-operator": cmd_create_operator,
     "create-church": cmd_create_church,
     "check": cmd_check,
+    "revoke-sessions": cmd_revoke_sessions,
 }
 
 

@@ -170,3 +170,36 @@ async def test_concurrent_run_migrations_in_process_apply_once(servers, make_set
     results = await asyncio.gather(*(run_migrations(settings) for _ in range(3)))
     assert sorted(len(r) for r in results)[:2] == [0, 0]
     assert len(max(results, key=len)) >= 1
+
+
+async def test_revoke_sessions_logs_everyone_out_and_keeps_other_keys(servers, spare_redis):
+    from redis.asyncio import Redis
+
+    from koinonia.services.sessions import create_session, get_session
+
+    redis = Redis.from_url(spare_redis.url, decode_responses=True)
+    try:
+        tokens = []
+        for user in (uuid.uuid4(), uuid.uuid4(), uuid.uuid4()):
+            for _ in range(2):
+                token, _data = await create_session(
+                    redis,
+                    user_id=user,
+                    church_id=None,
+                    role="admin",
+                    is_operator=False,
+                    ttl_seconds=600,
+                )
+                tokens.append(token)
+        await redis.set("cache:church:unrelated", "kept")
+        env = _env(database_url=servers.pgbouncer.url_for("koinonia"), redis_url=spare_redis.url)
+
+        code, out, err = await _koinonia("revoke-sessions", env=env)
+
+        assert code == 0, err
+        assert json.loads(out.strip().splitlines()[-1]) == {"revokedSessions": 6}
+        assert [await get_session(redis, t) for t in tokens] == [None] * 6
+        assert [k async for k in redis.scan_iter(match="user-sessions:*")] == []
+        assert await redis.get("cache:church:unrelated") == "kept"
+    finally:
+        await redis.aclose()

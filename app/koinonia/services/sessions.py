@@ -92,3 +92,25 @@ async def revoke_user_sessions(redis: Redis, user_id: uuid.UUID | str) -> int:
         pipe.delete(user_key)
         results = await pipe.execute()
     return sum(int(r) for r in results[:-1])
+
+
+async def revoke_all_sessions(redis: Redis, *, batch_size: int = 500) -> int:
+    """Revoke every session of every user (secret rotation: everyone logs in again).
+
+    SCAN, not KEYS: the app's Redis user may not run KEYS (it blocks the server), and SCAN
+    walks a large keyspace in small steps while the service keeps answering. Returns how
+    many sessions were live.
+    """
+    revoked = 0
+    for pattern, counts in ((SESSION_PREFIX + "*", True), (USER_SESSIONS_PREFIX + "*", False)):
+        batch: list[str] = []
+        async for key in redis.scan_iter(match=pattern, count=batch_size):
+            batch.append(key)
+            if len(batch) >= batch_size:
+                deleted = await redis.delete(*batch)
+                revoked += deleted if counts else 0
+                batch.clear()
+        if batch:
+            deleted = await redis.delete(*batch)
+            revoked += deleted if counts else 0
+    return revoked
