@@ -38,8 +38,9 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 .PHONY: lint
-lint: ## ruff and ansible-lint (production profile)
+lint: ## ruff, ansible-lint (production profile) and every role's argument specs, option by option
 	@$(STAGE) lint-ruff bash -c 'ruff check . && ruff format --check .'
+	@$(STAGE) argument-specs python scripts/check-argument-specs.py
 	@$(STAGE) lint-ansible ansible-lint --profile production
 
 .PHONY: test-alert-rules
