@@ -134,7 +134,13 @@ def cmd_revoke_sessions(settings: Settings, args: argparse.Namespace) -> int:
         finally:
             await redis.aclose()
 
-    print(json.dumps({"revokedSessions": asyncio.run(revoke())}))
+    from redis.exceptions import RedisError
+
+    try:
+        revoked = asyncio.run(revoke())
+    except (RedisError, OSError) as exc:
+        return _fail(f"redis unreachable or refused the login (KOINONIA_REDIS_URL): {exc}")
+    print(json.dumps({"revokedSessions": revoked}))
     return 0
 
 

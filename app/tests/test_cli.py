@@ -203,3 +203,14 @@ async def test_revoke_sessions_logs_everyone_out_and_keeps_other_keys(servers, s
         assert await redis.get("cache:church:unrelated") == "kept"
     finally:
         await redis.aclose()
+
+
+async def test_revoke_sessions_names_an_unreachable_redis_without_a_traceback(servers):
+    env = _env(
+        database_url=servers.pgbouncer.url_for("koinonia"),
+        redis_url=f"redis://127.0.0.1:{free_port()}/0",
+    )
+    code, _out, err = await _koinonia("revoke-sessions", env=env)
+    assert code == 1
+    assert "KOINONIA_REDIS_URL" in err
+    assert "Traceback" not in err
