@@ -214,19 +214,16 @@ def redis_cli(redis, *args: str) -> str:
 
 
 class ChaosLoad(BoundedLoad):
-    """The shared bounded load, remembering the Idempotency-Key of every failed POST so the
-    test can send it again, as a client would."""
+    """The shared bounded load (failed POSTs remembered for retry_failed_posts), with the
+    chaos scenario's longer timeout and a way to wait for the requests in flight."""
 
     def __init__(self, token: str, group_id: str, **kwargs):
         kwargs.setdefault("timeout", LOAD_TIMEOUT)
         super().__init__(HTTPS_PORT, token, group_id, **kwargs)
-        self.failed_keys: list[str] = []
         self._done_by_thread: Counter = Counter()
 
     def _record(self, kind, ok, detail, message_id, key):
         with self._lock:
-            if kind == "POST" and not ok:
-                self.failed_keys.append(key)
             self._done_by_thread[threading.get_ident()] += 1
         super()._record(kind, ok, detail, message_id, key)
 
@@ -244,28 +241,6 @@ class ChaosLoad(BoundedLoad):
             what="the load's requests in flight finished",
         )
         return self.report.sent, self.report.failed
-
-    def retry_failed_posts(self) -> list[tuple[str, int]]:
-        """Each failed POST again with its key and body: (key, status) per retry."""
-        results = []
-        for key in self.failed_keys:
-            body = {
-                "targetType": "group",
-                "targetIds": [self.group_id],
-                "content": f"Operations test {key[:8]}",  # the load's body for this key
-            }
-            r = https("POST", "/api/messages", body, self.token, {"Idempotency-Key": key})
-            replayed = r.headers.get("idempotent-replayed") == "true"
-            results.append((key, r.status, replayed))
-        answers = Counter((status, replayed) for _key, status, replayed in results)
-        print(
-            f"retried {len(results)} failed POSTs with their keys: "
-            + ", ".join(
-                f"{n} x {status}{' replayed' if replayed else ' recorded now'}"
-                for (status, replayed), n in sorted(answers.items())
-            )
-        )
-        return [(key, status) for key, status, _replayed in results]
 
 
 @dataclass

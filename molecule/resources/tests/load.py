@@ -13,9 +13,10 @@ import json
 import threading
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 
-from stackclient import tls_context
+from stackclient import https_request, tls_context
 
 
 @dataclass
@@ -55,6 +56,9 @@ class BoundedLoad:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._workers: list[threading.Thread] = []
+        # The Idempotency-Key of every failed POST, so a test can send it again as a client
+        # would (retry_failed_posts).
+        self.failed_keys: list[str] = []
 
     def __enter__(self) -> BoundedLoad:
         self._started = time.monotonic()
@@ -71,6 +75,37 @@ class BoundedLoad:
         print("load:", self.report.summary())
         for line in self.report.failures[:20]:
             print("  failed:", line)
+
+    def _post_body(self, key: str) -> dict:
+        return {
+            "targetType": "group",
+            "targetIds": [self.group_id],
+            "content": f"Operations test {key[:8]}",
+        }
+
+    def retry_failed_posts(self) -> list[tuple[str, int]]:
+        """Each failed POST again with its key and body: (key, status) per retry."""
+        results = []
+        for key in self.failed_keys:
+            r = https_request(
+                self.port,
+                "POST",
+                "/api/messages",
+                self._post_body(key),
+                self.token,
+                {"Idempotency-Key": key},
+            )
+            replayed = r.headers.get("idempotent-replayed") == "true"
+            results.append((key, r.status, replayed))
+        answers = Counter((status, replayed) for _key, status, replayed in results)
+        print(
+            f"retried {len(results)} failed POSTs with their keys: "
+            + ", ".join(
+                f"{n} x {status}{' replayed' if replayed else ' recorded now'}"
+                for (status, replayed), n in sorted(answers.items())
+            )
+        )
+        return [(key, status) for key, status, _replayed in results]
 
     def _connect(self) -> http.client.HTTPSConnection:
         return http.client.HTTPSConnection(
@@ -92,6 +127,8 @@ class BoundedLoad:
             else:
                 r.failed += 1
                 r.failures.append(f"{time.strftime('%H:%M:%S')} {kind} {detail}")
+                if kind == "POST":
+                    self.failed_keys.append(key)
 
     def _run(self, index: int) -> None:
         conn = self._connect()
@@ -103,13 +140,7 @@ class BoundedLoad:
             key = str(uuid.uuid4()) if post else None
             headers = {"Authorization": f"Bearer {self.token}", "Accept": "application/json"}
             if post:
-                body = json.dumps(
-                    {
-                        "targetType": "group",
-                        "targetIds": [self.group_id],
-                        "content": f"Operations test {key[:8]}",
-                    }
-                ).encode()
+                body = json.dumps(self._post_body(key)).encode()
                 headers.update({"Content-Type": "application/json", "Idempotency-Key": key})
                 method, path = "POST", "/api/messages"
             else:
