@@ -5,6 +5,7 @@ that molecule.yml does not know."""
 
 import uuid
 
+import pytest
 import yaml
 from conftest import (
     APPS,
@@ -44,40 +45,43 @@ def psql_login(host, port: int, user: str, password: str, database: str, sql: st
     )
 
 
-def vault_file(tmp_path, values: dict) -> str:
-    """The operator's new vault values, as an extra-vars file only its owner can read."""
-    path = tmp_path / "rotated-secrets.yml"
-    path.touch(mode=0o600)
-    path.write_text(yaml.safe_dump(values))
-    return f"@{path}"
+OLD = {
+    k: CFG[k]
+    for k in (
+        "koinonia_db_password",
+        "koinonia_redis_app_password",
+        "koinonia_pgbouncer_admin_password",
+    )
+}
 
 
-def test_8_rotating_db_redis_and_pgbouncer_passwords_under_load_drops_no_request(
-    lb, apps, db, owner_token, group_id, tmp_path, healthy_stack
-):
+@pytest.fixture(scope="module")
+def rotated(tmp_path_factory) -> tuple[dict, str]:
+    """The operator's new vault values, and the extra-vars file (readable by its owner only)
+    that stands for the edited vault in every run of this module."""
     tag = uuid.uuid4().hex[:8]
-    old = {
-        k: CFG[k]
-        for k in (
-            "koinonia_db_password",
-            "koinonia_redis_app_password",
-            "koinonia_pgbouncer_admin_password",
-        )
-    }
     new = {
         # Characters that need quoting in a URL, like the converged one.
         "koinonia_db_password": f"rot-{tag}-db/with:odd@chars",
         "koinonia_redis_app_password": f"rot-{tag}-redis-app",
         "koinonia_pgbouncer_admin_password": f"rot-{tag}-pgb-admin",
     }
+    path = tmp_path_factory.mktemp("vault") / "rotated-secrets.yml"
+    path.touch(mode=0o600)
+    path.write_text(yaml.safe_dump(new))
+    return new, f"@{path}"
+
+
+def test_8_rotating_db_redis_and_pgbouncer_passwords_under_load_loses_no_request(
+    lb, apps, db, owner_token, group_id, rotated, healthy_stack
+):
+    new, vault = rotated
     redis = docker_host(REDIS)
-    assert redis_ping(redis, "koinonia", old["koinonia_redis_app_password"]) == "PONG"
+    assert redis_ping(redis, "koinonia", OLD["koinonia_redis_app_password"]) == "PONG"
 
     since = db_now(db)
     with BoundedLoad(HTTPS_PORT, owner_token, group_id) as load:
-        run = run_playbook(
-            "rotate_secrets.yml", "-e", "rotate=db,redis,pgbouncer", "-e", vault_file(tmp_path, new)
-        )
+        run = run_playbook("rotate_secrets.yml", "-e", "rotate=db,redis,pgbouncer", "-e", vault)
         wait_for(lambda: all_serving(lb), UP_DEADLINE, what="every app server serving")
     report = load.report
     print(f"secret rotation (db, redis, pgbouncer): {report.summary()}")
@@ -107,7 +111,7 @@ def test_8_rotating_db_redis_and_pgbouncer_passwords_under_load_drops_no_request
     retried = load.retry_failed_posts()
     assert all(200 <= status < 300 for _key, status in retried), retried
     print(
-        f"secret rotation: {len(report.failed_keys)} POSTs refused during the database "
+        f"secret rotation: {len(load.failed_keys)} POSTs refused during the database "
         f"password window, all recorded once on retry"
     )
     assert messages_since(db, since) == (report.posts, report.posts)
@@ -119,7 +123,7 @@ def test_8_rotating_db_redis_and_pgbouncer_passwords_under_load_drops_no_request
         in redis.run(
             "REDISCLI_AUTH=%s redis-cli --no-auth-warning --user koinonia AUTH koinonia %s",
             new["koinonia_redis_app_password"],
-            old["koinonia_redis_app_password"],
+            OLD["koinonia_redis_app_password"],
         ).stdout
     )
     # ... the database user, through PgBouncer and straight at PostgreSQL ...
@@ -127,7 +131,7 @@ def test_8_rotating_db_redis_and_pgbouncer_passwords_under_load_drops_no_request
         ok = psql_login(db, port, "koinonia", new["koinonia_db_password"], "koinonia", "SELECT 1")
         assert ok.rc == 0 and ok.stdout.strip() == "1", (port, ok.stderr)
         refused = psql_login(
-            db, port, "koinonia", old["koinonia_db_password"], "koinonia", "SELECT 1"
+            db, port, "koinonia", OLD["koinonia_db_password"], "koinonia", "SELECT 1"
         )
         assert refused.rc != 0 and "password authentication failed" in refused.stderr, port
     # ... and PgBouncer's admin console.
@@ -144,7 +148,7 @@ def test_8_rotating_db_redis_and_pgbouncer_passwords_under_load_drops_no_request
         db,
         6432,
         "pgbouncer_admin",
-        old["koinonia_pgbouncer_admin_password"],
+        OLD["koinonia_pgbouncer_admin_password"],
         "pgbouncer",
         "SHOW VERSION",
     )
@@ -157,9 +161,9 @@ def test_8_rotating_db_redis_and_pgbouncer_passwords_under_load_drops_no_request
         assert ready.stdout == "200", name
 
 
-def test_8_revoking_sessions_logs_everyone_out(apps, owner_token):
+def test_8_revoking_sessions_logs_everyone_out(apps, owner_token, rotated):
     assert https("GET", "/api/auth/me", token=owner_token).status == 200
-    run = run_playbook("rotate_secrets.yml", "-e", "rotate=sessions")
+    run = run_playbook("rotate_secrets.yml", "-e", "rotate=sessions", "-e", rotated[1])
     assert run.returncode == 0, run.stdout[-6000:]
     assert task_results(run.stdout, "Delete every session in Redis") == [("changed", APPS[0])]
     # The deploy plays did not run: nothing restarted.
