@@ -38,8 +38,29 @@ def state(host):
             "PgBouncer pool settings are out of range: pgbouncer_default_pool_size (-5)",
         ),
         ({"pgbouncer_max_client_conn": "lots"}, "pgbouncer_max_client_conn"),
+        (
+            {"pgbouncer_server_tls_sslmode": "on"},
+            "value of pgbouncer_server_tls_sslmode must be one of: "
+            "disable, allow, prefer, require, verify-ca, verify-full, got: on",
+        ),
+        (
+            {"pgbouncer_client_tls_key": ""},
+            "PgBouncer TLS is incomplete: pgbouncer_client_tls_sslmode=require needs "
+            "pgbouncer_client_tls_cert and pgbouncer_client_tls_key",
+        ),
+        (
+            {"pgbouncer_client_tls_sslmode": "verify-full"},
+            "pgbouncer_client_tls_sslmode=verify-full needs pgbouncer_client_tls_cert",
+        ),
     ],
-    ids=["pool_mode-bogus", "pool_size-negative", "max_client_conn-not-an-int"],
+    ids=[
+        "pool_mode-bogus",
+        "pool_size-negative",
+        "max_client_conn-not-an-int",
+        "server_tls_sslmode-bogus",
+        "client_tls-key-missing",
+        "client_tls-verify-without-ca",
+    ],
 )
 def test_bad_input_fails_early_and_changes_nothing(host, extra_vars, message):
     before = state(host)
