@@ -156,7 +156,7 @@ def test_8_rotating_db_redis_and_pgbouncer_passwords_under_load_loses_no_request
     # Every app server is ready on the new passwords (database and Redis both checked).
     for name, host in apps.items():
         ready = host.run(
-            "curl -s -o /dev/null -w '%%{http_code}' http://127.0.0.1:3000/health/ready"
+            "curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:3000/health/ready"
         )
         assert ready.stdout == "200", name
 
