@@ -3,7 +3,8 @@
 App servers to PgBouncer (pgbouncer_client_tls_sslmode: require), PgBouncer to PostgreSQL
 (pgbouncer_server_tls_sslmode: verify-ca against Debian's snakeoil certificate) and app
 servers to Redis (redis_tls_port 6380). The certificates are the scenario's throw-away test
-CA's (tls.yml); converge.yml puts that CA and a CA that signed nothing in /root on the client.
+CA's (../resources/tls.yml, shared with the app scenario); converge.yml puts that CA and a CA
+that signed nothing in /root on the client.
 """
 
 import asyncio
