@@ -8,10 +8,14 @@ import json
 import os
 import pathlib
 import shlex
+import sys
 
 import pytest
 import testinfra
 import yaml
+
+# The helpers shared by the scenarios (sandbox.py: systemd-analyze security).
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "resources" / "tests"))
 
 SCENARIO_DIR = pathlib.Path(__file__).resolve().parent.parent
 APP_SERVERS = ["app-1", "app-2"]

@@ -7,10 +7,14 @@ the tests read them from there instead of repeating them.
 import os
 import pathlib
 import shlex
+import sys
 
 import pytest
 import testinfra
 import yaml
+
+# The helpers shared by the scenarios (sandbox.py: systemd-analyze security).
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "resources" / "tests"))
 
 SCENARIO_DIR = pathlib.Path(__file__).resolve().parent.parent
 

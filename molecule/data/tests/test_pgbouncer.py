@@ -1,8 +1,7 @@
 """Checklist phase 2.1, step 1 "PgBouncer provisioning", on the database host."""
 
-import re
-
 import pytest
+from sandbox import assert_sandboxed
 
 testinfra_hosts = ["data-db"]
 
@@ -20,13 +19,7 @@ def test_pgbouncer_runs_as_its_own_user(host):
 def test_systemd_analyze_security_rates_pgbouncer_ok_or_better(host):
     # Debian's unit scores 9.2 UNSAFE; the role's drop-in (pgbouncer_systemd_hardening)
     # measured 1.4 OK when this test was written.
-    out = host.check_output("systemd-analyze security pgbouncer --no-pager")
-    match = re.search(r"Overall exposure level for \S+: ([0-9.]+) (\w+)", out)
-    assert match, out[-500:]
-    score, label = float(match.group(1)), match.group(2)
-    print(f"pgbouncer: exposure {score} {label}")
-    assert label in ("OK", "SAFE", "PERFECT"), out[-1500:]
-    assert score <= 2.0, out[-1500:]
+    assert_sandboxed(host, "pgbouncer", max_score=2.0)
 
 
 def test_sandboxed_pgbouncer_still_writes_its_log(host):
