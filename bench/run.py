@@ -190,15 +190,25 @@ def stack_drain_markdown(drain: dict | None) -> list[str]:
     if not drain or not drain.get("queued_after_rows"):
         return []
     rate = drain.get("sent_per_second_3_workers")
-    return [
+    head = (
         "On the `make up` stack (not loopback): the jobs the HTTP section's POST rows "
-        f"enqueued, {drain['queued_after_rows']:,} deliveries, were sent by the three app "
-        "servers' SAQ workers (log provider, concurrency 10, started again after the rows) in "
-        f"{drain['drain_seconds']:.0f} s"
-        + (f", {rate:,.0f} deliveries/s" if rate else "")
-        + f"; {drain['still_queued']:,} were left queued (requests wrk cut off as a row "
-        "ended, between the message's database write and its enqueue: the worker's "
-        "stalled-delivery sweep enqueues them again within 5-10 minutes).",
+        f"enqueued, {drain['queued_after_rows']:,} deliveries, "
+    )
+    if not rate:
+        # Nothing moved: say so, without guessing why (the workers' journal says; a Redis
+        # at maxmemory with noeviction refuses the very writes that dequeue a job).
+        return [
+            head + "were not sent: the count of queued deliveries did not move while the "
+            "three app servers' SAQ workers ran (the run waits until it has not moved for "
+            "20 s). Read the workers' journal on the stack for the reason.",
+            "",
+        ]
+    return [
+        head + "were sent by the three app servers' SAQ workers (log provider, concurrency "
+        f"10, started again after the rows) in {drain['drain_seconds']:.0f} s, "
+        f"{rate:,.0f} deliveries/s; {drain['still_queued']:,} were left queued (requests wrk "
+        "cut off as a row ended, between the message's database write and its enqueue: the "
+        "worker's stalled-delivery sweep enqueues them again within 5-10 minutes).",
         "",
     ]
 
