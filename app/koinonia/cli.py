@@ -124,6 +124,8 @@ def cmd_create_church(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_revoke_sessions(settings: Settings, args: argparse.Namespace) -> int:
     """Log everyone out: delete every session in Redis (after a secret rotation or a breach)."""
+    from redis.exceptions import RedisError
+
     from koinonia.redis import create_redis
     from koinonia.services.sessions import revoke_all_sessions
 
@@ -133,8 +135,6 @@ def cmd_revoke_sessions(settings: Settings, args: argparse.Namespace) -> int:
             return await revoke_all_sessions(redis)
         finally:
             await redis.aclose()
-
-    from redis.exceptions import RedisError
 
     try:
         revoked = asyncio.run(revoke())
