@@ -17,6 +17,8 @@ from stackclient import wait_for
 
 MEMBERS, MESSAGES = 1000, 2
 ACTIVE = "saq:koinonia-sms:active"  # SAQ's list of the job ids being processed
+# A killed job is stuck after its timeout (30 s) and swept at the next sweep (every 60 s).
+SWEEP_DEADLINE = 30 + 60 + 60
 
 
 def test_4_worker_killed_mid_job_has_its_jobs_retried_and_sends_each_delivery_once(
@@ -68,10 +70,31 @@ def test_4_worker_killed_mid_job_has_its_jobs_retried_and_sends_each_delivery_on
         for name in others:
             apps[name].check_output("systemctl start koinonia-worker")
 
+    # SAQ runs each job the victim held again (swept, retried), and it completes. Waited
+    # for first: a job killed after its send was recorded has a `sent` delivery already, so
+    # the wait for queued deliveries would not wait for it, and its sweep comes only once
+    # the job is stuck (30 s timeout), at the next sweep (every 60 s). Sends are counted
+    # after it, so a second send by the retry would be seen.
+    def killed_jobs_retried_and_complete() -> dict[str, dict] | None:
+        records = {job: json.loads(redis_cli(redis, "GET", job) or "{}") for job in killed_jobs}
+        done = all(
+            r.get("attempts", 0) > held_attempts[job] and r.get("status") == "complete"
+            for job, r in records.items()
+        )
+        return records if done else None
+
+    try:
+        records = wait_for(
+            killed_jobs_retried_and_complete,
+            SWEEP_DEADLINE,
+            step=3,
+            what="the killed jobs swept, retried and complete",
+        )
+    except AssertionError as exc:
+        print(f"fault 4: {exc}")  # the assertions below name the job and its record
+        records = {job: json.loads(redis_cli(redis, "GET", job) or "{}") for job in killed_jobs}
     sends, rows = delivery_outcome(db, redis, message_ids)
     print(f"fault 4 (kill -9 worker on {victim}): {sends}")
-    # SAQ ran each job the victim held again (swept, retried), and it completed.
-    records = {job: json.loads(redis_cli(redis, "GET", job) or "{}") for job in killed_jobs}
     attempts = {job: (r.get("attempts", 0), r.get("status")) for job, r in records.items()}
     print(
         f"fault 4: attempts of the killed jobs when killed {held_attempts}, now {attempts}; "
