@@ -25,7 +25,13 @@ import yaml
 from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-WRONG = {"int": "not-a-number", "bool": "maybe", "list": {"not": "a list"}, "dict": "not-a-dict"}
+WRONG = {
+    "int": "not-a-number",
+    "float": "not-a-number",
+    "bool": "maybe",
+    "list": {"not": "a list"},
+    "dict": "not-a-dict",
+}
 
 
 def wrong_value(option: dict):

@@ -88,6 +88,19 @@ class ServiceUnavailable(ApiError):
     status, code, message = 503, "service_unavailable", "Service unavailable"
 
 
+class QueueFull(ServiceUnavailable):
+    """503 with ``Retry-After``: the SMS queue is at its memory high-water mark."""
+
+    code = "queue_full"
+
+    def __init__(self, retry_after_seconds: int, message: str) -> None:
+        super().__init__(
+            message,
+            details={"retryAfter": retry_after_seconds},
+            headers={"Retry-After": str(retry_after_seconds)},
+        )
+
+
 def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, "details": details}}
 

@@ -217,6 +217,17 @@ async def requeue_stalled_deliveries(ctx: dict[str, Any]) -> dict[str, Any]:
 
     async def work() -> None:
         ids = await messaging.stalled_delivery_ids(datetime.now(UTC) - STALLED_AFTER)
+        # Not onto a queue at its memory high-water mark (see Settings): they stay queued in
+        # the database for a later cycle, and the workers keep Redis's last memory to drain.
+        ratio = await queue_service.redis_memory_ratio(ctx["queue"].redis)
+        if ids and ratio is not None and ratio >= ctx["settings"].queue_memory_high_watermark:
+            log.warning(
+                "%d stalled deliveries left for a later cycle: Redis at %d%% of maxmemory",
+                len(ids),
+                round(100 * ratio),
+            )
+            outcome["requeued"], outcome["deferred"] = 0, len(ids)
+            return
         outcome["requeued"] = await queue_service.enqueue_deliveries(
             ctx["queue"], ctx["settings"], ids
         )

@@ -124,6 +124,12 @@ class Settings(BaseSettings):
 
     # --- jobs and SMS (used by the messaging half) ----------------------------------------
     queue_name: str = "koinonia-sms"
+    # Backpressure. Redis refuses writes at its maxmemory (noeviction, as a queue needs), and
+    # then SAQ can neither dequeue nor finish a job: the queue would wedge until an operator
+    # freed memory. So new messages are refused (503 queue_full, nothing recorded) while
+    # Redis's used memory is at or above this fraction of its maxmemory, and the workers keep
+    # the rest to drain it. No maxmemory set: never refused.
+    queue_memory_high_watermark: float = Field(default=0.8, gt=0, le=1)
     worker_concurrency: int = Field(default=10, ge=1)
     sms_provider: Literal["log", "twilio"] = "log"
     twilio_account_sid: str | None = None

@@ -8,6 +8,7 @@ from a script of responses the test sets.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import random
@@ -318,3 +319,15 @@ async def church_number(church_id: str) -> str:
         church_id=church_id, number=new_phone(), status=LinkStatus.LINKED, attempts=1
     )
     return line.number
+
+
+@contextlib.asynccontextmanager
+async def redis_near_its_memory_limit(redis: Redis, ratio: float = 0.9) -> AsyncIterator[None]:
+    """The test Redis with a maxmemory its used memory is ``ratio`` of: above the queue's
+    high-water mark (0.8), with room left for the sessions' writes. Unlimited again after."""
+    used = int((await redis.info("memory"))["used_memory"])
+    await redis.config_set("maxmemory", str(int(used / ratio)))
+    try:
+        yield
+    finally:
+        await redis.config_set("maxmemory", "0")

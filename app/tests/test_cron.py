@@ -27,7 +27,12 @@ from koinonia.models.messaging import (
 )
 from koinonia.sms import LogProvider
 from koinonia.sms.log import LINKED_NUMBERS_KEY
-from tests.messaging_fixtures import create_group, create_member, new_phone
+from tests.messaging_fixtures import (
+    create_group,
+    create_member,
+    new_phone,
+    redis_near_its_memory_limit,
+)
 
 
 @pytest.fixture
@@ -190,3 +195,33 @@ async def test_waiting_job_is_not_duplicated_by_the_stall_sweep(
 
     assert outcome["ran"]
     assert await step.queue.count("queued") == 1  # still the one job the API enqueued
+
+
+async def test_stalled_deliveries_wait_in_the_database_while_the_queue_is_full(
+    client, church_a, make_worker, redis
+):
+    member = await create_member(client, church_a.headers)
+    created = await client.post(
+        "/api/messages",
+        json={"content": "full queue", "targetType": "members", "targetIds": [member["id"]]},
+        headers=church_a.headers,
+    )
+    message_id = (await created.get_json())["id"]
+    step = await make_worker()  # empties the queue: as if the enqueue had failed
+    await Delivery.filter(message_id=message_id).update(
+        updated_at=datetime.now(UTC) - timedelta(minutes=10)
+    )
+
+    def context() -> dict:  # a lock of its own: each call is a new cycle
+        locks = LockService(redis, prefix=f"test-full-{uuid.uuid4().hex[:8]}:", holder="a:1")
+        return {**step.worker.context, "locks": locks}
+
+    async with redis_near_its_memory_limit(redis):
+        deferred = await requeue_stalled_deliveries(context())
+    assert deferred["ran"] and deferred["requeued"] == 0 and deferred["deferred"] >= 1
+    assert (await Delivery.get(message_id=message_id)).status == DeliveryStatus.QUEUED
+
+    requeued = await requeue_stalled_deliveries(context())
+    assert requeued["requeued"] >= 1
+    assert await step.run_until_idle() >= 1
+    assert (await Delivery.get(message_id=message_id)).status == DeliveryStatus.SENT

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import uuid
 
+from koinonia.models.messaging import Message
+from koinonia.services import resources
 from koinonia.sms import LogProvider
-from tests.messaging_fixtures import create_group, create_member
+from koinonia.state import get_state
+from tests.messaging_fixtures import create_group, create_member, redis_near_its_memory_limit
 
 
 async def _post(client, headers, body, key: str | None = None):
@@ -151,3 +154,31 @@ async def test_requires_authentication(client):
     assert (
         await client.post("/api/messages", json={"content": "x", "targetType": "all"})
     ).status_code == 401
+
+
+async def test_a_full_queue_refuses_new_messages_with_503_and_records_nothing(
+    app, client, church_a, redis
+):
+    member = await create_member(client, church_a.headers)
+    body = {"content": "while full", "targetType": "members", "targetIds": [member["id"]]}
+    key = str(uuid.uuid4())
+    headroom = get_state(app).extras[resources.HEADROOM]
+    headroom.interval = 0  # read Redis's memory on every request of this test
+    messages_before = await Message.filter(church_id=church_a.church_id).count()
+    try:
+        async with redis_near_its_memory_limit(redis):
+            refused = await _post(client, church_a.headers, body, key)
+            error = (await refused.get_json())["error"]
+            assert refused.status_code == 503
+            assert refused.headers["Retry-After"] == "60"
+            assert error["code"] == "queue_full"
+            assert "Nothing was recorded" in error["message"]
+            assert await Message.filter(church_id=church_a.church_id).count() == messages_before
+
+        # Room again: the same key records the message now (it was never used).
+        accepted = await _post(client, church_a.headers, body, key)
+    finally:
+        headroom.interval = 1.0
+    assert accepted.status_code == 202
+    assert "Idempotent-Replayed" not in accepted.headers
+    assert await Message.filter(church_id=church_a.church_id).count() == messages_before + 1

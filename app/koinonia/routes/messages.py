@@ -77,7 +77,10 @@ async def create_message(data: MessageIn) -> tuple[dict[str, Any], int, dict[str
     """Record the message and one delivery per opted-in recipient; sending happens in workers.
 
     A repeated request with the same ``Idempotency-Key`` creates nothing and answers the same.
+    While the queue is at its memory high-water mark the answer is 503 ``queue_full`` with
+    ``Retry-After``, and nothing is recorded.
     """
+    await resources.refuse_if_queue_full()
     recorded = await messaging.record_message(
         church_id=current_church_id(),
         created_by_id=current_user().user_id,

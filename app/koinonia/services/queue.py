@@ -10,6 +10,7 @@ permanent; ``retry_failed`` re-enqueues them and ``clear_failed`` deletes them.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Iterable
 from typing import Any
@@ -139,6 +140,37 @@ async def enqueue_deliveries(
     if not isinstance(queue, RedisQueue):
         return sum(1 for job in jobs if await queue.enqueue(job) is not None)
     return sum(1 for job in await enqueue_many(queue, jobs) if job is not None)
+
+
+async def redis_memory_ratio(redis: Redis) -> float | None:
+    """Redis's used memory as a fraction of its maxmemory; None when it has no limit."""
+    info = await redis.info("memory")
+    maxmemory = int(info.get("maxmemory", 0))
+    if maxmemory <= 0:
+        return None
+    return int(info["used_memory"]) / maxmemory
+
+
+class QueueHeadroom:
+    """Whether the queue's Redis is below its memory high-water mark
+    (``Settings.queue_memory_high_watermark``), read at most once per ``interval`` seconds in
+    a process: INFO is a round trip, and memory fills over many messages, not between two."""
+
+    def __init__(self, redis: Redis, watermark: float, interval: float = 1.0) -> None:
+        self.redis, self.watermark, self.interval = redis, watermark, interval
+        self._ratio: float | None = None
+        self._read_at = float("-inf")
+
+    async def ratio(self) -> float | None:
+        if time.monotonic() - self._read_at >= self.interval:
+            self._ratio = await redis_memory_ratio(self.redis)
+            self._read_at = time.monotonic()
+        return self._ratio
+
+    async def over_watermark(self) -> float | None:
+        """The memory ratio when it is at or above the mark; None while there is room."""
+        ratio = await self.ratio()
+        return ratio if ratio is not None and ratio >= self.watermark else None
 
 
 def failed_index_key(queue: RedisQueue) -> str:

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from redis.exceptions import RedisError
 from saq.queue.redis import RedisQueue
 
+from koinonia.errors import QueueFull
 from koinonia.locks import LockService
 from koinonia.metrics import Metrics
 from koinonia.services import queue as queue_service
@@ -24,12 +25,18 @@ log = logging.getLogger(__name__)
 QUEUE = "messaging.queue"
 LOCKS = "messaging.locks"
 EVENTS = "messaging.events"
+HEADROOM = "messaging.headroom"
+# What a refused sender is told to wait: workers drain thousands of deliveries a minute.
+QUEUE_FULL_RETRY_AFTER_SECONDS = 60
 
 
 async def start(state: AppState, metrics: Metrics | None = None) -> None:
     sms_queue = queue_service.create_queue(state.settings)
     await sms_queue.connect()
     state.extras[QUEUE] = sms_queue
+    state.extras[HEADROOM] = queue_service.QueueHeadroom(
+        sms_queue.redis, state.settings.queue_memory_high_watermark
+    )
     state.extras[LOCKS] = LockService(state.require_redis())
     state.extras[EVENTS] = EventHub(state.require_redis())
     if metrics is not None:
@@ -50,6 +57,7 @@ async def stop(state: AppState) -> None:
     if sms_queue is not None:
         await sms_queue.disconnect()
     state.extras.pop(LOCKS, None)
+    state.extras.pop(HEADROOM, None)
 
 
 def sms_queue() -> RedisQueue:
@@ -62,6 +70,36 @@ def locks() -> LockService:
 
 def event_hub() -> EventHub:
     return get_state().extras[EVENTS]  # type: ignore[no-any-return]
+
+
+def queue_headroom() -> queue_service.QueueHeadroom:
+    return get_state().extras[HEADROOM]  # type: ignore[no-any-return]
+
+
+async def refuse_if_queue_full() -> None:
+    """Raises QueueFull (503, nothing recorded) while the queue's Redis is at its memory
+    high-water mark. If Redis cannot be asked, the message goes ahead: its enqueue then
+    fails like any Redis outage, and the stalled-delivery sweep enqueues it later."""
+    headroom = queue_headroom()
+    try:
+        ratio = await headroom.over_watermark()
+    except (RedisError, OSError):
+        log.warning("could not read the queue's Redis memory; accepting the message")
+        return
+    if ratio is None:
+        return
+    percent = round(100 * ratio)
+    log.warning(
+        "SMS queue full: Redis at %d%% of maxmemory (high-water mark %d%%); message refused",
+        percent,
+        round(100 * headroom.watermark),
+    )
+    raise QueueFull(
+        QUEUE_FULL_RETRY_AFTER_SECONDS,
+        f"The SMS queue is full (its store is at {percent}% of its memory limit) and is "
+        "being sent out. Nothing was recorded: send the message again in a minute (the "
+        "same Idempotency-Key is safe).",
+    )
 
 
 async def enqueue_deliveries(delivery_ids: Iterable[uuid.UUID]) -> None:
