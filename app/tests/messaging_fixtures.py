@@ -321,6 +321,17 @@ async def church_number(church_id: str) -> str:
     return line.number
 
 
+async def text_member(client: Any, headers: dict[str, str], member_id: str, content: str) -> str:
+    """POST /api/messages to one member: the new message's id (202 asserted)."""
+    response = await client.post(
+        "/api/messages",
+        json={"content": content, "targetType": "members", "targetIds": [member_id]},
+        headers=headers,
+    )
+    assert response.status_code == 202, await response.get_data(as_text=True)
+    return (await response.get_json())["id"]
+
+
 @contextlib.asynccontextmanager
 async def redis_near_its_memory_limit(redis: Redis, ratio: float = 0.9) -> AsyncIterator[None]:
     """The test Redis with a maxmemory its used memory is ``ratio`` of: above the queue's

@@ -32,6 +32,7 @@ from tests.messaging_fixtures import (
     create_member,
     new_phone,
     redis_near_its_memory_limit,
+    text_member,
 )
 
 
@@ -147,12 +148,7 @@ async def test_phone_link_recovery_runs_once_and_relinks_failed_numbers(
 
 async def test_stalled_deliveries_are_enqueued_again_once(client, church_a, make_worker, redis):
     member = await create_member(client, church_a.headers)
-    created = await client.post(
-        "/api/messages",
-        json={"content": "lost enqueue", "targetType": "members", "targetIds": [member["id"]]},
-        headers=church_a.headers,
-    )
-    message_id = (await created.get_json())["id"]
+    message_id = await text_member(client, church_a.headers, member["id"], "lost enqueue")
     # The job never reached Redis (as when Redis failed right after the commit): empty the
     # queue, and age the delivery past the stall threshold.
     step = await make_worker()
@@ -177,12 +173,7 @@ async def test_waiting_job_is_not_duplicated_by_the_stall_sweep(
 ):
     step = await make_worker()
     member = await create_member(client, church_a.headers)
-    created = await client.post(
-        "/api/messages",
-        json={"content": "slow queue", "targetType": "members", "targetIds": [member["id"]]},
-        headers=church_a.headers,
-    )
-    message_id = (await created.get_json())["id"]
+    message_id = await text_member(client, church_a.headers, member["id"], "slow queue")
     await Delivery.filter(message_id=message_id).update(
         updated_at=datetime.now(UTC) - timedelta(minutes=10)
     )
@@ -201,12 +192,7 @@ async def test_stalled_deliveries_wait_in_the_database_while_the_queue_is_full(
     client, church_a, make_worker, redis
 ):
     member = await create_member(client, church_a.headers)
-    created = await client.post(
-        "/api/messages",
-        json={"content": "full queue", "targetType": "members", "targetIds": [member["id"]]},
-        headers=church_a.headers,
-    )
-    message_id = (await created.get_json())["id"]
+    message_id = await text_member(client, church_a.headers, member["id"], "full queue")
     step = await make_worker()  # empties the queue: as if the enqueue had failed
     await Delivery.filter(message_id=message_id).update(
         updated_at=datetime.now(UTC) - timedelta(minutes=10)

@@ -16,6 +16,7 @@ from tests.messaging_fixtures import (
     church_number,
     create_member,
     post_webhook,
+    text_member,
 )
 
 INBOUND = "/api/webhooks/sms/inbound"
@@ -134,12 +135,7 @@ async def test_status_callbacks_move_delivery_status_forward_only(
 ):
     worker = await make_worker()
     member = await create_member(client, church_a.headers)
-    created = await client.post(
-        "/api/messages",
-        json={"content": "hi", "targetType": "members", "targetIds": [member["id"]]},
-        headers=church_a.headers,
-    )
-    message_id = (await created.get_json())["id"]
+    message_id = await text_member(client, church_a.headers, member["id"], "hi")
     assert await worker.run_next()
     delivery = await Delivery.get(message_id=message_id)
     assert delivery.status == DeliveryStatus.SENT

@@ -10,7 +10,7 @@ import pytest
 from quart.testing import WebsocketResponseError
 
 from koinonia.services import events
-from tests.messaging_fixtures import church_number, create_member, post_webhook
+from tests.messaging_fixtures import church_number, create_member, post_webhook, text_member
 
 
 async def _next_event(ws, wait: float = 5.0) -> dict:
@@ -82,12 +82,7 @@ async def test_delivery_status_changes_are_pushed(app, client, church_a, make_wo
     member = await create_member(client, church_a.headers)
     async with app.test_client().websocket("/api/ws", headers=church_a.headers) as ws:
         await _next_event(ws)
-        created = await client.post(
-            "/api/messages",
-            json={"content": "hi", "targetType": "members", "targetIds": [member["id"]]},
-            headers=church_a.headers,
-        )
-        message_id = (await created.get_json())["id"]
+        message_id = await text_member(client, church_a.headers, member["id"], "hi")
         assert await step.run_next()  # the worker (any server) publishes on Redis
 
         event = await _next_event(ws)
