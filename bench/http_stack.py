@@ -249,9 +249,21 @@ def drain_stack_queue(timeout: float) -> dict:
         "still_queued": last,
         "drain_seconds": round(seconds, 1),
         "sent_per_second_3_workers": round(sent / seconds, 1) if sent else None,
+        "drain_bound_seconds": timeout,
+        "hit_bound": bool(last) and time.monotonic() - started >= timeout,
     }
     log(f"stack queue: {result}")
+    if last:
+        # Left to send in the background, they would load the machine while the next
+        # sections measure: the workers wait until the run ends (resume_stack_workers).
+        log(f"stack queue: SAQ workers stopped again until the run ends ({last} still queued)")
+        set_job_workers(False)
     return result
+
+
+def resume_stack_workers() -> None:
+    """At the end of a run: the SAQ workers on, whatever a section left them as."""
+    set_job_workers(True)
 
 
 @dataclass

@@ -244,13 +244,21 @@ def run(args, stack: ExitStack, on_stack: bool) -> Section:
     if on_stack:
         db = stack_db()
         log("pgbouncer: stopping the app services on the app servers for this section")
+        # Workers are put back as they were: the stack-queue drain may have stopped them
+        # until the run ends.
+        workers_were_on = (
+            dexec(
+                APP_CONTAINERS[0], "systemctl", "is-active", "koinonia-worker", check=False
+            ).stdout.strip()
+            == "active"
+        )
         for name in APP_CONTAINERS:
             dexec(name, "systemctl", "stop", "koinonia-api", "koinonia-worker", check=False)
 
         def restart_apps() -> None:
             for name in APP_CONTAINERS:
                 dexec(name, "systemctl", "start", "koinonia-api", check=False)
-            set_job_workers(True)
+            set_job_workers(workers_were_on)
             for name in APP_CONTAINERS:  # the next section needs the API listening again
                 wait_remote_port(name, APP_PORT, timeout=120)
 

@@ -203,12 +203,23 @@ def stack_drain_markdown(drain: dict | None) -> list[str]:
             "20 s). Read the workers' journal on the stack for the reason.",
             "",
         ]
+    sent = drain["queued_after_rows"] - drain["still_queued"]
+    if drain.get("hit_bound"):
+        left = (
+            f"{drain['still_queued']:,} were still queued at the run's bound "
+            f"({drain['drain_bound_seconds']:.0f} s, --drain-timeout): the workers were stopped "
+            "again until the end of the run, so that they did not load the later sections."
+        )
+    else:
+        left = (
+            f"{drain['still_queued']:,} were left queued (requests wrk cut off as a row ended, "
+            "between the message's database write and its enqueue: the worker's "
+            "stalled-delivery sweep enqueues them again within 5-10 minutes)."
+        )
     return [
-        head + "were sent by the three app servers' SAQ workers (log provider, concurrency "
-        f"10, started again after the rows) in {drain['drain_seconds']:.0f} s, "
-        f"{rate:,.0f} deliveries/s; {drain['still_queued']:,} were left queued (requests wrk "
-        "cut off as a row ended, between the message's database write and its enqueue: the "
-        "worker's stalled-delivery sweep enqueues them again within 5-10 minutes).",
+        head + f"{sent:,} of them were sent by the three app servers' SAQ workers (log "
+        f"provider, concurrency 10, started again after the rows) in "
+        f"{drain['drain_seconds']:.0f} s, {rate:,.0f} deliveries/s; " + left,
         "",
     ]
 
@@ -447,6 +458,9 @@ def main() -> int:
                 sections.remove(queue_result)
             if "cache" in want and holder:
                 attempt("cache", lambda: cache.run(args, holder["lb"], holder["token"]))
+    if on_stack and want & {"http", "scaleout"}:
+        # Before the deploy section: its site.yml re-run must find the stack as deployed.
+        http_stack.resume_stack_workers()
     if "deploy" in want:
         attempt("deploy", lambda: deploy.run(args))
 
