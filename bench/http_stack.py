@@ -8,7 +8,8 @@ only); through the balancer with TLS and keepalive, and straight at one app serv
 On the `make up` stack the hello-world is started by the bench on port 3001 of each app
 server (a transient systemd unit, stopped at the end), and the SAQ workers are stopped while
 rows run (the POST rows' jobs would otherwise be sent on the same two cores during the next
-rows); they are started again afterwards and the queue is drained before the next section.
+rows); they are started again afterwards and drain the queue before the next section, for
+at most --drain-timeout: what is left then waits, workers stopped, until the run ends.
 The balancer rows go to /__bench/... (nginx_bench_endpoints): the same TLS server and
 proxying as the public API, without its rate limit (100 r/s per client address).
 """
@@ -326,7 +327,8 @@ def run_stack(session: StackSession, load: Load) -> Section:
         "Balancer rows use /__bench/… (nginx_bench_endpoints): the public TLS server and "
         "proxying without its 100 r/s per-address rate limit and without the access log.",
         "SAQ workers are stopped while rows run; jobs enqueued by the POST rows are sent "
-        "afterwards, before the next section. wrk cuts off the POSTs in flight when a row "
+        "afterwards, before the next section, for at most --drain-timeout (what is left then "
+        "waits, workers stopped, until the run ends). wrk cuts off the POSTs in flight when a row "
         "ends: a message whose request was cut between its database write and its enqueue "
         "keeps its deliveries queued until the worker's stalled-delivery sweep (every 5 min) "
         "enqueues them again.",
