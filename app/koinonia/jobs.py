@@ -219,8 +219,12 @@ async def requeue_stalled_deliveries(ctx: dict[str, Any]) -> dict[str, Any]:
         ids = await messaging.stalled_delivery_ids(datetime.now(UTC) - STALLED_AFTER)
         # Not onto a queue at its memory high-water mark (see Settings): they stay queued in
         # the database for a later cycle, and the workers keep Redis's last memory to drain.
-        ratio = await queue_service.redis_memory_ratio(ctx["queue"].redis)
-        if ids and ratio is not None and ratio >= ctx["settings"].queue_memory_high_watermark:
+        # The API's check (QueueHeadroom), read fresh: this runs once per cycle.
+        headroom = queue_service.QueueHeadroom(
+            ctx["queue"].redis, ctx["settings"].queue_memory_high_watermark, interval=0
+        )
+        ratio = await headroom.over_watermark() if ids else None
+        if ratio is not None:
             log.warning(
                 "%d stalled deliveries left for a later cycle: Redis at %d%% of maxmemory",
                 len(ids),
