@@ -11,16 +11,40 @@ STAGE      := scripts/stage
 # Molecule scenarios: every directory of molecule/ with a molecule.yml.
 SCENARIOS  ?= $(sort $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml))))
 export STAGE_LOG ?= $(abspath .cache/stages.log)
+# Stages running at once after setup (scripts/run-stages). They mostly wait on containers,
+# so one more than the cores keeps the cores busy; 1 runs them in turn, output live.
+TEST_JOBS  ?= $(shell echo $$(( $$(nproc) + 1 )))
+
+# Every stage's command, defined once: `make test` runs them side by side, the targets
+# below run their own. A stage molecule-NAME is `molecule test -s NAME`.
+stage_lint-ruff        := ruff check . && ruff format --check .
+stage_argument-specs   := python scripts/check-argument-specs.py
+stage_lint-ansible     := ansible-lint --profile production
+stage_alert-rules      := scripts/test-alert-rules.sh
+stage_app-tests        := pytest app/tests -q
+stage_bench-smoke      := python bench/app_http.py --smoke && python bench/run.py --smoke
+stage_collection-build := scripts/test-collection.sh
+CHECK_STAGES := lint-ruff argument-specs lint-ansible alert-rules app-tests bench-smoke collection-build
+# Longest first, so the longest stage does not start last (scripts/run-stages orders by the
+# last run's times instead when .cache/stage-history has them). Unlisted stages go first.
+TEST_ORDER := molecule-operations molecule-chaos molecule-default molecule-app molecule-monitoring \
+  molecule-data app-tests lint-ansible molecule-loadbalancer molecule-firewall bench-smoke \
+  collection-build alert-rules argument-specs lint-ruff
+longest_first = $(filter-out $(TEST_ORDER),$(1)) $(filter $(1),$(TEST_ORDER))
+stage_command = $(if $(filter molecule-%,$(1)),molecule test -s $(1:molecule-%=%),$(stage_$(1)))
+# $(call run_stages,NAMES): those stages through scripts/run-stages, TEST_JOBS at a time.
+run_stages = scripts/run-stages --jobs $(TEST_JOBS) $(foreach n,$(call longest_first,$(1)),'$(n)=$(call stage_command,$(n))')
 
 .PHONY: help
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 
 .PHONY: test
-test: ## Everything CI runs: setup, lint, app tests, collection build, every Molecule scenario
+test: ## Everything CI runs: setup, then lint, app tests, collection build and every Molecule scenario side by side
 	@mkdir -p .cache && : > $(STAGE_LOG)
-	@$(MAKE) --no-print-directory setup lint test-alert-rules test-app bench-smoke test-collection molecule
-	@echo "== make test: stage timings (seconds) =="; awk '{printf "  %-26s %s %ss\n", $$1, ($$2==0?"ok":"FAILED"), $$3}' $(STAGE_LOG)
+	@start=$$(date +%s); rc=0; \
+	  $(MAKE) --no-print-directory setup && $(call run_stages,$(CHECK_STAGES) $(addprefix molecule-,$(SCENARIOS))) || rc=$$?; \
+	  scripts/stage-table $(STAGE_LOG) $$(( $$(date +%s) - start )); exit $$rc
 
 .PHONY: setup
 setup: ## Install Debian packages, start Docker, build the venv, collections and the base image
@@ -39,17 +63,15 @@ $(VENV)/.installed: pyproject.toml
 
 .PHONY: lint
 lint: ## ruff, ansible-lint (production profile) and every role's argument specs, option by option
-	@$(STAGE) lint-ruff bash -c 'ruff check . && ruff format --check .'
-	@$(STAGE) argument-specs python scripts/check-argument-specs.py
-	@$(STAGE) lint-ansible ansible-lint --profile production
+	@$(call run_stages,lint-ruff argument-specs lint-ansible)
 
 .PHONY: test-alert-rules
 test-alert-rules: ## promtool check + test of the monitoring role's alert rules on synthetic series
-	@$(STAGE) alert-rules scripts/test-alert-rules.sh
+	@$(call run_stages,alert-rules)
 
 .PHONY: test-app
 test-app: ## The service's tests against real PostgreSQL, PgBouncer and Redis on loopback
-	@$(STAGE) app-tests pytest app/tests -q
+	@$(call run_stages,app-tests)
 
 .PHONY: bench-app
 bench-app: ## The service's req/s and p50/p95/p99 per route next to a bare Quart hello-world
@@ -61,11 +83,11 @@ bench: ## Every benchmark against the `make up` stack (HTTP, cache, queue, PgBou
 
 .PHONY: bench-smoke
 bench-smoke: ## The benchmarks in their smallest mode, so they cannot rot (part of make test)
-	@$(STAGE) bench-smoke bash -c 'python bench/app_http.py --smoke && python bench/run.py --smoke'
+	@$(call run_stages,bench-smoke)
 
 .PHONY: test-collection
 test-collection: ## Build the collection tarball, install it, run its roles by FQCN
-	@$(STAGE) collection-build scripts/test-collection.sh
+	@$(call run_stages,collection-build)
 
 .PHONY: up
 up: ## The whole stack on local containers, deployed by site.yml; prints the URL
@@ -77,5 +99,5 @@ down: ## Remove the containers of make up
 	@scripts/down.sh
 
 .PHONY: molecule
-molecule: ## molecule test for every scenario (SCENARIOS="data default" to choose)
-	@for s in $(SCENARIOS); do $(STAGE) molecule-$$s molecule test -s $$s || exit 1; done
+molecule: ## molecule test of every scenario, TEST_JOBS at once (SCENARIOS="data default" to choose)
+	@$(call run_stages,$(addprefix molecule-,$(SCENARIOS)))

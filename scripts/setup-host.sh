@@ -28,10 +28,10 @@ fi
 
 # Each systemd container holds inotify instances, all counted against one per-user limit:
 # Debian's default of 128 runs out with a few scenarios' containers up ("Too many open files"
-# while booting).
-if [ "$(cat /proc/sys/fs/inotify/max_user_instances)" -lt 1024 ]; then
-  sysctl -qw fs.inotify.max_user_instances=1024
-  echo "raised fs.inotify.max_user_instances to 1024"
+# while booting), and make test runs several scenarios (7 containers each) at once.
+if [ "$(cat /proc/sys/fs/inotify/max_user_instances)" -lt 4096 ]; then
+  sysctl -qw fs.inotify.max_user_instances=4096
+  echo "raised fs.inotify.max_user_instances to 4096"
 fi
 
 if docker_answers; then

@@ -22,6 +22,7 @@ Run by roles/app (``run_once`` + ``delegate_to: localhost``). Prints one JSON ob
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import shutil
@@ -120,6 +121,11 @@ def main() -> None:
 
     cache = args.cache.resolve()
     cache.mkdir(parents=True, exist_ok=True)
+    # Several deploys may build at once on one controller (make test runs scenarios side
+    # by side): one builder at a time, so the next finds the cache filled instead of racing
+    # it to rename the same directories.
+    lock = (cache / ".build.lock").open("w")
+    fcntl.flock(lock, fcntl.LOCK_EX)
     changed = False
 
     deps = cache / f"deps-{lock_hash}-py{args.python_version}"
