@@ -59,7 +59,7 @@ start_container() {
     --security-opt seccomp=unconfined --security-opt apparmor=unconfined \
     --tmpfs /run --tmpfs /run/lock --tmpfs /tmp \
     --cgroupns=host -v /sys/fs/cgroup:/sys/fs/cgroup:rw \
-    -v "$APT_CACHE/$name:/var/cache/apt/archives" \
+    -v "$APT_CACHE/$name:/var/cache/apt/archives" --add-host koinonia-apt-cache:host-gateway \
     --stop-signal SIGRTMIN+3 -e container=docker "$@" \
     "$IMAGE" /sbin/init >/dev/null
   echo "$name: started"
@@ -97,11 +97,16 @@ prepare() {
   # The same test-only drop-in as molecule/resources/prepare.yml: this sandbox cannot mount
   # /proc with hidepid in a user namespace, so units combining PrivateUsers= with
   # ProtectProc=invisible would fail with 217/USER. Only these local containers relax it.
+  # Debian packages come through the machine's apt cache when it answers (scripts/setup-host.sh).
   docker exec "$name" sh -c '
     mkdir -p /etc/systemd/system/service.d &&
     printf "%s\n" "# Local containers only (scripts/up.sh, as molecule/resources/prepare.yml)." \
       "[Service]" "ProtectProc=default" > /etc/systemd/system/service.d/10-test-sandbox.conf &&
     systemctl daemon-reload &&
+    if timeout 2 bash -c "</dev/tcp/koinonia-apt-cache/3142" 2>/dev/null; then
+      echo "Acquire::http::Proxy \"http://koinonia-apt-cache:3142\";" \
+        > /etc/apt/apt.conf.d/01koinonia-test-apt-cache
+    else rm -f /etc/apt/apt.conf.d/01koinonia-test-apt-cache; fi &&
     { [ -n "$(ls -A /var/lib/apt/lists 2>/dev/null | grep -v -e lock -e partial)" ] || apt-get update -qq; }'
   echo "$name: ready"
 }
