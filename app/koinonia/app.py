@@ -22,6 +22,7 @@ from koinonia.openapi import KoinoniaOpenAPIProvider
 from koinonia.redis import create_redis
 from koinonia.responses import install_response_conversion
 from koinonia.services.cache import CacheService
+from koinonia.services.session_cache import RevocationListener, SessionCache
 from koinonia.settings import Settings, load_settings
 from koinonia.state import EXTENSION_KEY, AppState
 
@@ -76,11 +77,21 @@ def create_app(settings: Settings | None = None) -> Quart:
         state.redis = create_redis(settings)
         state.db = await db.init_db(settings)
         state.cache = CacheService(state.redis, metrics, settings)
+        state.session_cache = SessionCache(
+            settings.session_cache_seconds, settings.session_ttl_seconds
+        )
+        state.revocations = RevocationListener(
+            create_redis(settings, reconnect=False), state.session_cache
+        )
+        state.revocations.start()
         log.info("koinonia started")
 
     @app.after_serving
     async def _close_resources() -> None:
         state.shutting_down = True
+        if state.revocations is not None:
+            await state.revocations.stop()
+            state.revocations = state.session_cache = None
         if state.redis is not None:
             await state.redis.aclose()
             state.redis = None

@@ -10,7 +10,9 @@ from koinonia.deadline import within
 from koinonia.settings import Settings
 
 
-def create_redis(settings: Settings, *, decode_responses: bool = True) -> Redis:
+def create_redis(
+    settings: Settings, *, decode_responses: bool = True, reconnect: bool = True
+) -> Redis:
     """One pooled client per process; created in the app/worker start-up, closed at shutdown.
 
     Short socket timeouts: a dead Redis must make calls fail fast (the cache then degrades to
@@ -29,7 +31,9 @@ def create_redis(settings: Settings, *, decode_responses: bool = True) -> Redis:
         socket_connect_timeout=settings.redis_socket_timeout,
         health_check_interval=30,
         # One quick reconnect attempt, no backoff: the callers have their own fallback.
-        retry=Retry(NoBackoff(), 1),
+        # reconnect=False: none, for a subscription that must notice every lost connection
+        # (redis-py would otherwise resubscribe silently, the messages in between lost).
+        retry=Retry(NoBackoff(), 1 if reconnect else 0),
     )
     # from_pool: closing the client closes the pool too.
     return Redis.from_pool(pool)

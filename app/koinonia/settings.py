@@ -90,6 +90,13 @@ class Settings(BaseSettings):
     # --- sessions -------------------------------------------------------------------------
     session_cookie_name: str = "koinonia_session"
     session_ttl_seconds: int = Field(default=86_400, ge=60)
+    session_cache_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        le=30,
+        description="Longest a process answers a session from its own cache (0: never). "
+        "Revocations evict it at once through Redis pub/sub; this bounds a missed one.",
+    )
     cookie_secure: bool | None = Field(
         default=None, description="Secure flag on the session cookie; default: on in production."
     )

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from tortoise.context import TortoiseContext
 
     from koinonia.services.cache import CacheService
+    from koinonia.services.session_cache import RevocationListener, SessionCache
     from koinonia.settings import Settings
 
 EXTENSION_KEY = "koinonia"
@@ -30,6 +31,8 @@ class AppState:
     redis: Redis | None = None
     db: TortoiseContext | None = None
     cache: CacheService | None = None
+    session_cache: SessionCache | None = None
+    revocations: RevocationListener | None = None
     # Set when SIGTERM arrives (or after_serving starts): readiness answers 503 from then on.
     shutting_down: bool = False
     extras: dict[str, Any] = field(default_factory=dict)

@@ -192,14 +192,22 @@ async def app_using_redis(app: Quart, url: str) -> AsyncIterator[Quart]:
     """Point the running app's Redis client (sessions, cache, health) at ``url`` for a block."""
     from koinonia.redis import create_redis
     from koinonia.services.cache import CacheService
+    from koinonia.services.session_cache import RevocationListener, SessionCache
 
     state = get_state(app)
-    saved = (state.redis, state.cache)
+    saved = (state.redis, state.cache, state.session_cache, state.revocations)
     settings = state.settings.model_copy(update={"redis_url": SecretStr(url)})
     state.redis = create_redis(settings)
     state.cache = CacheService(state.redis, get_metrics(app), settings)
+    # Sessions cached and revoked through that Redis too, as a process using it would.
+    state.session_cache = SessionCache(settings.session_cache_seconds, settings.session_ttl_seconds)
+    state.revocations = RevocationListener(
+        create_redis(settings, reconnect=False), state.session_cache
+    )
+    state.revocations.start()
     try:
         yield app
     finally:
+        await state.revocations.stop()
         await state.redis.aclose()
-        state.redis, state.cache = saved
+        state.redis, state.cache, state.session_cache, state.revocations = saved

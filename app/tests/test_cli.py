@@ -189,6 +189,7 @@ async def test_revoke_sessions_logs_everyone_out_and_keeps_other_keys(servers, s
                     role="admin",
                     is_operator=False,
                     ttl_seconds=600,
+                    generation="0",
                 )
                 tokens.append(token)
         await redis.set("cache:church:unrelated", "kept")

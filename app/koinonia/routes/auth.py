@@ -12,7 +12,7 @@ from koinonia.schemas import ApiModel
 from koinonia.services import auth, sessions
 from koinonia.services.csrf import reject_foreign_origin
 from koinonia.services.tenancy import current_user, require_user
-from koinonia.state import get_state
+from koinonia.state import AppState, get_state
 
 bp = Blueprint("auth", __name__, url_prefix="/api/auth")
 
@@ -63,6 +63,12 @@ def _cleared_cookie(response: Response) -> Response:
     return response
 
 
+def _drop_here(state: AppState, session_ids: list[str]) -> None:
+    # This process need not wait for its own pub/sub message to refuse the sessions.
+    if state.revocations is not None:
+        state.revocations.drop(session_ids)
+
+
 @bp.post("/register")
 @tag(["auth"])
 @reject_foreign_origin
@@ -106,7 +112,10 @@ async def login(data: LoginIn) -> Response:
 @tag(["auth"])
 @require_user
 async def logout() -> Response:
-    await sessions.revoke_session(get_state().require_redis(), current_user().session)
+    state = get_state()
+    session = current_user().session
+    await sessions.revoke_session(state.require_redis(), session)
+    _drop_here(state, [session.session_id])
     return _cleared_cookie(Response(status=204))
 
 
@@ -126,10 +135,9 @@ async def me() -> dict:
 @validate_request(ChangePasswordIn)
 async def change_password(data: ChangePasswordIn) -> Response:
     """Change the password; every session of the user (this one included) is revoked."""
-    await auth.change_password(
-        get_state().require_redis(),
-        current_user().user_id,
-        data.current_password,
-        data.new_password,
+    state = get_state()
+    revoked = await auth.change_password(
+        state.require_redis(), current_user().user_id, data.current_password, data.new_password
     )
+    _drop_here(state, revoked)
     return _cleared_cookie(Response(status=204))

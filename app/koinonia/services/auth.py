@@ -17,6 +17,7 @@ import hashlib
 import uuid
 from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -29,6 +30,8 @@ from koinonia.errors import Conflict, RateLimited, ServiceUnavailable, Unauthori
 from koinonia.models.core import Church, Role, User
 from koinonia.services import sessions
 from koinonia.services.sessions import SessionData
+
+T = TypeVar("T")
 
 _hasher = PasswordHasher()
 # Verified against when the email is unknown, to spend the same time as a real check.
@@ -116,14 +119,25 @@ async def register_church(
     return church, user
 
 
-async def authenticate(email: str, password: str) -> User:
+class PasswordChangedDuringLogin(Unauthorized):
+    code = "password_changed"
+    message = "The password was changed while logging in; log in again"
+
+
+async def authenticate(redis: Redis, email: str, password: str) -> tuple[User, str]:
+    """The user and their session generation, read before the password hash was."""
     user = await User.get_or_none(email=normalise_email(email))
     if user is None:
         await verify_password(_DUMMY_HASH, password)
         raise InvalidCredentials()
-    if not await verify_password(user.password_hash, password):
+    generation = await _redis_value(sessions.user_generation(redis, user.id))
+    # Read again, after the generation: a password change that saved its hash before this
+    # read is checked against here; one that saves it later has also moved the generation
+    # on by the time the session is created, which is then refused.
+    password_hash = await User.filter(id=user.id).first().values_list("password_hash", flat=True)
+    if password_hash is None or not await verify_password(str(password_hash), password):
         raise InvalidCredentials()
-    return user
+    return user, generation
 
 
 @dataclass(frozen=True)
@@ -160,46 +174,56 @@ async def login(
     if attempts > max_failures:
         raise LoginLocked(max(int(ttl), 1))
     try:
-        user = await authenticate(email, password)
+        user, generation = await authenticate(redis, email, password)
     except InvalidCredentials:
         if attempts == max_failures:
             # The failure that locks the account: locked for the whole period from now.
-            await _redis_call(redis.expire(key, lockout_seconds))
+            await _redis_value(redis.expire(key, lockout_seconds))
         raise
-    await _redis_call(redis.delete(key))
-    return await start_session(redis, user, ttl_seconds)
+    await _redis_value(redis.delete(key))
+    return await start_session(redis, user, ttl_seconds, generation)
 
 
-async def _redis_call(call: Awaitable[object]) -> None:
+async def _redis_value(call: Awaitable[T]) -> T:
     try:
-        await call
+        return await call
     except RedisError as exc:
         raise ServiceUnavailable("Login unavailable: session store unreachable") from exc
 
 
-async def start_session(redis: Redis, user: User, ttl_seconds: int) -> LoginResult:
-    token, session = await sessions.create_session(
-        redis,
-        user_id=user.id,
-        church_id=user.church_id,  # type: ignore[attr-defined]
-        role=str(user.role),
-        is_operator=user.is_operator,
-        ttl_seconds=ttl_seconds,
-    )
+async def start_session(
+    redis: Redis, user: User, ttl_seconds: int, generation: str = sessions.FIRST_GENERATION
+) -> LoginResult:
+    """``generation``: as read before the password was checked (a new account: the first)."""
+    try:
+        token, session = await _redis_value(
+            sessions.create_session(
+                redis,
+                user_id=user.id,
+                church_id=user.church_id,  # type: ignore[attr-defined]
+                role=str(user.role),
+                is_operator=user.is_operator,
+                ttl_seconds=ttl_seconds,
+                generation=generation,
+            )
+        )
+    except sessions.GenerationChanged:
+        raise PasswordChangedDuringLogin() from None
     return LoginResult(token=token, session=session, user=user)
 
 
 async def change_password(
     redis: Redis, user_id: uuid.UUID, current_password: str, new_password: str
-) -> User:
-    """Set a new password and revoke every session of the user (the caller logs in again)."""
+) -> list[str]:
+    """Set a new password and revoke every session of the user (the caller logs in again);
+    returns the revoked session ids."""
     user = await User.get(id=user_id)
     if not await verify_password(user.password_hash, current_password):
         raise InvalidCredentials("Current password is wrong")
     user.password_hash = await hash_password(new_password)
     await user.save(update_fields=["password_hash"])
-    await sessions.revoke_user_sessions(redis, user.id)
-    return user
+    # After the hash is saved: a login that read the old hash then finds a newer generation.
+    return await sessions.revoke_user_sessions(redis, user.id)
 
 
 def user_json(user: User) -> dict[str, object]:

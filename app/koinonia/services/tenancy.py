@@ -31,8 +31,8 @@ from quart_schema import security_scheme
 from redis.exceptions import RedisError
 
 from koinonia.errors import Forbidden, ServiceUnavailable, Unauthorized
-from koinonia.services import csrf
-from koinonia.services.sessions import SessionData, get_session
+from koinonia.services import csrf, session_cache
+from koinonia.services.sessions import SessionData
 from koinonia.state import get_state
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -72,7 +72,7 @@ async def _resolve(
         # Before the session lookup: a forged request learns nothing about the session.
         csrf_check(headers)
     try:
-        session = await get_session(state.require_redis(), token)
+        session = await session_cache.lookup(state.require_redis(), state.session_cache, token)
     except RedisError as exc:
         # Sessions live only in Redis: without it nobody can be authenticated.
         raise ServiceUnavailable("Session store unavailable") from exc
