@@ -77,6 +77,7 @@ def create_app(settings: Settings | None = None) -> Quart:
         state.redis = create_redis(settings)
         state.db = await db.init_db(settings)
         state.cache = CacheService(state.redis, metrics, settings)
+        state.cache.start()
         state.session_cache = SessionCache(
             settings.session_cache_seconds, settings.session_ttl_seconds
         )
@@ -89,6 +90,8 @@ def create_app(settings: Settings | None = None) -> Quart:
     @app.after_serving
     async def _close_resources() -> None:
         state.shutting_down = True
+        if state.cache is not None:
+            await state.cache.stop()
         if state.revocations is not None:
             await state.revocations.stop()
             state.revocations = state.session_cache = None

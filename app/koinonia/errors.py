@@ -63,10 +63,6 @@ class Conflict(ApiError):
     status, code, message = 409, "conflict", "Conflict"
 
 
-class PayloadTooLarge(ApiError):
-    status, code, message = 413, "payload_too_large", "Request body too large"
-
-
 class ValidationFailed(ApiError):
     status, code, message = 422, "validation_error", "Request validation failed"
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from koinonia.services.cache import ANALYTICS, cache_key, version_key, versioned_key
+
 
 async def test_summary_counts_members_and_opt_ins(client, church_a, redis):
     for n, opt_in in ((1, True), (2, True), (3, False)):
@@ -22,7 +24,8 @@ async def test_summary_counts_members_and_opt_ins(client, church_a, redis):
 
     again = await client.get("/api/analytics/summary?days=7", headers=church_a.headers)
     assert again.headers["X-Cache"] == "HIT"
-    ttl = await redis.ttl(f"cache:analytics:{church_a.church_id}:7")
+    version = await redis.get(version_key(ANALYTICS, church_a.church_id)) or 0
+    ttl = await redis.ttl(versioned_key(cache_key(ANALYTICS, church_a.church_id, 7), version))
     assert 240 < ttl <= 300  # 5 minutes
 
 

@@ -1,13 +1,17 @@
-"""Cache-aside: hits, misses, invalidation on member change, Redis-down degradation,
-and the operators' cache endpoints."""
+"""Cache-aside: hits, misses, versioned invalidation on member change and STOP/START, a
+load racing a write, Redis-down degradation, and the operators' cache endpoints."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import uuid
 
 from koinonia.services import analytics, members
+from koinonia.services.cache import ANALYTICS, MEMBERS, cache_key, version_key, versioned_key
 from koinonia.state import get_state
 from tests.conftest import app_using_redis
+from tests.messaging_fixtures import church_number, post_webhook
 
 
 async def _add_member(client, owner, n: int) -> dict:
@@ -20,13 +24,20 @@ async def _add_member(client, owner, n: int) -> dict:
     return await response.get_json()
 
 
-async def _stats(redis) -> dict:
+async def _stats(app, redis) -> dict:
+    # Counted in the process and added to Redis in batches: flush this process's first.
+    await get_state(app).cache.flush_counters()
     return await redis.hgetall("cache-stats")
 
 
-async def test_member_first_page_miss_then_hit(client, church_a, redis):
+async def _current_key(redis, family: str, church_id: str, *parts: object) -> str:
+    version = await redis.get(version_key(family, church_id)) or 0
+    return versioned_key(cache_key(family, church_id, *parts), version)
+
+
+async def test_member_first_page_miss_then_hit(app, client, church_a, redis):
     await _add_member(client, church_a, 1)
-    before = await _stats(redis)
+    before = await _stats(app, redis)
 
     first = await client.get("/api/members", headers=church_a.headers)
     second = await client.get("/api/members", headers=church_a.headers)
@@ -34,10 +45,9 @@ async def test_member_first_page_miss_then_hit(client, church_a, redis):
     assert second.headers["X-Cache"] == "HIT"
     assert await first.get_json() == await second.get_json()
 
-    key = f"cache:members:{church_a.church_id}:first:50"
-    ttl = await redis.ttl(key)
+    ttl = await redis.ttl(await _current_key(redis, MEMBERS, church_a.church_id, "first", 50))
     assert 1700 < ttl <= 1800  # 30 minutes
-    after = await _stats(redis)
+    after = await _stats(app, redis)
     assert int(after["members:hit"]) == int(before.get("members:hit", 0)) + 1
     assert int(after["members:miss"]) == int(before.get("members:miss", 0)) + 1
 
@@ -55,13 +65,20 @@ async def test_member_change_invalidates_church_keys_only(client, church_a, chur
     await client.get("/api/members", headers=church_a.headers)
     await client.get("/api/members", headers=church_b.headers)
     await client.get("/api/analytics/summary", headers=church_a.headers)
-    assert await redis.exists(f"cache:members:{church_a.church_id}:first:50")
-    assert await redis.exists(f"cache:analytics:{church_a.church_id}:30")
+    b_key = await _current_key(redis, MEMBERS, church_b.church_id, "first", 50)
+    assert await redis.exists(await _current_key(redis, MEMBERS, church_a.church_id, "first", 50))
+    assert await redis.exists(await _current_key(redis, ANALYTICS, church_a.church_id, 30))
 
     created = await _add_member(client, church_a, 4)
-    assert not await redis.exists(f"cache:members:{church_a.church_id}:first:50")
-    assert not await redis.exists(f"cache:analytics:{church_a.church_id}:30")
-    assert await redis.exists(f"cache:members:{church_b.church_id}:first:50")
+    # A's pages now live under a new version, with nothing there yet; B's are untouched.
+    assert not await redis.exists(
+        await _current_key(redis, MEMBERS, church_a.church_id, "first", 50)
+    )
+    assert not await redis.exists(await _current_key(redis, ANALYTICS, church_a.church_id, 30))
+    assert await _current_key(redis, MEMBERS, church_b.church_id, "first", 50) == b_key
+    assert await redis.exists(b_key)
+    summary = await client.get("/api/analytics/summary", headers=church_a.headers)
+    assert summary.headers["X-Cache"] == "MISS"
 
     listing = await client.get("/api/members", headers=church_a.headers)
     assert listing.headers["X-Cache"] == "MISS"
@@ -91,18 +108,18 @@ async def test_redis_down_degrades_to_database(app, church_a, spare_redis):
             assert response.status_code == 503
             assert (await response.get_json())["error"]["code"] == "service_unavailable"
             # The cache-aside paths the routes use answer from the database.
-            body, status = await members.list_members(state.cache, _uuid(church_a))
+            body, status = await members.list_members_json(state.cache, _uuid(church_a))
             assert status == "error"
-            assert [m["firstName"] for m in body["data"]] == ["C5"]
-            summary, status = await analytics.summary(state.cache, _uuid(church_a), 30)
+            assert [m["firstName"] for m in json.loads(body)["data"]] == ["C5"]
+            summary, status = await analytics.summary_json(state.cache, _uuid(church_a), 30)
             assert status == "error"
-            assert summary["members"]["total"] == 1
+            assert json.loads(summary)["members"]["total"] == 1
             # Invalidation is skipped with a warning, not fatal.
             await state.cache.invalidate_church(_uuid(church_a))
         # Redis back: caching resumes.
-        _, status = await members.list_members(state.cache, _uuid(church_a))
+        _, status = await members.list_members_json(state.cache, _uuid(church_a))
         assert status == "miss"
-        _, status = await members.list_members(state.cache, _uuid(church_a))
+        _, status = await members.list_members_json(state.cache, _uuid(church_a))
         assert status == "hit"
 
 
@@ -141,3 +158,63 @@ async def test_admin_cache_endpoints_refuse_church_users(client, church_a):
         assert response.status_code == 403, path
         anonymous = await client.open(path, method=method)
         assert anonymous.status_code == 401, path
+
+
+async def test_a_page_loaded_while_a_member_was_added_is_never_served_after_it(
+    app, client, church_a, monkeypatch
+):
+    await _add_member(client, church_a, 6)
+    loaded, release = asyncio.Event(), asyncio.Event()
+    real_query = members._page_query
+
+    async def query_then_pause(*args, **kwargs):
+        page = await real_query(*args, **kwargs)
+        if not loaded.is_set():  # the first load only
+            loaded.set()
+            await release.wait()
+        return page
+
+    monkeypatch.setattr(members, "_page_query", query_then_pause)
+    # A miss has read the page from the database and pauses before storing it...
+    stale = asyncio.create_task(client.get("/api/members", headers=church_a.headers))
+    await asyncio.wait_for(loaded.wait(), 5)
+    # ...while a member is added (and the cache invalidated).
+    created = await _add_member(client, church_a, 7)
+    release.set()
+    assert created["id"] not in [m["id"] for m in (await (await stale).get_json())["data"]]
+
+    fresh = await client.get("/api/members", headers=church_a.headers)
+    assert fresh.headers["X-Cache"] == "MISS"
+    assert created["id"] in [m["id"] for m in (await fresh.get_json())["data"]]
+    again = await client.get("/api/members", headers=church_a.headers)
+    assert again.headers["X-Cache"] == "HIT"
+    assert created["id"] in [m["id"] for m in (await again.get_json())["data"]]
+
+
+async def test_stop_text_then_the_member_list_and_analytics_show_the_opt_out(
+    client, church_a, webhook_settings
+):
+    member = await _add_member(client, church_a, 8)
+    line = await church_number(church_a.church_id)
+    listing = await client.get("/api/members", headers=church_a.headers)
+    summary = await client.get("/api/analytics/summary", headers=church_a.headers)
+    opted_in = (await summary.get_json())["members"]["optedIn"]
+    assert (await client.get("/api/members", headers=church_a.headers)).headers["X-Cache"] == "HIT"
+    assert [
+        m["optInSms"] for m in (await listing.get_json())["data"] if m["id"] == member["id"]
+    ] == [True]
+
+    stop = {
+        "From": member["phone"],
+        "To": line,
+        "Body": "STOP",
+        "MessageSid": f"SM{uuid.uuid4().hex}",
+    }
+    assert (await post_webhook(client, "/api/webhooks/sms/inbound", stop)).status_code == 200
+
+    listing = await client.get("/api/members", headers=church_a.headers)
+    assert [
+        m["optInSms"] for m in (await listing.get_json())["data"] if m["id"] == member["id"]
+    ] == [False]
+    summary = await client.get("/api/analytics/summary", headers=church_a.headers)
+    assert (await summary.get_json())["members"]["optedIn"] == opted_in - 1

@@ -39,27 +39,18 @@ async def compute_summary(church_id: uuid.UUID, days: int) -> dict[str, Any]:
     }
 
 
-async def summary(
-    cache: CacheService | None, church_id: uuid.UUID, days: int
-) -> tuple[dict[str, Any], str]:
-    """Cached for ``KOINONIA_CACHE_ANALYTICS_TTL_SECONDS`` (5 min) per church and window."""
-
-    async def load() -> dict[str, Any]:
-        return await compute_summary(church_id, days)
-
-    if cache is None:
-        return await load(), "bypass"
-    return await cache.get_or_load(ANALYTICS, cache_key(ANALYTICS, church_id, days), load)
-
-
 async def summary_json(
     cache: CacheService | None, church_id: uuid.UUID, days: int
 ) -> tuple[str | bytes, str]:
-    """``summary`` as the encoded response body: a cache hit is returned as stored."""
+    """The summary as the encoded response body, cached for
+    ``KOINONIA_CACHE_ANALYTICS_TTL_SECONDS`` (5 min) per church and window; a hit is
+    returned as stored."""
 
     async def load() -> dict[str, Any]:
         return await compute_summary(church_id, days)
 
     if cache is None:
         return json_bytes(await load()), "bypass"
-    return await cache.get_or_load_json(ANALYTICS, cache_key(ANALYTICS, church_id, days), load)
+    return await cache.get_or_load_json(
+        ANALYTICS, church_id, cache_key(ANALYTICS, church_id, days), load
+    )

@@ -22,7 +22,7 @@ from koinonia.models.messaging import (
     Direction,
     TargetType,
 )
-from koinonia.services import events, messaging
+from koinonia.services import cache, events, messaging
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,9 @@ async def handle_inbound(
         log.info("inbound message %s already recorded", message_sid)
         return InboundResult(handled=True, conversation_id=conversation.id)
 
+    if opt_change is not None and redis is not None:
+        # The member list and the analytics show the opt-in: their cached pages are stale.
+        await cache.bump_versions(redis, line.church_id, cache.MEMBERS, cache.ANALYTICS)
     if redis is not None:
         await events.publish(
             redis,

@@ -110,11 +110,3 @@ async def remove_members(
 ) -> int:
     group = await get_group(church_id, group_id)
     return await GroupMembership.filter(group_id=group.id, member_id__in=member_ids).delete()
-
-
-async def member_ids_in_groups(church_id: uuid.UUID, group_ids: list[uuid.UUID]) -> set[uuid.UUID]:
-    """Distinct members of any of the groups (for message targeting), scoped to the church."""
-    rows = await GroupMembership.filter(
-        group_id__in=group_ids, group__church_id=church_id
-    ).values_list("member_id", flat=True)
-    return set(rows)

@@ -104,25 +104,6 @@ def _first_page(page: int | None, cursor: str | None) -> bool:
     return cursor is None and (page is None or page == 1)
 
 
-async def list_members(
-    cache: CacheService | None,
-    church_id: uuid.UUID,
-    *,
-    limit: int = 50,
-    page: int | None = None,
-    cursor: str | None = None,
-) -> tuple[dict[str, Any], str]:
-    """A page of members, newest first; the first page is served from the cache."""
-    limit = max(1, min(limit, MAX_PAGE_SIZE))
-
-    async def load() -> dict[str, Any]:
-        return await _page_query(church_id, limit, page, cursor)
-
-    if _first_page(page, cursor) and cache is not None:
-        return await cache.get_or_load(MEMBERS, cache_key(MEMBERS, church_id, "first", limit), load)
-    return await load(), "bypass"
-
-
 async def list_members_json(
     cache: CacheService | None,
     church_id: uuid.UUID,
@@ -131,7 +112,8 @@ async def list_members_json(
     page: int | None = None,
     cursor: str | None = None,
 ) -> tuple[str | bytes, str]:
-    """``list_members`` as the encoded response body: a cache hit is returned as stored."""
+    """A page of members, newest first, as the encoded response body; the first page is
+    served from the cache (a hit is returned as stored)."""
     limit = max(1, min(limit, MAX_PAGE_SIZE))
 
     async def load() -> dict[str, Any]:
@@ -139,7 +121,7 @@ async def list_members_json(
 
     if _first_page(page, cursor) and cache is not None:
         return await cache.get_or_load_json(
-            MEMBERS, cache_key(MEMBERS, church_id, "first", limit), load
+            MEMBERS, church_id, cache_key(MEMBERS, church_id, "first", limit), load
         )
     return json_bytes(await load()), "bypass"
 
@@ -194,8 +176,3 @@ async def delete_member(
         raise NotFound("Member not found")
     if cache is not None:
         await cache.invalidate_church(church_id)
-
-
-async def set_opt_in(church_id: uuid.UUID, phone: str, opt_in: bool) -> int:
-    """STOP/START keywords: opt a member out/in by phone; returns rows changed."""
-    return await Member.filter(church_id=church_id, phone=phone).update(opt_in_sms=opt_in)
