@@ -8,6 +8,8 @@ GET  /api/...           200, echoes the proxy headers it received as JSON
 POST /api/...           200, same echo
 ANY  /api/test/crash    counts the hit, then drops the connection without an answer
 GET  /api/test/slow     answers after 3 s on lb-app1, at once elsewhere (least connections)
+ANY  /api/test/unavailable  503 on lb-app1 (as an app server cut off from Redis answers),
+                        the usual echo elsewhere
 GET  /_lbtest/hits      the per-path hit counters (asked directly on :3000 by the tests)
 POST /_lbtest/reset     clears the counters
 Every answer carries X-Served-By: <hostname>, as the real app is asked to.
@@ -87,6 +89,10 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             self.connection.shutdown(socket.SHUT_RDWR)
             return None
+        if path == "/api/test/unavailable" and HOSTNAME == "lb-app1":
+            return self._send(
+                503, {"error": {"code": "service_unavailable", "message": "x", "details": {}}}
+            )
         if path == "/api/test/slow" and HOSTNAME == "lb-app1":
             time.sleep(3)
         if path.startswith("/api/"):

@@ -49,6 +49,32 @@ def test_post_failing_mid_request_is_never_sent_to_a_second_peer(host, all_peers
     assert sum(counts[name].get("POST /api/test/crash", 0) for name in APPS) == 1, counts
 
 
+def test_get_answered_503_is_tried_once_on_another_peer(host, all_peers_up):
+    """lb-app1 answers /api/test/unavailable with 503 (an app server that lost Redis, not yet
+    ejected): every GET is answered by lb-app2, whichever peer it reached first."""
+    reset_hits(host)
+    out = host.check_output(
+        "for i in 1 2 3 4 5 6; do curl -sk -o /dev/null -w '%{http_code} %header{x-served-by}\\n' "
+        f"{BASE}/api/test/unavailable; done"
+    )
+    assert out.split("\n") == ["200 lb-app2"] * 6, out
+    counts = hits(host)
+    assert counts["lb-app2"].get("GET /api/test/unavailable", 0) == 6, counts
+
+
+def test_post_answered_503_is_never_sent_to_a_second_peer(host, all_peers_up):
+    reset_hits(host)
+    out = host.check_output(
+        "for i in 1 2 3 4 5 6; do curl -sk -o /dev/null -w '%{http_code}\\n' -X POST -d '{}' "
+        f"{BASE}/api/test/unavailable; done"
+    )
+    codes = out.split()
+    counts = hits(host)
+    sent = {name: counts[name].get("POST /api/test/unavailable", 0) for name in APPS}
+    assert sum(sent.values()) == 6, counts  # each POST reached exactly one peer
+    assert codes.count("503") == sent["lb-app1"], (codes, counts)
+
+
 def test_502_from_the_balancer_has_the_json_error_shape(host, all_peers_up):
     body = host.check_output(f"curl -sk {BASE}/api/test/crash")
     assert '"code":"bad_gateway"' in body
