@@ -7,7 +7,6 @@ from the load balancer to the app), otherwise a fresh one; it is echoed in the r
 from __future__ import annotations
 
 import contextvars
-import json
 import logging
 import re
 import socket
@@ -17,6 +16,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from quart import Quart, Response, request
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
@@ -36,8 +36,12 @@ SERVED_BY_HEADER = "X-Served-By"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 _STANDARD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
-# What json.dumps(payload, default=str) does, without building an encoder for every line.
-_encode = json.JSONEncoder(default=str).encode
+
+
+def _encode(payload: dict[str, Any]) -> str:
+    # orjson, with str() for what it cannot encode (as json.dumps(default=str) did); keys
+    # are not sorted and non-ASCII stays as UTF-8 (the handler writes text).
+    return orjson.dumps(payload, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 class JsonFormatter(logging.Formatter):
