@@ -87,6 +87,53 @@ def profile(server_pid: int, seconds: int, out: Path) -> subprocess.Popen:
     )
 
 
+def redis_round_trips(redis_url: str, url: str, header: str, requests: int = 200) -> float:
+    """Redis commands the app sends per request of ``url``, one request at a time.
+
+    Counted with MONITOR (the test Redis, no ACL): commands a script runs inside Redis are
+    not round trips and are left out (client type ``lua``), and so are the background ones
+    that no request waits for (pub/sub pings, the batched hit/miss counters: MULTI, HINCRBY,
+    EXEC). What is left are the session and cache lookups a request waits on.
+    """
+    import threading
+
+    import redis
+
+    name, _, value = header.partition(": ")
+
+    def get() -> None:
+        request = urllib.request.Request(url, headers={name: value})  # noqa: S310
+        with urllib.request.urlopen(request, timeout=10):  # noqa: S310
+            pass
+
+    for _ in range(20):  # warm: sessions and pages cached where the app caches them
+        get()
+    background = {"PING", "MULTI", "HINCRBY", "EXEC", "PUBLISH", "INFO"}
+    counted = [0]
+    ready, stop = threading.Event(), threading.Event()
+    client = redis.Redis.from_url(redis_url)
+
+    def watch() -> None:
+        with client.monitor() as monitor:
+            ready.set()
+            for command in monitor.listen():
+                if stop.is_set():
+                    return
+                words = command["command"].split()
+                if command.get("client_type") != "lua" and words[0].upper() not in background:
+                    counted[0] += 1
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    ready.wait(5)
+    for _ in range(requests):
+        get()
+    stop.set()
+    redis.Redis.from_url(redis_url).ping()  # wakes the watcher to see ``stop``
+    watcher.join(5)
+    return counted[0] / requests
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=10, help="wrk duration per row")
@@ -175,6 +222,8 @@ def main() -> int:
                 post | {"CONNECTIONS": "1"},
             ),
         ]
+        round_trips = redis_round_trips(servers.redis.url, base + "/api/members", auth)
+        print(f"Redis round trips per cached request: {round_trips:.2f}", file=sys.stderr)
         results = []
         for number, (name, url, lua_env) in enumerate(rows):
             connections = int(lua_env.pop("CONNECTIONS", args.connections))
@@ -205,6 +254,10 @@ def main() -> int:
             f"{r['p99_ms']:.2f} | {r['non_2xx']} | {r['socket_errors']} | "
             f"{r['rps'] / ceiling:.0%} |"
         )
+    lines += [
+        "",
+        f"Redis round trips per cached GET /api/members on a warm process: {round_trips:.2f}",
+    ]
     table = "\n".join(lines)
     print(table)
     OUT_DIR.mkdir(parents=True, exist_ok=True)
@@ -215,6 +268,7 @@ def main() -> int:
                 "workers": args.workers,
                 "seconds": args.seconds,
                 "connections": args.connections,
+                "redis_round_trips_per_cached_request": round_trips,
                 "results": results,
             },
             indent=2,
