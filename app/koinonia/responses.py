@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 from pydantic import TypeAdapter
 from quart import Quart, Response
+from quart.json.provider import DefaultJSONProvider
 from quart_schema.casing import snake_to_camel, snake_to_kebab
 from quart_schema.conversion import model_dump
 from werkzeug.exceptions import HTTPException
@@ -101,3 +102,32 @@ def json_bytes(value: Any) -> bytes:
 def json_response(body: bytes | str, status: int = 200) -> Response:
     """A JSON response from a body that is already encoded: nothing is re-encoded."""
     return Response(body, status=status, mimetype=JSON_MIMETYPE)
+
+
+class OrjsonProvider(DefaultJSONProvider):
+    """Quart's JSON (``jsonify``, returned dicts and lists, error bodies) encoded by orjson.
+
+    What orjson does not encode itself, dates and dataclasses included, goes through the
+    ``default`` of the provider it replaces (quart-schema's), so what a response says is
+    unchanged; keys are no longer sorted (insertion order) and non-ASCII text is sent as
+    UTF-8 rather than escaped.
+    """
+
+    sort_keys = False
+
+    def __init__(self, app: Quart, default: Any) -> None:
+        super().__init__(app)
+        self.default = default
+
+    _OPTIONS = (
+        orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_NON_STR_KEYS
+    )
+
+    def dumps(self, obj: Any, **kwargs: Any) -> str:
+        option = self._OPTIONS
+        if kwargs.get("indent"):
+            option |= orjson.OPT_INDENT_2
+        if kwargs.get("sort_keys", self.sort_keys):
+            option |= orjson.OPT_SORT_KEYS
+        default = kwargs.get("default", self.default)
+        return orjson.dumps(obj, default=default, option=option).decode()
