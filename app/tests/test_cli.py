@@ -195,9 +195,17 @@ async def test_revoke_sessions_logs_everyone_out_and_keeps_other_keys(servers, s
         await redis.set("cache:church:unrelated", "kept")
         env = _env(database_url=servers.pgbouncer.url_for("koinonia"), redis_url=spare_redis.url)
 
+        # Every app process hears it, to drop the sessions it had cached.
+        listener = redis.pubsub()
+        await listener.subscribe("session-revocations")
+        assert (await listener.get_message(timeout=5))["type"] == "subscribe"
+
         code, out, err = await _koinonia("revoke-sessions", env=env)
 
         assert code == 0, err
+        published = await listener.get_message(ignore_subscribe_messages=True, timeout=5)
+        await listener.aclose()
+        assert published is not None and published["data"] == "*"
         assert json.loads(out.strip().splitlines()[-1]) == {"revokedSessions": 6}
         assert [await get_session(redis, t) for t in tokens] == [None] * 6
         assert [k async for k in redis.scan_iter(match="user-sessions:*")] == []

@@ -253,3 +253,18 @@ async def test_websocket_is_closed_when_its_session_is_revoked(app, church_a, re
         assert await _receive_close(ws) == SESSION_REVOKED_CLOSE_CODE
     with contextlib.suppress(Exception):
         await ws.disconnect()
+
+
+@pytest.mark.parametrize("value", ["-1", "30.5", "five"])
+def test_session_cache_bound_outside_0_to_30_seconds_is_refused_naming_the_setting(
+    monkeypatch, settings, value
+):
+    from koinonia.settings import SettingsError, load_settings
+
+    monkeypatch.setenv("KOINONIA_DATABASE_URL", settings.database_url.get_secret_value())
+    monkeypatch.setenv("KOINONIA_REDIS_URL", settings.redis_url.get_secret_value())
+    monkeypatch.setenv("KOINONIA_SESSION_CACHE_SECONDS", value)
+    with pytest.raises(SettingsError, match="KOINONIA_SESSION_CACHE_SECONDS"):
+        load_settings()
+    monkeypatch.setenv("KOINONIA_SESSION_CACHE_SECONDS", "30")
+    assert load_settings().session_cache_seconds == 30
