@@ -140,6 +140,7 @@ class RevocationListener:
         self._watchers: dict[str, set[asyncio.Event]] = {}
         # Subscribed, so no revocation goes unnoticed: the cache is enabled only while so.
         self.up = False
+        self._warned = False
         # Set on every change of the subscription (up or down) and every message handled;
         # tests wait on it instead of sleeping.
         self.changed = asyncio.Event()
@@ -221,9 +222,15 @@ class RevocationListener:
                 await self._listen(pubsub)
             except asyncio.CancelledError:
                 raise
-            except (RedisError, OSError, TimeoutError):
-                if self.up:
-                    log.warning("session revocations unsubscribed; sessions read from Redis")
+            except (RedisError, OSError, TimeoutError) as error:
+                # Once per outage (and at a first subscription that fails, e.g. an ACL
+                # without the channel), not at every retry.
+                if self.up or not self._warned:
+                    log.warning(
+                        "session revocations not subscribed (%s); sessions read from Redis",
+                        type(error).__name__,
+                    )
+                    self._warned = True
                 self._set_down()
                 await self._reconnect_delay()
             finally:
