@@ -2,7 +2,8 @@
 its failed POSTs, and the bookkeeping of what was sent, received, lost and duplicated.
 
 Everything the tests need (hosts, demo passwords, health check knobs) is read from
-molecule.yml, so there is one source of truth.
+molecule.yml and the stack base it links (molecule/resources/stack/inventory.yml), so there
+is one source of truth.
 
 "Sent exactly once" is observed where the SMS leaves the platform: the log provider
 (app/koinonia/sms/log.py) appends one record per real send to the Redis list ``sms:log``,
@@ -37,6 +38,7 @@ from stackops import (  # noqa: F401 - run_playbook: for the test modules
     run_playbook,
     upstream_status,
 )
+from stackvars import stack_group_vars
 
 SCENARIO_DIR = pathlib.Path(
     os.environ.get("MOLECULE_SCENARIO_DIRECTORY") or pathlib.Path(__file__).resolve().parent.parent
@@ -44,7 +46,7 @@ SCENARIO_DIR = pathlib.Path(
 PROJECT_DIR = SCENARIO_DIR.parent.parent
 MOLECULE = yaml.safe_load((SCENARIO_DIR / "molecule.yml").read_text())
 PLATFORMS = MOLECULE["platforms"]
-GROUP_VARS = MOLECULE["provisioner"]["inventory"]["group_vars"]
+GROUP_VARS = stack_group_vars(SCENARIO_DIR)
 CFG = GROUP_VARS["all"]
 LB_VARS = GROUP_VARS["loadbalancers"]
 

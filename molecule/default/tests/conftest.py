@@ -9,7 +9,8 @@ Two ways in:
     :3000, systemctl to stop/start services.
 
 Everything the tests need to know (hosts, demo passwords, the SMALL health check knobs) is
-read from molecule.yml, so there is one source of truth.
+read from molecule.yml and the stack base it links
+(molecule/resources/stack/inventory.yml), so there is one source of truth.
 """
 
 from __future__ import annotations
@@ -30,13 +31,14 @@ import yaml
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "resources" / "tests"))
 from stackclient import Resp, curl, https_request
 from stackops import docker_host, upstream_status
+from stackvars import stack_group_vars
 
 SCENARIO_DIR = pathlib.Path(
     os.environ.get("MOLECULE_SCENARIO_DIRECTORY") or pathlib.Path(__file__).resolve().parent.parent
 )
 MOLECULE = yaml.safe_load((SCENARIO_DIR / "molecule.yml").read_text())
 PLATFORMS = MOLECULE["platforms"]
-GROUP_VARS = MOLECULE["provisioner"]["inventory"]["group_vars"]
+GROUP_VARS = stack_group_vars(SCENARIO_DIR)
 CFG = GROUP_VARS["all"]
 LB_VARS = GROUP_VARS["loadbalancers"]
 
