@@ -27,7 +27,7 @@ stage_collection-build := scripts/test-collection.sh
 CHECK_STAGES := lint-ruff argument-specs lint-ansible alert-rules app-tests bench-smoke collection-build
 # Longest first, so the longest stage does not start last (scripts/run-stages orders by the
 # last run's times instead when .cache/stage-history has them). Unlisted stages go first.
-TEST_ORDER := molecule-operations molecule-chaos molecule-default molecule-app molecule-monitoring \
+TEST_ORDER := molecule-default molecule-operations molecule-app molecule-monitoring \
   molecule-data app-tests lint-ansible molecule-loadbalancer molecule-firewall bench-smoke \
   collection-build alert-rules argument-specs lint-ruff
 longest_first = $(filter-out $(TEST_ORDER),$(1)) $(filter $(1),$(TEST_ORDER))

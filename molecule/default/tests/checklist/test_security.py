@@ -3,7 +3,8 @@ names the server, HSTS for a year and the other security headers on every respon
 included), server_tokens hidden, the app servers' /metrics not public."""
 
 import pytest
-from conftest import APPS, app_direct, https, plain_http
+
+from .conftest import APPS, app_direct, https, plain_http
 
 SERVER_NAME = "ck-lb"  # nginx_server_name defaults to the balancer's inventory name
 

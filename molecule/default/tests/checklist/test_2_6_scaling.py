@@ -10,7 +10,7 @@ peer names through /upstream_status) must tell the same story.
 import time
 from collections import Counter
 
-from conftest import (
+from .conftest import (
     APPS,
     DOWN_DEADLINE,
     FALL,

@@ -7,7 +7,7 @@ import shutil
 import subprocess
 import uuid
 
-from conftest import HTTPS_PORT, https
+from .conftest import HTTPS_PORT, https
 
 # Operations that would end the session the run is authenticated with.
 EXCLUDED_PATHS = r"^/api/auth/(logout|password)$"

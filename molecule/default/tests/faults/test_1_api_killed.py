@@ -3,7 +3,9 @@ under load: no GET fails, a POST is never duplicated (a failed one sent again wi
 Idempotency-Key makes no second message), systemd restarts the API, the balancer takes the
 server back."""
 
-from conftest import (
+from stackclient import wait_for
+
+from .conftest import (
     APPS,
     UP_DEADLINE,
     ChaosLoad,
@@ -16,7 +18,6 @@ from conftest import (
     unit,
     unit_pids,
 )
-from stackclient import wait_for
 
 
 def test_1_api_killed_under_load_fails_no_get_duplicates_no_post_and_comes_back(

@@ -16,7 +16,8 @@ import time
 from datetime import datetime
 
 import pytest
-from conftest import APPS, CFG, https, unique, wait_for
+
+from .conftest import APPS, CFG, https, unique, wait_for
 
 RECURRING_LOCK = "cron:recurring-messages:"
 

@@ -14,8 +14,9 @@ import threading
 import time
 import uuid
 
-from conftest import HTTPS_PORT, LB_VARS, https
 from stackclient import tls_context
+
+from .conftest import HTTPS_PORT, LB_VARS, https
 
 AUTH_RATE = 10  # r/s, checklist (nginx_rate_limit_auth default)
 AUTH_BURST = 5

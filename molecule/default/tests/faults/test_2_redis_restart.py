@@ -1,7 +1,9 @@
 """Fault 2: Redis restarts (AOF on) with 5,000 deliveries queued and no worker running:
 the queue survives, and once the workers are back every delivery is sent exactly once."""
 
-from conftest import (
+from stackclient import wait_for
+
+from .conftest import (
     APPS,
     CFG,
     bulk_group,
@@ -11,7 +13,6 @@ from conftest import (
     redis_cli,
     wait_ready_everywhere,
 )
-from stackclient import wait_for
 
 MEMBERS, MESSAGES = 1000, 5
 QUEUED = "saq:koinonia-sms:queued"  # SAQ's list of waiting job ids (queue koinonia-sms)

@@ -2,7 +2,9 @@
 readiness answers 503, the balancer ejects it, the others serve with no failed request,
 and once the rule is gone it comes back."""
 
-from conftest import (
+from stackclient import wait_for
+
+from .conftest import (
     APPS,
     DOWN_DEADLINE,
     REDIS,
@@ -16,7 +18,6 @@ from conftest import (
     ready_status,
     request_outcome,
 )
-from stackclient import wait_for
 
 PARTITION = [
     "nft add table inet chaos",

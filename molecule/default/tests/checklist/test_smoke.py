@@ -6,7 +6,7 @@ send in Redis, list sms:log)."""
 import json
 import random
 
-from conftest import CFG, https, unique, wait_for
+from .conftest import CFG, https, unique, wait_for
 
 
 def _phone(n):

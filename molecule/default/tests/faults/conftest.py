@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import pytest
 import yaml
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "resources" / "tests"))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[3] / "resources" / "tests"))
 from load import BoundedLoad
 from stackclient import https_request, tls_context, wait_for
 from stackops import (  # noqa: F401 - run_playbook: for the test modules
@@ -41,7 +41,7 @@ from stackops import (  # noqa: F401 - run_playbook: for the test modules
 from stackvars import stack_group_vars
 
 SCENARIO_DIR = pathlib.Path(
-    os.environ.get("MOLECULE_SCENARIO_DIRECTORY") or pathlib.Path(__file__).resolve().parent.parent
+    os.environ.get("MOLECULE_SCENARIO_DIRECTORY") or pathlib.Path(__file__).resolve().parents[2]
 )
 PROJECT_DIR = SCENARIO_DIR.parent.parent
 MOLECULE = yaml.safe_load((SCENARIO_DIR / "molecule.yml").read_text())

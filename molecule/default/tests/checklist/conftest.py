@@ -28,13 +28,13 @@ import uuid
 import pytest
 import yaml
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "resources" / "tests"))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[3] / "resources" / "tests"))
 from stackclient import Resp, curl, https_request
 from stackops import docker_host, upstream_status
 from stackvars import stack_group_vars
 
 SCENARIO_DIR = pathlib.Path(
-    os.environ.get("MOLECULE_SCENARIO_DIRECTORY") or pathlib.Path(__file__).resolve().parent.parent
+    os.environ.get("MOLECULE_SCENARIO_DIRECTORY") or pathlib.Path(__file__).resolve().parents[2]
 )
 MOLECULE = yaml.safe_load((SCENARIO_DIR / "molecule.yml").read_text())
 PLATFORMS = MOLECULE["platforms"]

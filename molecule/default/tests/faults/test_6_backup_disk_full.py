@@ -4,7 +4,7 @@ PostgreSQL keeps serving (the API reads and writes)."""
 
 import uuid
 
-from conftest import Outcome, https, psql, run_playbook
+from .conftest import Outcome, https, psql, run_playbook
 
 BACKUP_DIR = "/var/backups/koinonia/postgresql"
 

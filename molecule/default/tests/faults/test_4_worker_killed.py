@@ -3,7 +3,9 @@ held are swept and retried by SAQ, and every delivery is sent exactly once."""
 
 import json
 
-from conftest import (
+from stackclient import wait_for
+
+from .conftest import (
     APPS,
     bulk_group,
     delivery_outcome,
@@ -13,7 +15,6 @@ from conftest import (
     unit,
     unit_pids,
 )
-from stackclient import wait_for
 
 MEMBERS, MESSAGES = 1000, 2
 ACTIVE = "saq:koinonia-sms:active"  # SAQ's list of the job ids being processed

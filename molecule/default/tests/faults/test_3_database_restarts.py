@@ -3,7 +3,9 @@ readiness answers 503 on every app server while the database is away and 200 aga
 itself, no request hangs past its timeout, no worker dies, no POST is lost or duplicated
 (a failed one is sent again with its Idempotency-Key, as a client would)."""
 
-from conftest import (
+from stackclient import wait_for
+
+from .conftest import (
     APPS,
     LOAD_TIMEOUT,
     UP_DEADLINE,
@@ -17,7 +19,6 @@ from conftest import (
     unit,
     wait_ready_everywhere,
 )
-from stackclient import wait_for
 
 POSTGRESQL = "postgresql@15-main"
 

@@ -5,7 +5,8 @@ every app server, the balancer takes them out, everything recovers when Redis is
 import time
 
 import pytest
-from conftest import (
+
+from .conftest import (
     APPS,
     CFG,
     DOWN_DEADLINE,

@@ -4,7 +4,8 @@ import json
 import re
 
 import pytest
-from conftest import (
+
+from .conftest import (
     APPS,
     HTTP_PORT,
     PLATFORMS,
