@@ -9,6 +9,7 @@ from koinonia.sms.base import (
     SmsError,
     SmsProvider,
     TransientSmsError,
+    UnknownOutcomeSmsError,
 )
 from koinonia.sms.log import LogProvider
 from koinonia.sms.signature import compute_signature, validate_signature
@@ -29,6 +30,7 @@ __all__ = [
     "SmsProvider",
     "TransientSmsError",
     "TwilioProvider",
+    "UnknownOutcomeSmsError",
     "build_provider",
     "compute_signature",
     "validate_signature",
@@ -55,5 +57,6 @@ def build_provider(settings: Settings, redis: Redis) -> SmsProvider:
             from_number=settings.twilio_from_number or "",
             base_url=settings.twilio_base_url,
             status_callback_url=settings.public_base_url.rstrip("/") + STATUS_CALLBACK_PATH,
+            max_connections=settings.sms_send_concurrency,
         )
     return LogProvider(redis)

@@ -1,31 +1,49 @@
 """The ``twilio`` provider: Twilio's REST API over httpx.
 
 ``POST {base}/2010-04-01/Accounts/{AccountSid}/Messages.json``, form-encoded ``To``, ``From``,
-``Body`` and ``StatusCallback``, HTTP basic auth with the account SID and auth token, and the
-``I-Twilio-Idempotency-Token`` header so that Twilio drops a repeat of a send it already
-accepted (a job retried after its send succeeded but before the database recorded it).
+``Body`` and ``StatusCallback``, HTTP basic auth with the account SID and auth token.
+
+The ``I-Twilio-Idempotency-Token`` header still names the delivery, but nothing relies on it:
+the one Twilio documents is a header Twilio sends on its OWN webhooks, not one it honours on
+outbound messages, so a second call is a second text. One call per delivery is the
+database's job (delivery/store.py); this module only says what each failure means:
+
+- not accepted, retry later (TransientSmsError): the connection was never made (connect
+  error or timeout, no free pooled connection), or Twilio answered 408, 409, 429 or 503;
+- refused for good (PermanentSmsError): any other 4xx (invalid number 21211, unsubscribed
+  recipient 21610, ...): the same request would get the same answer;
+- unknown (UnknownOutcomeSmsError): the request left and no usable answer came back (read or
+  write timeout, connection dropped, 500/502/504 from Twilio or a gateway, a 2xx without a
+  sid). Only evidence settles these: the status callback or ``find_sent``.
 """
 
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timedelta
+from email.utils import parsedate_to_datetime
 
 import httpx
 
-from koinonia.sms.base import PermanentSmsError, TransientSmsError
+from koinonia.sms.base import PermanentSmsError, TransientSmsError, UnknownOutcomeSmsError
 
 log = logging.getLogger(__name__)
 
 IDEMPOTENCY_HEADER = "I-Twilio-Idempotency-Token"
 
-# HTTP statuses worth retrying: timeouts, conflicts, rate limits. Other 4xx answers reject the
-# request itself (invalid "To" number 21211, unsubscribed recipient 21610, ...), and sending the
-# same request again would get the same answer, so those fail at once.
-RETRYABLE_CLIENT_STATUSES = {408, 409, 429}
+# Answers that say the request was not processed: request timeout, conflict, rate limit,
+# service unavailable. Other 5xx answers may come after the message was created.
+RETRYABLE_STATUSES = {408, 409, 429, 503}
+# httpx errors raised before any byte of the request reached Twilio.
+NOT_SENT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+# A lookup matches a message created from a minute before the claim (clock skew).
+LOOKUP_SLACK = timedelta(minutes=1)
 
 
 class TwilioProvider:
     name = "twilio"
+    # Twilio's Messages list may not show a message the moment it is created.
+    absence_is_evidence = False
 
     def __init__(
         self,
@@ -36,13 +54,21 @@ class TwilioProvider:
         base_url: str = "https://api.twilio.com",
         status_callback_url: str | None = None,
         timeout: float = 10.0,
+        max_connections: int = 100,
         client: httpx.AsyncClient | None = None,
     ) -> None:
         self.account_sid = account_sid
         self.from_number = from_number
         self.status_callback_url = status_callback_url
         self._owns_client = client is None
-        self.client = client or httpx.AsyncClient(timeout=timeout)
+        # As many pooled connections as sends a worker runs at once: with fewer, sends wait
+        # for a connection and a burst ends in PoolTimeout (httpx's default is 100).
+        self.client = client or httpx.AsyncClient(
+            timeout=timeout,
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+        )
         self._auth = httpx.BasicAuth(account_sid, auth_token)
         self.messages_url = (
             f"{base_url.rstrip('/')}/2010-04-01/Accounts/{account_sid}/Messages.json"
@@ -62,17 +88,42 @@ class TwilioProvider:
                 auth=self._auth,
                 headers={IDEMPOTENCY_HEADER: idempotency_key, "Accept": "application/json"},
             )
-        except httpx.HTTPError as exc:  # connection refused, timeouts, protocol errors
+        except NOT_SENT_ERRORS as exc:
             raise TransientSmsError(f"twilio unreachable: {exc.__class__.__name__}") from exc
+        except httpx.HTTPError as exc:  # the request left: read timeout, dropped connection
+            raise UnknownOutcomeSmsError(
+                f"twilio gave no answer: {exc.__class__.__name__}"
+            ) from exc
 
         if response.status_code in (200, 201):
             try:
                 sid = response.json()["sid"]
             except (ValueError, KeyError, TypeError) as exc:
-                raise TransientSmsError("twilio answered without a message sid") from exc
+                raise UnknownOutcomeSmsError("twilio answered without a message sid") from exc
             return str(sid)
 
         raise _error(response)
+
+    async def find_sent(
+        self, to: str, body: str, idempotency_key: str, since: datetime
+    ) -> str | None:
+        """Twilio's Messages list filtered by To and the day, matched on body and time."""
+        earliest = since - LOOKUP_SLACK
+        try:
+            response = await self.client.get(
+                self.messages_url,
+                params={"To": to, "DateSent>": earliest.date().isoformat(), "PageSize": 100},
+                auth=self._auth,
+            )
+        except httpx.HTTPError as exc:
+            raise TransientSmsError(f"twilio unreachable: {exc.__class__.__name__}") from exc
+        if response.status_code != 200:
+            raise _error(response)
+        for message in response.json().get("messages") or []:
+            created = _twilio_date(message.get("date_created"))
+            if message.get("body") == body and created is not None and created >= earliest:
+                return str(message["sid"])
+        return None
 
     async def link_number(self, number: str, inbound_url: str) -> None:
         """Set the number's SmsUrl: find its IncomingPhoneNumber sid, then update it."""
@@ -113,11 +164,25 @@ def _error_details(response: httpx.Response) -> tuple[int | None, str | None]:
     return payload.get("code"), payload.get("message")
 
 
-def _error(response: httpx.Response) -> PermanentSmsError | TransientSmsError:
+def _twilio_date(value: str | None) -> datetime | None:
+    # Twilio writes dates as RFC 2822: "Wed, 03 Dec 2026 14:40:00 +0000".
+    if not value:
+        return None
+    try:
+        return parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _error(
+    response: httpx.Response,
+) -> PermanentSmsError | TransientSmsError | UnknownOutcomeSmsError:
     code, message = _error_details(response)
     text = f"twilio {response.status_code}" + (f" code {code}" if code else "")
     if message:
         text += f": {message}"
-    if 400 <= response.status_code < 500 and response.status_code not in RETRYABLE_CLIENT_STATUSES:
+    if response.status_code in RETRYABLE_STATUSES:
+        return TransientSmsError(text, code=code)
+    if 400 <= response.status_code < 500:
         return PermanentSmsError(text, code=code)
-    return TransientSmsError(text, code=code)
+    return UnknownOutcomeSmsError(text, code=code)
