@@ -111,8 +111,10 @@ async def _call_provider(
             error=str(exc),
             next_attempt_at=now + timedelta(seconds=delay),
         )
-    except (SmsError, OSError, TimeoutError, RedisError) as exc:
-        # The request may have reached the provider: only evidence may settle it.
+    except Exception as exc:
+        # UnknownOutcomeSmsError, and anything a provider did not classify (a Redis error of
+        # the log provider, a bug): the request may have reached the provider, so only
+        # evidence may settle it.
         return store.Outcome(
             delivery.id, DeliveryStatus.UNKNOWN, error=f"{exc.__class__.__name__}: {exc}"
         )

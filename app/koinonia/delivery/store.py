@@ -75,8 +75,10 @@ class Changed:
     status: DeliveryStatus
 
 
-def _db() -> Any:
-    return connections.get(CONNECTION_NAME)
+async def _rows(sql: str, params: list[Any]) -> list[dict[str, Any]]:
+    # execute_query_dict, not execute_query: Tortoise's execute_query drops the rows of any
+    # statement starting with UPDATE/INSERT/DELETE, RETURNING included.
+    return await connections.get(CONNECTION_NAME).execute_query_dict(sql, params)
 
 
 def _changed(rows: Iterable[Any]) -> list[Changed]:
@@ -123,7 +125,7 @@ async def claim(
     """Claim the due ``queued`` rows among ``delivery_ids`` for one job attempt."""
     if not delivery_ids:
         return []
-    _, rows = await _db().execute_query(_CLAIM, [token, delivery_ids, now, OPTED_OUT_ERROR])
+    rows = await _rows(_CLAIM, [token, delivery_ids, now, OPTED_OUT_ERROR])
     return [
         ClaimedDelivery(
             id=r["id"],
@@ -161,7 +163,7 @@ async def record_outcomes(
     """Write a chunk's results, only where this claim still holds the row."""
     if not outcomes:
         return []
-    _, rows = await _db().execute_query(
+    rows = await _rows(
         _RECORD_OUTCOMES,
         [
             token,
@@ -194,7 +196,7 @@ WHERE m.id = ANY($1::uuid[]) AND m.status = 'queued'
 async def finish_messages(message_ids: Iterable[uuid.UUID]) -> None:
     ids = list(set(message_ids))
     if ids:
-        await _db().execute_query(_FINISH_MESSAGES, [ids])
+        await _rows(_FINISH_MESSAGES, [ids])
 
 
 _MARK_STALE_CLAIMS = """
@@ -207,9 +209,7 @@ RETURNING id, message_id, church_id, member_id, status
 
 async def mark_stale_claims_unknown(claimed_before: datetime, now: datetime) -> list[Changed]:
     """Claims older than any job can run: their holder stopped; the call may have happened."""
-    _, rows = await _db().execute_query(
-        _MARK_STALE_CLAIMS, [claimed_before, STALE_CLAIM_ERROR, now]
-    )
+    rows = await _rows(_MARK_STALE_CLAIMS, [claimed_before, STALE_CLAIM_ERROR, now])
     return _changed(rows)
 
 
@@ -237,7 +237,7 @@ async def unknown_deliveries(
     claimed_from: datetime, claimed_before: datetime, limit: int
 ) -> list[InDoubt]:
     """``unknown`` deliveries claimed in [claimed_from, claimed_before), oldest first."""
-    _, rows = await _db().execute_query(_IN_DOUBT, [claimed_from, claimed_before, limit])
+    rows = await _rows(_IN_DOUBT, [claimed_from, claimed_before, limit])
     return [
         InDoubt(
             id=r["id"],
@@ -264,9 +264,7 @@ RETURNING id, message_id, church_id, member_id, status
 async def settle_unknown_as_sent(
     delivery_id: uuid.UUID, provider_message_id: str, now: datetime
 ) -> list[Changed]:
-    _, rows = await _db().execute_query(
-        _SETTLE_UNKNOWN_SENT, [delivery_id, provider_message_id, now]
-    )
+    rows = await _rows(_SETTLE_UNKNOWN_SENT, [delivery_id, provider_message_id, now])
     return _changed(rows)
 
 
@@ -292,7 +290,7 @@ async def requeue_unknown(
 ) -> list[Changed]:
     if not delivery_ids:
         return []
-    _, rows = await _db().execute_query(_REQUEUE_UNKNOWN, [delivery_ids, now, reason])
+    rows = await _rows(_REQUEUE_UNKNOWN, [delivery_ids, now, reason])
     return _changed(rows)
 
 
@@ -306,7 +304,7 @@ LIMIT $2
 
 async def stalled_queued(due_before: datetime, limit: int = 5000) -> list[uuid.UUID]:
     """Queued deliveries due long ago: their job was lost (Redis failed at the enqueue)."""
-    _, rows = await _db().execute_query(_STALLED, [due_before, limit])
+    rows = await _rows(_STALLED, [due_before, limit])
     return [r["id"] for r in rows]
 
 
@@ -316,5 +314,5 @@ SELECT count(*) AS n FROM delivery WHERE status = 'unknown' AND claimed_at < $1
 
 
 async def count_unresolved(claimed_before: datetime) -> int:
-    _, rows = await _db().execute_query(_UNRESOLVED_COUNT, [claimed_before])
+    rows = await _rows(_UNRESOLVED_COUNT, [claimed_before])
     return int(rows[0]["n"])
