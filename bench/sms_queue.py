@@ -6,8 +6,11 @@ On loopback (real PostgreSQL, PgBouncer and Redis from app/tests/servers.py): a 
 POST /api/messages is sent DELIVERIES/100 times (4 at a time) and the clock runs from the
 first POST until the database has every delivery of those messages `sent`. The 200 ms
 provider is bench/fake_twilio.py playing Twilio's API on loopback (KOINONIA_SMS_PROVIDER=
-twilio, KOINONIA_TWILIO_BASE_URL); there SAQ's per-worker concurrency
-(KOINONIA_WORKER_CONCURRENCY) bounds the rate at workers x concurrency ÷ 0.2 s.
+twilio, KOINONIA_TWILIO_BASE_URL); there the provider calls a worker runs at once (its jobs,
+KOINONIA_WORKER_CONCURRENCY, x each job's sends, KOINONIA_SMS_SEND_CONCURRENCY, a job
+carrying a chunk of KOINONIA_SMS_CHUNK_SIZE deliveries) bound the rate at workers x
+concurrency ÷ 0.2 s. The fake counts every call per delivery (no dedup): `calls` and
+`repeated` (calls beyond a delivery's first) come from it.
 The same servers then serve section 2 (cache), whose church holds these deliveries.
 """
 
@@ -18,6 +21,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from datetime import UTC, datetime
@@ -26,6 +30,16 @@ from bench.common import ROOT, BenchError, Section, api, log, message_body, seed
 from bench.loopback import Loopback, free_port, wait_for_port
 
 ACCOUNT_SID = "AC00000000000000000000000000000001"
+CHUNK = 100  # deliveries per send job (the setting's default)
+
+
+def fake_calls(env: dict[str, str]) -> dict[str, int]:
+    """bench/fake_twilio.py's call counts ({} when the run uses the log provider)."""
+    base = env.get("KOINONIA_TWILIO_BASE_URL")
+    if not base:
+        return {"calls": 0, "repeated": 0}
+    with urllib.request.urlopen(base + "/calls", timeout=10) as response:  # noqa: S310 - loopback
+        return json.loads(response.read())
 
 
 def count_by_status(lb: Loopback, since: datetime) -> dict[str, int]:
@@ -64,7 +78,14 @@ def one_run(
     timeout: float,
 ) -> dict:
     messages = max(1, deliveries // 100)
-    worker_env = env | {"KOINONIA_WORKER_CONCURRENCY": str(concurrency)}
+    # ``concurrency`` provider calls per worker: jobs of at most one chunk's sends each.
+    sends_per_job = min(concurrency, CHUNK)
+    worker_env = env | {
+        "KOINONIA_WORKER_CONCURRENCY": str(-(-concurrency // sends_per_job)),
+        "KOINONIA_SMS_SEND_CONCURRENCY": str(sends_per_job),
+        "KOINONIA_SMS_CHUNK_SIZE": str(CHUNK),
+    }
+    calls_before = fake_calls(env)
     procs = []
     for _ in range(workers):
         port = free_port()
@@ -106,6 +127,7 @@ def one_run(
         "sent": sent,
         "failed": counts.get("failed", 0),
         "unfinished": expected - sum(counts.get(s, 0) for s in ("sent", "delivered", "failed")),
+        "unknown": counts.get("unknown", 0),
         "enqueue_seconds": round(enqueued, 2),
         "seconds": round(db_elapsed if db_elapsed else elapsed, 2),
         "per_second": round(sent / (db_elapsed or elapsed), 1),
@@ -113,6 +135,9 @@ def one_run(
     }
     if provider != "log":
         result["ceiling_per_second"] = workers * concurrency / 0.2
+        calls_after = fake_calls(env)
+        result["calls"] = calls_after["calls"] - calls_before["calls"]
+        result["repeated"] = calls_after["repeated"] - calls_before["repeated"]
     log(
         f"queue {provider} workers={workers} concurrency={concurrency}: {result['per_second']}/s "
         f"({sent}/{expected} sent in {result['seconds']} s)"
@@ -181,6 +206,9 @@ def markdown(section: Section) -> list[str]:
             "seconds",
             "deliveries/s",
             "ceiling/s",
+            "provider calls",
+            "repeated calls",
+            "unknown",
         ],
         [
             [
@@ -193,6 +221,9 @@ def markdown(section: Section) -> list[str]:
                 r["seconds"],
                 r["per_second"],
                 r.get("ceiling_per_second"),
+                r.get("calls"),
+                r.get("repeated"),
+                r.get("unknown"),
             ]
             for r in section.rows
         ],
