@@ -57,6 +57,7 @@ def build_provider(settings: Settings, redis: Redis) -> SmsProvider:
             from_number=settings.twilio_from_number or "",
             base_url=settings.twilio_base_url,
             status_callback_url=settings.public_base_url.rstrip("/") + STATUS_CALLBACK_PATH,
-            max_connections=settings.sms_send_concurrency,
+            # One provider per worker process, shared by its concurrent jobs.
+            max_connections=settings.worker_concurrency * settings.sms_send_concurrency,
         )
     return LogProvider(redis)

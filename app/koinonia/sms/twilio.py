@@ -19,6 +19,7 @@ database's job (delivery/store.py); this module only says what each failure mean
 
 from __future__ import annotations
 
+import itertools
 import logging
 from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -36,6 +37,7 @@ IDEMPOTENCY_HEADER = "I-Twilio-Idempotency-Token"
 RETRYABLE_STATUSES = {408, 409, 429, 503}
 # httpx errors raised before any byte of the request reached Twilio.
 NOT_SENT_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+CONNECTIONS_PER_CLIENT = 10
 # A lookup matches a message created from a minute before the claim (clock skew).
 LOOKUP_SLACK = timedelta(minutes=1)
 
@@ -61,14 +63,24 @@ class TwilioProvider:
         self.from_number = from_number
         self.status_callback_url = status_callback_url
         self._owns_client = client is None
-        # As many pooled connections as sends a worker runs at once: with fewer, sends wait
-        # for a connection and a burst ends in PoolTimeout (httpx's default is 100).
-        self.client = client or httpx.AsyncClient(
-            timeout=timeout,
-            limits=httpx.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
-            ),
+        # As many pooled connections as sends the worker runs at once (with fewer, sends wait
+        # for one and a burst ends in PoolTimeout), spread over clients of at most
+        # CONNECTIONS_PER_CLIENT: httpcore's pool work per request grows with its pooled
+        # connections. Measured on loopback (200 ms answers): 100 sends on one client of
+        # 100 connections took 1.5-4.2 s once the connections were kept alive, on ten
+        # clients of 10 connections 0.38 s.
+        self._clients = (
+            [client]
+            if client is not None
+            else [
+                httpx.AsyncClient(
+                    timeout=timeout,
+                    limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
+                )
+                for size in _shares(max_connections, CONNECTIONS_PER_CLIENT)
+            ]
         )
+        self._next_client = itertools.cycle(self._clients)
         self._auth = httpx.BasicAuth(account_sid, auth_token)
         self.messages_url = (
             f"{base_url.rstrip('/')}/2010-04-01/Accounts/{account_sid}/Messages.json"
@@ -149,9 +161,15 @@ class TwilioProvider:
         if updated.status_code not in (200, 201):
             raise _error(updated)
 
+    @property
+    def client(self) -> httpx.AsyncClient:
+        """The next of the clients, in turn."""
+        return next(self._next_client)
+
     async def aclose(self) -> None:
         if self._owns_client:
-            await self.client.aclose()
+            for client in self._clients:
+                await client.aclose()
 
 
 def _error_details(response: httpx.Response) -> tuple[int | None, str | None]:
@@ -162,6 +180,12 @@ def _error_details(response: httpx.Response) -> tuple[int | None, str | None]:
     if not isinstance(payload, dict):
         return None, None
     return payload.get("code"), payload.get("message")
+
+
+def _shares(total: int, per_client: int) -> list[int]:
+    """``total`` connections as client sizes of at most ``per_client`` (10, 10, 5 for 25)."""
+    full, rest = divmod(max(total, 1), per_client)
+    return [per_client] * full + ([rest] if rest else [])
 
 
 def _twilio_date(value: str | None) -> datetime | None:
