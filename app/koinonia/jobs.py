@@ -20,13 +20,13 @@ from saq.queue.redis import RedisQueue
 from koinonia.db import close_db, init_db
 from koinonia.delivery import send_message, store
 from koinonia.delivery.jobs import send_deliveries, settle_in_doubt
+from koinonia.delivery.sms import SmsProvider, build_provider
 from koinonia.locks import LockService
 from koinonia.metrics import WorkerMetrics, start_worker_metrics_server
 from koinonia.redis import create_redis
 from koinonia.services import phone_links, recurring
 from koinonia.services import queue as queue_service
 from koinonia.settings import Settings
-from koinonia.sms import SmsProvider, build_provider
 
 log = logging.getLogger(__name__)
 

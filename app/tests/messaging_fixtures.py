@@ -34,10 +34,10 @@ from saq import Worker
 from saq.job import Job
 from saq.queue.redis import RedisQueue
 
+from koinonia.delivery.sms import LogProvider, TwilioProvider, compute_signature
 from koinonia.jobs import build_worker
 from koinonia.models.messaging import ChurchPhoneNumber, LinkStatus
 from koinonia.services.queue import SEND_DELIVERIES, create_queue
-from koinonia.sms import LogProvider, TwilioProvider, compute_signature
 from koinonia.state import get_state
 
 ACCOUNT_SID = "AC00000000000000000000000000000001"

@@ -6,8 +6,8 @@ import uuid
 
 import pytest
 
+from koinonia.delivery.sms import LogProvider
 from koinonia.services import resources
-from koinonia.sms import LogProvider
 from koinonia.state import get_state
 from tests.messaging_fixtures import (
     church_number,

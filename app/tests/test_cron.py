@@ -10,6 +10,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from redis.asyncio import Redis
 
+from koinonia.delivery.sms import LogProvider
+from koinonia.delivery.sms.log import LINKED_NUMBERS_KEY
 from koinonia.jobs import (
     phone_link_recovery,
     recurring_messages,
@@ -25,8 +27,6 @@ from koinonia.models.messaging import (
     Message,
     RecurringMessage,
 )
-from koinonia.sms import LogProvider
-from koinonia.sms.log import LINKED_NUMBERS_KEY
 from tests.messaging_fixtures import (
     create_group,
     create_member,

@@ -6,10 +6,11 @@ import uuid
 
 import pytest
 
+from koinonia.delivery import messaging
+from koinonia.delivery.sms import LogProvider
 from koinonia.models.core import Member
 from koinonia.models.messaging import Delivery, Message
-from koinonia.services import messaging, resources
-from koinonia.sms import LogProvider
+from koinonia.services import resources
 from koinonia.state import get_state
 from tests.messaging_fixtures import create_group, create_member, redis_near_its_memory_limit
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+from koinonia.delivery.sms import LogProvider
 from koinonia.models.messaging import Delivery, DeliveryStatus, Message, RecurringMessage
 from koinonia.services import recurring
 from koinonia.services.queue import QueueHeadroom
-from koinonia.sms import LogProvider
 from tests.messaging_fixtures import create_group, create_member, redis_near_its_memory_limit
 
 

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from koinonia.sms import (
+from koinonia.delivery.sms import (
     PermanentSmsError,
     TransientSmsError,
     TwilioProvider,

@@ -16,6 +16,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
+from koinonia.delivery.sms import LogProvider
 from koinonia.jobs import (
     PHONE_LINK_PERIOD_SECONDS,
     RECURRING_PERIOD_SECONDS,
@@ -27,7 +28,6 @@ from koinonia.metrics import WorkerMetrics, start_worker_metrics_server
 from koinonia.models.messaging import Delivery
 from koinonia.services.queue import delivery_job_key
 from koinonia.settings import Settings
-from koinonia.sms import LogProvider
 from tests.messaging_fixtures import create_member, enqueue_failing_job
 from tests.servers import free_port
 

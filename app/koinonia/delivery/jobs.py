@@ -25,17 +25,17 @@ from saq.job import Job
 from saq.queue.redis import RedisQueue
 
 from koinonia.delivery import store
-from koinonia.models.messaging import DeliveryStatus
-from koinonia.services import events
-from koinonia.services import queue as queue_service
-from koinonia.settings import Settings
-from koinonia.sms import (
+from koinonia.delivery.sms import (
     STATUS_CALLBACK_PATH,
     PermanentSmsError,
     SmsError,
     SmsProvider,
     TransientSmsError,
 )
+from koinonia.models.messaging import DeliveryStatus
+from koinonia.services import events
+from koinonia.services import queue as queue_service
+from koinonia.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from redis.exceptions import RedisError
 from saq.queue.redis import RedisQueue
 
+from koinonia.delivery import messaging
 from koinonia.errors import QueueFull
 from koinonia.models.messaging import TargetType
-from koinonia.services import messaging
 from koinonia.services import queue as queue_service
 from koinonia.settings import Settings
 

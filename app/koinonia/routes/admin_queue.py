@@ -10,11 +10,12 @@ from quart import Blueprint, Response
 from quart_schema import tag, validate_request
 from redis.exceptions import RedisError
 
+from koinonia.delivery import messaging
 from koinonia.delivery import operations as delivery_operations
 from koinonia.errors import BadRequest, NotFound, ServiceUnavailable
 from koinonia.schemas import ApiModel
-from koinonia.services import messaging, resources
 from koinonia.services import queue as queue_service
+from koinonia.services import resources
 from koinonia.services.tenancy import require_operator
 from koinonia.state import get_state
 

@@ -10,12 +10,12 @@ from pydantic import Field, model_validator
 from quart import Blueprint, request
 from quart_schema import tag, validate_querystring, validate_request
 
-from koinonia.delivery import send_message
+from koinonia.delivery import messaging, send_message
 from koinonia.errors import BadRequest
 from koinonia.metrics import get_metrics
 from koinonia.models.messaging import TargetType
 from koinonia.schemas import ApiModel
-from koinonia.services import messaging, resources
+from koinonia.services import resources
 from koinonia.services.tenancy import current_church_id, current_user, require_user
 from koinonia.state import get_state
 

@@ -9,10 +9,9 @@ from typing import Any
 
 from croniter import croniter
 
-from koinonia.delivery import send_message
+from koinonia.delivery import messaging, send_message
 from koinonia.errors import ApiError, NotFound, QueueFull, ValidationFailed
 from koinonia.models.messaging import RecurringMessage, TargetType
-from koinonia.services import messaging
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ Everything the tests need (hosts, demo passwords, health check knobs) is read fr
 molecule.yml, so there is one source of truth.
 
 "Sent exactly once" is observed where the SMS leaves the platform: the log provider
-(app/koinonia/sms/log.py) counts EVERY call it receives, per delivery, in
+(app/koinonia/delivery/sms/log.py) counts EVERY call it receives, per delivery, in
 ``sms:log:calls:delivery-<id>`` (no deduplication: a second call is a second text, as with
 Twilio). A delivery is lost when it never ends ``sent`` with a call, duplicated by every
 call beyond its first, unknown-left-unresolved when it is still ``unknown`` at the end.
@@ -293,7 +293,7 @@ def request_outcome(db, load: ChaosLoad, retried: list[tuple[str, int]]) -> Outc
     return Outcome("requests", report.sent, report.sent - report.failed, lost, duplicated)
 
 
-CALLS_KEY = "sms:log:calls:delivery-"  # app/koinonia/sms/log.py: calls per delivery
+CALLS_KEY = "sms:log:calls:delivery-"  # app/koinonia/delivery/sms/log.py: calls per delivery
 CALLS_BATCH = 1000  # ids per MGET: one redis-cli argument list stays well under ARG_MAX
 
 

@@ -26,7 +26,7 @@ from email.utils import parsedate_to_datetime
 
 import httpx
 
-from koinonia.sms.base import PermanentSmsError, TransientSmsError, UnknownOutcomeSmsError
+from koinonia.delivery.sms.base import PermanentSmsError, TransientSmsError, UnknownOutcomeSmsError
 
 log = logging.getLogger(__name__)
 

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from koinonia.sms.base import (
+from koinonia.delivery.sms.base import (
     PermanentSmsError,
     SmsError,
     SmsProvider,
     TransientSmsError,
     UnknownOutcomeSmsError,
 )
-from koinonia.sms.log import LogProvider
-from koinonia.sms.signature import compute_signature, validate_signature
-from koinonia.sms.twilio import TwilioProvider
+from koinonia.delivery.sms.log import LogProvider
+from koinonia.delivery.sms.signature import compute_signature, validate_signature
+from koinonia.delivery.sms.twilio import TwilioProvider
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
