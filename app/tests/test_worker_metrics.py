@@ -18,10 +18,12 @@ from redis.asyncio import Redis
 
 from koinonia.delivery.sms import LogProvider
 from koinonia.jobs import (
+    IN_DOUBT_PERIOD_SECONDS,
     PHONE_LINK_PERIOD_SECONDS,
     RECURRING_PERIOD_SECONDS,
     phone_link_recovery,
     recurring_messages,
+    settle_deliveries_in_doubt,
 )
 from koinonia.locks import LockService
 from koinonia.metrics import WorkerMetrics, start_worker_metrics_server
@@ -62,6 +64,7 @@ async def _one_delivery(client, headers) -> Delivery:
     [
         ("recurring-messages", recurring_messages, RECURRING_PERIOD_SECONDS),
         ("phone-link-recovery", phone_link_recovery, PHONE_LINK_PERIOD_SECONDS),
+        ("settle-deliveries-in-doubt", settle_deliveries_in_doubt, IN_DOUBT_PERIOD_SECONDS),
     ],
 )
 async def test_cycle_run_under_the_lock_sets_the_gauge_to_the_cycle(
