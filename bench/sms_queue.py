@@ -66,6 +66,31 @@ def last_sent_at(lb: Loopback, since: datetime) -> datetime | None:
     return row[0] if row else None
 
 
+def redis_commands(lb: Loopback) -> int:
+    """Commands Redis has run (INFO commandstats), all clients together."""
+    import redis
+
+    client = redis.Redis.from_url(lb.servers.redis.url)
+    try:
+        return sum(int(v["calls"]) for v in client.info("commandstats").values())
+    finally:
+        client.close()
+
+
+def sql_transactions(lb: Loopback) -> int:
+    """Transactions PostgreSQL committed or rolled back in the app's database. The app runs
+    each statement on its own (no BEGIN through PgBouncer), so these count its statements.
+    PostgreSQL publishes a backend's counts when it goes idle (at most once a second)."""
+    import psycopg
+
+    with psycopg.connect(lb.servers.postgres.superuser_dsn("koinonia")) as conn:
+        row = conn.execute(
+            "select xact_commit + xact_rollback from pg_stat_database "
+            "where datname = current_database()"
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
 def one_run(
     lb: Loopback,
     token: str,
@@ -86,6 +111,7 @@ def one_run(
         "KOINONIA_SMS_CHUNK_SIZE": str(CHUNK),
     }
     calls_before = fake_calls(env)
+    redis_before, sql_before = redis_commands(lb), sql_transactions(lb)
     procs = []
     for _ in range(workers):
         port = free_port()
@@ -118,6 +144,8 @@ def one_run(
     last = last_sent_at(lb, since)
     db_elapsed = (last - since).total_seconds() if last else None
     lb.stop_job_workers()
+    time.sleep(1.5)  # the stopped backends' statistics reach pg_stat_database
+    redis_used, sql_used = redis_commands(lb) - redis_before, sql_transactions(lb) - sql_before
     sent = counts.get("sent", 0) + counts.get("delivered", 0)
     result = {
         "provider": provider,
@@ -132,6 +160,9 @@ def one_run(
         "seconds": round(db_elapsed if db_elapsed else elapsed, 2),
         "per_second": round(sent / (db_elapsed or elapsed), 1),
         "timed_out": elapsed >= timeout,
+        # Over the whole run (the POSTs, the workers, their housekeeping), per delivery.
+        "redis_commands_per_delivery": round(redis_used / expected, 2),
+        "sql_statements_per_delivery": round(sql_used / expected, 2),
     }
     if provider != "log":
         result["ceiling_per_second"] = workers * concurrency / 0.2
@@ -209,6 +240,8 @@ def markdown(section: Section) -> list[str]:
             "provider calls",
             "repeated calls",
             "unknown",
+            "Redis cmds/delivery",
+            "SQL stmts/delivery",
         ],
         [
             [
@@ -224,6 +257,8 @@ def markdown(section: Section) -> list[str]:
                 r.get("calls"),
                 r.get("repeated"),
                 r.get("unknown"),
+                r.get("redis_commands_per_delivery"),
+                r.get("sql_statements_per_delivery"),
             ]
             for r in section.rows
         ],

@@ -269,9 +269,9 @@ def build_worker(
         "shutdown_grace_period_s": settings.worker_shutdown_grace_seconds,
         # A bounded dequeue lets idle job slots notice the stop at once.
         "dequeue_timeout": 1.0,
-        # Sweep as often as a delivery job's heartbeat: a killed worker's chunk is queued
-        # again within seconds (SAQ's default sweeps once a minute).
-        "timers": {"sweep": queue_service.DELIVERY_JOB_HEARTBEAT_SECONDS},
+        # Sweep twice per delivery-job heartbeat: a killed worker's chunk is queued again
+        # within seconds (SAQ's default sweeps once a minute).
+        "timers": {"sweep": queue_service.DELIVERY_JOB_HEARTBEAT_SECONDS // 2},
     }
     options.update(worker_options)
     return GracefulWorker(queue, functions=[send_deliveries], **options)

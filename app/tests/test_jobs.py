@@ -599,3 +599,34 @@ async def test_unresolved_unknown_is_reported_and_resent_only_when_an_operator_c
     assert await step.run_until_idle() == 1
     assert (await Delivery.get(id=delivery.id)).status == DeliveryStatus.SENT
     assert await _calls(redis, [delivery]) == [1]
+
+
+async def test_a_cancelled_job_requeues_the_sends_it_never_started_in_a_job_of_their_own(
+    client, church_a, make_worker, redis, settings
+):
+    step = await make_worker()
+    provider = PausingProvider(redis)
+    ctx = {
+        **step.worker.context,
+        "provider": provider,
+        "settings": settings.model_copy(update={"sms_send_concurrency": 1}),
+    }
+    _body, deliveries = await _message(client, church_a.headers, members=3)
+    chunk = [str(d.id) for d in deliveries]
+
+    running = asyncio.create_task(send_deliveries(ctx, delivery_ids=chunk))
+    await asyncio.wait_for(provider.entered.wait(), 5)  # one send in flight, two waiting
+    running.cancel()  # SAQ's timeout, an abort by its sweep, or a shutdown
+    with pytest.raises(asyncio.CancelledError):
+        await running
+
+    stored = {d.id: d for d in await Delivery.filter(id__in=[d.id for d in deliveries])}
+    in_flight = [d for d in deliveries if stored[d.id].status == DeliveryStatus.SENDING]
+    waiting = [d for d in deliveries if stored[d.id].status == DeliveryStatus.QUEUED]
+    assert (len(in_flight), len(waiting)) == (1, 2)
+    # The two never handed to the provider have a job again and go out once.
+    [retry_key] = await _scheduled_retry_keys(step)
+    await step.fast_forward(retry_key)
+    assert await step.run_next()
+    assert await _calls(redis, waiting) == [1, 1]
+    assert await _calls(redis, in_flight) == [0]  # it stays in doubt, for the sweep

@@ -200,6 +200,13 @@ async def _enqueue_retries(
         log.warning("could not enqueue %d retries; the stalled sweep will", len(outcomes))
 
 
+async def _record_then_enqueue(
+    ctx: dict[str, Any], token: uuid.UUID, outcomes: list[store.Outcome]
+) -> None:
+    await _record(token, outcomes)
+    await _enqueue_retries(ctx.get("queue"), ctx["settings"], outcomes)
+
+
 async def send_deliveries(ctx: dict[str, Any], *, delivery_ids: list[str]) -> dict[str, Any]:
     """Claim the chunk's queued deliveries, call the provider once for each (at most
     ``sms_send_concurrency`` at a time), record every answer in one statement."""
@@ -227,16 +234,17 @@ async def send_deliveries(ctx: dict[str, Any], *, delivery_ids: list[str]) -> di
         try:
             await asyncio.gather(*(send_one(d) for d in to_send))
         except BaseException:
-            # Cancelled (job timeout, shutdown): the answers we have are recorded; a row never
-            # handed to the provider waits again; a row whose call was in flight stays
-            # ``sending`` and becomes ``unknown`` (its call may have been accepted).
+            # Cancelled (job timeout, an abort by SAQ's sweep, shutdown): the answers we have
+            # are recorded; a row never handed to the provider waits again, in a job of its
+            # own (the job's own retry may already have run and claimed nothing); a row whose
+            # call was in flight stays ``sending`` and becomes ``unknown``.
             now = datetime.now(UTC)
             for delivery in to_send:
                 if delivery.id not in started:
                     outcomes[delivery.id] = store.Outcome(
                         delivery.id, DeliveryStatus.QUEUED, next_attempt_at=now
                     )
-            await asyncio.shield(_record(token, list(outcomes.values())))
+            await asyncio.shield(_record_then_enqueue(ctx, token, list(outcomes.values())))
             raise
         changed = await _record(token, list(outcomes.values()))
     changed += [

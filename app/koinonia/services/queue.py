@@ -32,9 +32,11 @@ log = logging.getLogger(__name__)
 SEND_DELIVERIES = "send_deliveries"
 FAILED_LIST_LIMIT = 50
 # SAQ re-queues an active delivery job not touched for this long (delivery/jobs.py touches
-# it every third of it); the worker sweeps this often, so a killed worker's chunk is back in
-# the queue within about twice this.
-DELIVERY_JOB_HEARTBEAT_SECONDS = 10
+# it every third of it); workers sweep every half of it, so a killed worker's chunk is back
+# in the queue within 30 s. Shorter, a worker starved of CPU for that long (seen at a load
+# of 24 on 2 cores) has its live jobs aborted: never a second text, but calls in flight
+# then wait as ``unknown`` for the in-doubt sweep.
+DELIVERY_JOB_HEARTBEAT_SECONDS = 20
 
 
 def create_queue(settings: Settings) -> RedisQueue:

@@ -64,7 +64,7 @@ DOWN_DEADLINE = (
     LB_VARS["nginx_healthcheck_interval"] + LB_VARS["nginx_healthcheck_timeout"]
 ) * LB_VARS["nginx_healthcheck_fall"] + 30
 # Deliveries: thousands of them on 3 workers of a shared 2-CPU machine; a killed worker's
-# claims turn `unknown` after the job timeout (60 s + 20 s) and are settled by the provider's
+# claims turn `unknown` after the job timeout (60 s + 40 s) and are settled by the provider's
 # record at the next minute's sweep.
 SEND_DEADLINE = 600
 # Settled deliveries: how long `unknown` ones get to be settled by the minute's sweep.
