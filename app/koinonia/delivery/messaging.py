@@ -21,6 +21,7 @@ from tortoise.exceptions import IntegrityError
 from tortoise.functions import Count
 
 from koinonia.db import CONNECTION_NAME
+from koinonia.delivery import store
 from koinonia.errors import Conflict, NotFound
 from koinonia.models.core import Member
 from koinonia.models.messaging import (
@@ -34,9 +35,12 @@ from koinonia.services import events
 
 log = logging.getLogger(__name__)
 
-# Status updates only move forward: a late "sent" callback must not undo "delivered".
+# Status callbacks only move forward: a late "sent" callback must not undo "delivered". A
+# callback is evidence that the provider accepted the text, so it settles ``sending`` (its
+# answer not recorded yet) and ``unknown``; a ``queued`` delivery has not been called.
 _STATUS_RANK = {
-    DeliveryStatus.QUEUED: 0,
+    DeliveryStatus.SENDING: 0,
+    DeliveryStatus.UNKNOWN: 0,
     DeliveryStatus.SENT: 1,
     DeliveryStatus.DELIVERED: 2,
     DeliveryStatus.FAILED: 2,
@@ -52,7 +56,8 @@ class Recipient:
 @dataclass(frozen=True)
 class RecordedMessage:
     message: Message
-    delivery_ids: list[uuid.UUID]
+    delivery_ids: list[uuid.UUID]  # every delivery of the message
+    waiting_ids: list[uuid.UUID]  # those still ``queued``: the ones to enqueue
     created: bool  # False: an earlier request with the same Idempotency-Key made it
 
 
@@ -123,8 +128,15 @@ async def _existing_for_key(church_id: uuid.UUID, key: str, fingerprint: str) ->
             "Idempotency-Key already used for a different message",
             code="idempotency_key_reused",
         )
-    ids = await Delivery.filter(message_id=message.id).values_list("id", flat=True)
-    return RecordedMessage(message=message, delivery_ids=list(ids), created=False)
+    rows = await Delivery.filter(message_id=message.id).values_list("id", "status")
+    return RecordedMessage(
+        message=message,
+        delivery_ids=[delivery_id for delivery_id, _ in rows],
+        # Not the sent, failed or unknown ones: enqueueing them again would be pointless at
+        # best (a job claims only queued rows), a resend at worst.
+        waiting_ids=[d for d, status in rows if status == DeliveryStatus.QUEUED],
+        created=False,
+    )
 
 
 async def record_message(
@@ -159,37 +171,53 @@ async def record_message(
     )
     delivery_ids = [uuid.uuid4() for _ in recipients]
     try:
-        await _insert_message_and_deliveries(message, recipients, delivery_ids)
+        delivery_ids = await _insert_message_and_deliveries(message, recipients, delivery_ids)
     except IntegrityError:
         # Two requests with the same key raced; the other one committed first.
         if idempotency_key is None:
             raise
         return await _existing_for_key(church_id, idempotency_key, fingerprint)
-    return RecordedMessage(message=message, delivery_ids=delivery_ids, created=True)
+    return RecordedMessage(
+        message=message, delivery_ids=delivery_ids, waiting_ids=delivery_ids, created=True
+    )
 
 
 # The message and all its deliveries in ONE statement: atomic on its own (no BEGIN/COMMIT
 # round trips through PgBouncer), and the deliveries go in as three arrays rather than one
 # ORM object and one INSERT execution per recipient (for 100 recipients: ~10x less CPU).
+# Only recipients whose member row still exists go in (KEY SHARE holds them until the
+# commit): a member deleted since the recipients query is left out instead of failing the
+# whole message on the foreign key. The message's count and status follow what went in.
 # Column values mirror the models' defaults (models/messaging.py): keep them in step.
 _INSERT_MESSAGE_AND_DELIVERIES = """
-WITH new_message AS (
+WITH recipient AS (
+    SELECT d.id, d.member_id, d.phone
+    FROM unnest($13::uuid[], $14::uuid[], $15::text[]) AS d(id, member_id, phone)
+    JOIN member mem ON mem.id = d.member_id
+    FOR KEY SHARE OF mem
+), new_message AS (
     INSERT INTO message (id, church_id, created_by_id, content, target_type, target_ids,
                          status, recipient_count, idempotency_key, request_hash, created_at)
-    VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $9, $10, $11)
+    SELECT $1, $2, $3, $4, $5, $6::jsonb,
+           CASE WHEN count(*) > 0 THEN $7 ELSE $8 END, count(*), $9, $10, $11
+    FROM recipient
+    RETURNING id
+), new_delivery AS (
+    INSERT INTO delivery (id, message_id, church_id, member_id, phone, status, attempts,
+                          next_attempt_at, created_at, updated_at)
+    SELECT r.id, new_message.id, $2, r.member_id, r.phone, $12, 0, $11, $11, $11
+    FROM new_message, recipient r
     RETURNING id
 )
-INSERT INTO delivery (id, message_id, church_id, member_id, phone, status, attempts,
-                      created_at, updated_at)
-SELECT d.id, new_message.id, $2, d.member_id, d.phone, $12, 0, $11, $11
-FROM new_message, unnest($13::uuid[], $14::uuid[], $15::text[]) AS d(id, member_id, phone)
+SELECT coalesce((SELECT array_agg(id) FROM new_delivery), '{}') AS delivery_ids
 """
 
 
 async def _insert_message_and_deliveries(
     message: Message, recipients: list[Recipient], delivery_ids: list[uuid.UUID]
-) -> None:
-    await connections.get(CONNECTION_NAME).execute_query(
+) -> list[uuid.UUID]:
+    """Insert; returns the ids of the deliveries that went in (in recipient order)."""
+    _, rows = await connections.get(CONNECTION_NAME).execute_query(
         _INSERT_MESSAGE_AND_DELIVERIES,
         [
             message.id,
@@ -198,8 +226,8 @@ async def _insert_message_and_deliveries(
             message.content,
             str(message.target_type),
             json.dumps(message.target_ids, separators=(",", ":")),
-            str(message.status),
-            message.recipient_count,
+            str(MessageStatus.QUEUED),
+            str(MessageStatus.EMPTY),
             message.idempotency_key,
             message.request_hash,
             message.created_at,
@@ -209,8 +237,13 @@ async def _insert_message_and_deliveries(
             [r.phone for r in recipients],
         ],
     )
+    inserted = set(rows[0]["delivery_ids"])
+    kept = [d for d in delivery_ids if d in inserted]
+    message.recipient_count = len(kept)
+    message.status = MessageStatus.QUEUED if kept else MessageStatus.EMPTY
     # The instance now mirrors a stored row: a later save() must UPDATE, not INSERT.
     message._saved_in_db = True
+    return kept
 
 
 async def get_message(church_id: uuid.UUID, message_id: uuid.UUID) -> Message:
@@ -285,18 +318,7 @@ async def deliveries_of(
     ]
 
 
-# --- delivery state, used by the send job and the provider's status callbacks -------------
-
-
-async def _finish_message_if_done(message_id: uuid.UUID) -> None:
-    if await Delivery.filter(message_id=message_id, status=DeliveryStatus.QUEUED).exists():
-        return
-    any_sent = await Delivery.filter(
-        message_id=message_id, status__in=[DeliveryStatus.SENT, DeliveryStatus.DELIVERED]
-    ).exists()
-    await Message.filter(id=message_id, status=MessageStatus.QUEUED).update(
-        status=MessageStatus.SENT if any_sent else MessageStatus.FAILED
-    )
+# --- delivery state from outside the send job: operators and the provider's callbacks ----
 
 
 async def _publish_delivery(redis: Redis | None, delivery: Delivery, status: str) -> None:
@@ -312,54 +334,6 @@ async def _publish_delivery(redis: Redis | None, delivery: Delivery, status: str
             "memberId": str(delivery.member_id) if delivery.member_id else None,
             "status": status,
         },
-    )
-
-
-async def mark_sent(
-    delivery: Delivery, provider_message_id: str, attempts: int, redis: Redis | None
-) -> bool:
-    """Record a successful send; False if another attempt already recorded one."""
-    updated = await Delivery.filter(
-        id=delivery.id, status__in=[DeliveryStatus.QUEUED, DeliveryStatus.FAILED]
-    ).update(
-        status=DeliveryStatus.SENT,
-        provider_message_id=provider_message_id,
-        attempts=attempts,
-        last_error=None,
-        sent_at=datetime.now(UTC),
-        updated_at=datetime.now(UTC),
-    )
-    if updated:
-        await _finish_message_if_done(delivery.message_id)
-        await _publish_delivery(redis, delivery, DeliveryStatus.SENT)
-    return bool(updated)
-
-
-async def mark_attempt_failed(
-    delivery: Delivery, error: str, attempts: int, *, final: bool, redis: Redis | None
-) -> None:
-    """Record a failed attempt; ``final`` marks the delivery failed (no more retries)."""
-    values: dict[str, Any] = {
-        "attempts": attempts,
-        "last_error": error[:2000],
-        "updated_at": datetime.now(UTC),
-    }
-    if final:
-        values["status"] = DeliveryStatus.FAILED
-    await Delivery.filter(
-        id=delivery.id, status__in=[DeliveryStatus.QUEUED, DeliveryStatus.FAILED]
-    ).update(**values)
-    if final:
-        await _finish_message_if_done(delivery.message_id)
-        await _publish_delivery(redis, delivery, DeliveryStatus.FAILED)
-
-
-async def stalled_delivery_ids(updated_before: datetime, limit: int = 5000) -> list[uuid.UUID]:
-    return list(
-        await Delivery.filter(status=DeliveryStatus.QUEUED, updated_at__lt=updated_before)
-        .order_by("updated_at")
-        .limit(limit)
-        .values_list("id", flat=True)
     )
 
 
@@ -409,19 +383,22 @@ async def apply_status_callback(
     if delivery is None:
         log.info("status callback for unknown message %s", provider_message_id)
         return False
-    if _STATUS_RANK[new_status] <= _STATUS_RANK[DeliveryStatus(delivery.status)]:
+    current = DeliveryStatus(delivery.status)
+    if current not in _STATUS_RANK or _STATUS_RANK[new_status] <= _STATUS_RANK[current]:
         return False
     values: dict[str, Any] = {
         "status": new_status,
         "provider_message_id": provider_message_id,
         "updated_at": datetime.now(UTC),
     }
+    if new_status in (DeliveryStatus.SENT, DeliveryStatus.DELIVERED) and delivery.sent_at is None:
+        values["sent_at"] = values["updated_at"]
     if new_status == DeliveryStatus.FAILED:
         values["last_error"] = f"provider reported {provider_status}" + (
             f" (error {error_code})" if error_code else ""
         )
     updated = await Delivery.filter(id=delivery.id, status=delivery.status).update(**values)
     if updated:
-        await _finish_message_if_done(delivery.message_id)
+        await store.finish_messages([delivery.message_id])
         await _publish_delivery(redis, delivery, new_status)
     return bool(updated)

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from koinonia.sms.base import (
+from koinonia.delivery.sms.base import (
     PermanentSmsError,
     SmsError,
     SmsProvider,
     TransientSmsError,
+    UnknownOutcomeSmsError,
 )
-from koinonia.sms.log import LogProvider
-from koinonia.sms.signature import compute_signature, validate_signature
-from koinonia.sms.twilio import TwilioProvider
+from koinonia.delivery.sms.log import LogProvider
+from koinonia.delivery.sms.signature import compute_signature, validate_signature
+from koinonia.delivery.sms.twilio import TwilioProvider
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -29,6 +30,7 @@ __all__ = [
     "SmsProvider",
     "TransientSmsError",
     "TwilioProvider",
+    "UnknownOutcomeSmsError",
     "build_provider",
     "compute_signature",
     "validate_signature",
@@ -55,5 +57,7 @@ def build_provider(settings: Settings, redis: Redis) -> SmsProvider:
             from_number=settings.twilio_from_number or "",
             base_url=settings.twilio_base_url,
             status_callback_url=settings.public_base_url.rstrip("/") + STATUS_CALLBACK_PATH,
+            # One provider per worker process, shared by its concurrent jobs.
+            max_connections=settings.worker_concurrency * settings.sms_send_concurrency,
         )
     return LogProvider(redis)
