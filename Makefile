@@ -21,7 +21,7 @@ stage_lint-ruff        := ruff check . && ruff format --check .
 stage_argument-specs   := python scripts/check-argument-specs.py
 stage_lint-ansible     := ansible-lint --profile production
 stage_alert-rules      := scripts/test-alert-rules.sh
-stage_app-tests        := pytest app/tests -q
+stage_app-tests        := pytest app/tests -q --durations=10
 stage_bench-smoke      := python bench/app_http.py --smoke && python bench/run.py --smoke
 stage_collection-build := scripts/test-collection.sh
 CHECK_STAGES := lint-ruff argument-specs lint-ansible alert-rules app-tests bench-smoke collection-build
