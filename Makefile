@@ -21,13 +21,13 @@ stage_lint-ruff        := ruff check . && ruff format --check .
 stage_argument-specs   := python scripts/check-argument-specs.py
 stage_lint-ansible     := ansible-lint --profile production
 stage_alert-rules      := scripts/test-alert-rules.sh
-stage_app-tests        := pytest app/tests -q
+stage_app-tests        := pytest app/tests -q --durations=10
 stage_bench-smoke      := python bench/app_http.py --smoke && python bench/run.py --smoke
 stage_collection-build := scripts/test-collection.sh
 CHECK_STAGES := lint-ruff argument-specs lint-ansible alert-rules app-tests bench-smoke collection-build
 # Longest first, so the longest stage does not start last (scripts/run-stages orders by the
 # last run's times instead when .cache/stage-history has them). Unlisted stages go first.
-TEST_ORDER := molecule-operations molecule-chaos molecule-default molecule-app molecule-monitoring \
+TEST_ORDER := molecule-default molecule-operations molecule-app molecule-monitoring \
   molecule-data app-tests lint-ansible molecule-loadbalancer molecule-firewall bench-smoke \
   collection-build alert-rules argument-specs lint-ruff
 longest_first = $(filter-out $(TEST_ORDER),$(1)) $(filter $(1),$(TEST_ORDER))

@@ -1,6 +1,12 @@
 """A provider that takes DELAY seconds per call: answers Twilio's Messages.json like Twilio
 (201 with a sid) after sleeping, on 127.0.0.1:PORT. asyncio, so hundreds of calls can wait
-at once without a thread each. Run: python bench/fake_twilio.py PORT DELAY"""
+at once without a thread each. Run: python bench/fake_twilio.py PORT DELAY
+
+Like Twilio, every POST it accepts is a new message: it does not drop a repeat that carries
+the same I-Twilio-Idempotency-Token. It counts every call, per token (the delivery), and
+answers ``GET /calls`` with the totals: calls, deliveries called, calls beyond a delivery's
+first (``repeated``: each one a second text to someone). ``GET .../Messages.json?To=``
+lists what it accepted for that number, like Twilio's Messages list."""
 
 from __future__ import annotations
 
@@ -8,25 +14,62 @@ import asyncio
 import itertools
 import json
 import sys
+import time
+from collections import Counter
+from email.utils import formatdate
+from urllib.parse import parse_qs, urlsplit
 
 counter = itertools.count(1)
+calls_per_token: Counter[str] = Counter()
+accepted_by_number: dict[str, list[dict]] = {}
+
+
+def _answer(method: str, target: str, headers: dict[str, str], body: bytes) -> tuple[str, dict]:
+    url = urlsplit(target)
+    if method == "GET" and url.path == "/calls":
+        return "200 OK", {
+            "calls": sum(calls_per_token.values()),
+            "deliveries": len(calls_per_token),
+            "repeated": sum(n - 1 for n in calls_per_token.values()),
+        }
+    if method == "GET" and url.path.endswith("/Messages.json"):
+        to = parse_qs(url.query).get("To", [""])[0]
+        return "200 OK", {"messages": list(reversed(accepted_by_number.get(to, [])))}
+    form = {k: v[0] for k, v in parse_qs(body.decode()).items()}
+    calls_per_token[headers.get("i-twilio-idempotency-token", "")] += 1
+    message = {
+        "sid": f"SM{next(counter):032d}",
+        "status": "queued",
+        "to": form.get("To", ""),
+        "body": form.get("Body", ""),
+        "date_created": formatdate(time.time(), usegmt=True),
+    }
+    accepted_by_number.setdefault(message["to"], []).append(message)
+    return "201 Created", message
 
 
 async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float) -> None:
     try:
         while True:
             head = await reader.readuntil(b"\r\n\r\n")
-            length = 0
-            for line in head.split(b"\r\n"):
-                if line.lower().startswith(b"content-length:"):
-                    length = int(line.split(b":", 1)[1])
-            if length:
-                await reader.readexactly(length)
-            await asyncio.sleep(delay)
-            body = json.dumps({"sid": f"SM{next(counter):032d}", "status": "queued"}).encode()
+            lines = head.decode("latin-1").split("\r\n")
+            method, target, _version = lines[0].split(" ", 2)
+            headers = {
+                name.strip().lower(): value.strip()
+                for name, _, value in (line.partition(":") for line in lines[1:] if line)
+            }
+            length = int(headers.get("content-length") or 0)
+            body = await reader.readexactly(length) if length else b""
+            if method == "POST":
+                await asyncio.sleep(delay)
+            status, answer = _answer(method, target, headers, body)
+            payload = json.dumps(answer).encode()
             writer.write(
-                b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\n"
-                b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+                f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n".encode()
+                + b"Content-Length: "
+                + str(len(payload)).encode()
+                + b"\r\n\r\n"
+                + payload
             )
             await writer.drain()
     except (asyncio.IncompleteReadError, ConnectionError):

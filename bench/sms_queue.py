@@ -6,8 +6,11 @@ On loopback (real PostgreSQL, PgBouncer and Redis from app/tests/servers.py): a 
 POST /api/messages is sent DELIVERIES/100 times (4 at a time) and the clock runs from the
 first POST until the database has every delivery of those messages `sent`. The 200 ms
 provider is bench/fake_twilio.py playing Twilio's API on loopback (KOINONIA_SMS_PROVIDER=
-twilio, KOINONIA_TWILIO_BASE_URL); there SAQ's per-worker concurrency
-(KOINONIA_WORKER_CONCURRENCY) bounds the rate at workers x concurrency ÷ 0.2 s.
+twilio, KOINONIA_TWILIO_BASE_URL); there the provider calls a worker runs at once (its jobs,
+KOINONIA_WORKER_CONCURRENCY, x each job's sends, KOINONIA_SMS_SEND_CONCURRENCY, a job
+carrying a chunk of KOINONIA_SMS_CHUNK_SIZE deliveries) bound the rate at workers x
+concurrency ÷ 0.2 s. The fake counts every call per delivery (no dedup): `calls` and
+`repeated` (calls beyond a delivery's first) come from it.
 The same servers then serve section 2 (cache), whose church holds these deliveries.
 """
 
@@ -18,6 +21,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from datetime import UTC, datetime
@@ -26,6 +30,16 @@ from bench.common import ROOT, BenchError, Section, api, log, message_body, seed
 from bench.loopback import Loopback, free_port, wait_for_port
 
 ACCOUNT_SID = "AC00000000000000000000000000000001"
+CHUNK = 100  # deliveries per send job (the setting's default)
+
+
+def fake_calls(env: dict[str, str]) -> dict[str, int]:
+    """bench/fake_twilio.py's call counts ({} when the run uses the log provider)."""
+    base = env.get("KOINONIA_TWILIO_BASE_URL")
+    if not base:
+        return {"calls": 0, "repeated": 0}
+    with urllib.request.urlopen(base + "/calls", timeout=10) as response:  # noqa: S310 - loopback
+        return json.loads(response.read())
 
 
 def count_by_status(lb: Loopback, since: datetime) -> dict[str, int]:
@@ -52,6 +66,31 @@ def last_sent_at(lb: Loopback, since: datetime) -> datetime | None:
     return row[0] if row else None
 
 
+def redis_commands(lb: Loopback) -> int:
+    """Commands Redis has run (INFO commandstats), all clients together."""
+    import redis
+
+    client = redis.Redis.from_url(lb.servers.redis.url)
+    try:
+        return sum(int(v["calls"]) for v in client.info("commandstats").values())
+    finally:
+        client.close()
+
+
+def sql_transactions(lb: Loopback) -> int:
+    """Transactions PostgreSQL committed or rolled back in the app's database. The app runs
+    each statement on its own (no BEGIN through PgBouncer), so these count its statements.
+    PostgreSQL publishes a backend's counts when it goes idle (at most once a second)."""
+    import psycopg
+
+    with psycopg.connect(lb.servers.postgres.superuser_dsn("koinonia")) as conn:
+        row = conn.execute(
+            "select xact_commit + xact_rollback from pg_stat_database "
+            "where datname = current_database()"
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
 def one_run(
     lb: Loopback,
     token: str,
@@ -64,7 +103,15 @@ def one_run(
     timeout: float,
 ) -> dict:
     messages = max(1, deliveries // 100)
-    worker_env = env | {"KOINONIA_WORKER_CONCURRENCY": str(concurrency)}
+    # ``concurrency`` provider calls per worker: jobs of at most one chunk's sends each.
+    sends_per_job = min(concurrency, CHUNK)
+    worker_env = env | {
+        "KOINONIA_WORKER_CONCURRENCY": str(-(-concurrency // sends_per_job)),
+        "KOINONIA_SMS_SEND_CONCURRENCY": str(sends_per_job),
+        "KOINONIA_SMS_CHUNK_SIZE": str(CHUNK),
+    }
+    calls_before = fake_calls(env)
+    redis_before, sql_before = redis_commands(lb), sql_transactions(lb)
     procs = []
     for _ in range(workers):
         port = free_port()
@@ -97,6 +144,8 @@ def one_run(
     last = last_sent_at(lb, since)
     db_elapsed = (last - since).total_seconds() if last else None
     lb.stop_job_workers()
+    time.sleep(1.5)  # the stopped backends' statistics reach pg_stat_database
+    redis_used, sql_used = redis_commands(lb) - redis_before, sql_transactions(lb) - sql_before
     sent = counts.get("sent", 0) + counts.get("delivered", 0)
     result = {
         "provider": provider,
@@ -106,13 +155,20 @@ def one_run(
         "sent": sent,
         "failed": counts.get("failed", 0),
         "unfinished": expected - sum(counts.get(s, 0) for s in ("sent", "delivered", "failed")),
+        "unknown": counts.get("unknown", 0),
         "enqueue_seconds": round(enqueued, 2),
         "seconds": round(db_elapsed if db_elapsed else elapsed, 2),
         "per_second": round(sent / (db_elapsed or elapsed), 1),
         "timed_out": elapsed >= timeout,
+        # Over the whole run (the POSTs, the workers, their housekeeping), per delivery.
+        "redis_commands_per_delivery": round(redis_used / expected, 2),
+        "sql_statements_per_delivery": round(sql_used / expected, 2),
     }
     if provider != "log":
         result["ceiling_per_second"] = workers * concurrency / 0.2
+        calls_after = fake_calls(env)
+        result["calls"] = calls_after["calls"] - calls_before["calls"]
+        result["repeated"] = calls_after["repeated"] - calls_before["repeated"]
     log(
         f"queue {provider} workers={workers} concurrency={concurrency}: {result['per_second']}/s "
         f"({sent}/{expected} sent in {result['seconds']} s)"
@@ -181,6 +237,11 @@ def markdown(section: Section) -> list[str]:
             "seconds",
             "deliveries/s",
             "ceiling/s",
+            "provider calls",
+            "repeated calls",
+            "unknown",
+            "Redis cmds/delivery",
+            "SQL stmts/delivery",
         ],
         [
             [
@@ -193,6 +254,11 @@ def markdown(section: Section) -> list[str]:
                 r["seconds"],
                 r["per_second"],
                 r.get("ceiling_per_second"),
+                r.get("calls"),
+                r.get("repeated"),
+                r.get("unknown"),
+                r.get("redis_commands_per_delivery"),
+                r.get("sql_statements_per_delivery"),
             ]
             for r in section.rows
         ],

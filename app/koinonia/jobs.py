@@ -1,17 +1,13 @@
-"""Background jobs (SAQ): sending deliveries, and the cron jobs that run under locks.
+"""The SAQ worker's wiring: its jobs, the cron jobs that run under locks, start-up and stop.
 
-``run_worker(settings)`` is what ``koinonia worker`` runs.  Jobs run at least once (a job of a
-killed worker is swept and retried), so each one is safe to run twice: a delivery already
-recorded as sent is not sent again, and the provider gets a per-delivery idempotency key for
-the window between its answer and our database write.
+``run_worker(settings)`` is what ``koinonia worker`` runs. The delivery lifecycle itself
+(the send job, the sweeps) is in ``koinonia.delivery``.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import time
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,20 +18,15 @@ from saq.job import Job, Status
 from saq.queue.redis import RedisQueue
 
 from koinonia.db import close_db, init_db
+from koinonia.delivery import send_message, store
+from koinonia.delivery.jobs import send_deliveries, settle_in_doubt
+from koinonia.delivery.sms import SmsProvider, build_provider
 from koinonia.locks import LockService
 from koinonia.metrics import WorkerMetrics, start_worker_metrics_server
-from koinonia.models.messaging import Delivery, DeliveryStatus
 from koinonia.redis import create_redis
-from koinonia.services import messaging, phone_links, recurring
+from koinonia.services import phone_links, recurring
 from koinonia.services import queue as queue_service
 from koinonia.settings import Settings
-from koinonia.sms import (
-    STATUS_CALLBACK_PATH,
-    PermanentSmsError,
-    SmsError,
-    SmsProvider,
-    build_provider,
-)
 
 log = logging.getLogger(__name__)
 
@@ -43,87 +34,10 @@ RECURRING_CRON = "* * * * *"
 PHONE_LINK_CRON = "*/5 * * * *"
 STALLED_CRON = "2-59/5 * * * *"  # every 5 minutes, offset from the phone-link job
 STALLED_AFTER = timedelta(minutes=5)
+IN_DOUBT_CRON = "* * * * *"
 RECURRING_PERIOD_SECONDS = 60
 PHONE_LINK_PERIOD_SECONDS = 300
-
-
-def retry_delay(
-    attempt: int, base_delay: float, jitter: float, rand: Callable[[], float] = random.random
-) -> float:
-    """Delay before the retry that follows failed attempt number ``attempt`` (1-based).
-
-    Exponential from ``base_delay`` (2 s, 4 s, 8 s, ...) plus up to ``jitter`` of it on top:
-    the jitter spreads a burst of failures out without ever retrying sooner than the policy.
-    """
-    delay = base_delay * 2 ** max(attempt - 1, 0)
-    return delay * (1 + jitter * rand())
-
-
-def delivery_idempotency_key(delivery_id: uuid.UUID | str) -> str:
-    return f"delivery-{delivery_id}"
-
-
-def status_callback_url(settings: Settings, delivery_id: uuid.UUID | str) -> str:
-    # The delivery id rides along so a callback that beats our own database write still
-    # finds its delivery.
-    return f"{settings.public_base_url.rstrip('/')}{STATUS_CALLBACK_PATH}?deliveryId={delivery_id}"
-
-
-# --- send_delivery ---------------------------------------------------------------------------
-
-
-async def send_delivery(ctx: dict[str, Any], *, delivery_id: str) -> dict[str, Any]:
-    job: Job = ctx["job"]
-    settings: Settings = ctx["settings"]
-    provider: SmsProvider = ctx["provider"]
-    redis: Redis | None = ctx.get("redis")
-
-    delivery = await Delivery.get_or_none(id=delivery_id).select_related("message", "member")
-    if delivery is None:
-        return {"status": "missing"}
-    if delivery.status in (DeliveryStatus.SENT, DeliveryStatus.DELIVERED):
-        # At-least-once: this is a repeat of a job whose send was already recorded.
-        return {"status": "already-sent", "providerMessageId": delivery.provider_message_id}
-    if delivery.member is not None and not delivery.member.opt_in_sms:
-        # The member opted out (STOP) between the message and this send.
-        await messaging.mark_attempt_failed(
-            delivery, "member opted out", job.attempts, final=True, redis=redis
-        )
-        return {"status": "opted-out"}
-
-    try:
-        provider_message_id = await provider.send(
-            delivery.phone,
-            delivery.message.content,
-            idempotency_key=delivery_idempotency_key(delivery.id),
-            status_callback_url=status_callback_url(settings, delivery.id),
-        )
-    except PermanentSmsError as exc:
-        await messaging.mark_attempt_failed(
-            delivery, str(exc), job.attempts, final=True, redis=redis
-        )
-        job.retries = job.attempts  # no retry can help: SAQ fails the job now
-        raise
-    except (SmsError, OSError, TimeoutError) as exc:
-        final = job.attempts >= job.retries
-        await messaging.mark_attempt_failed(
-            delivery, str(exc), job.attempts, final=final, redis=redis
-        )
-        if not final:
-            job.retry_backoff = False
-            job.retry_delay = retry_delay(
-                job.attempts, settings.sms_retry_delay_seconds, settings.sms_retry_jitter
-            )
-            log.info(
-                "delivery %s attempt %s failed (%s); retry in %.1fs",
-                delivery.id,
-                job.attempts,
-                exc,
-                job.retry_delay,
-            )
-        raise
-    await messaging.mark_sent(delivery, provider_message_id, job.attempts, redis)
-    return {"status": "sent", "providerMessageId": provider_message_id}
+IN_DOUBT_PERIOD_SECONDS = 60
 
 
 # --- cron jobs under locks -------------------------------------------------------------------
@@ -173,9 +87,7 @@ async def recurring_messages(ctx: dict[str, Any]) -> dict[str, Any]:
         sent.extend(
             await recurring.run_due(
                 now=datetime.now(UTC),
-                enqueue=lambda ids: queue_service.enqueue_deliveries(
-                    ctx["queue"], ctx["settings"], ids
-                ),
+                sender=ctx["sender"],
             )
         )
 
@@ -206,17 +118,17 @@ async def phone_link_recovery(ctx: dict[str, Any]) -> dict[str, Any]:
 
 
 async def requeue_stalled_deliveries(ctx: dict[str, Any]) -> dict[str, Any]:
-    """Enqueue deliveries still ``queued`` long after their message was recorded.
+    """Enqueue deliveries still ``queued`` long after they were due.
 
     That happens when Redis failed between the database commit and the enqueue (the API
-    answers 202 anyway: the message is recorded).  Deliveries whose job is still waiting are
-    refused by SAQ (same job key), so this never creates a second job for a delivery.
+    answers 202 anyway: the message is recorded). A second job for a delivery whose job is
+    still waiting would claim nothing (delivery/store.py), so this cannot text twice.
     """
     locks: LockService = ctx["locks"]
     outcome: dict[str, int] = {}
 
     async def work() -> None:
-        ids = await messaging.stalled_delivery_ids(datetime.now(UTC) - STALLED_AFTER)
+        ids = await store.stalled_queued(datetime.now(UTC) - STALLED_AFTER)
         # Not onto a queue at its memory high-water mark (see Settings): they stay queued in
         # the database for a later cycle, and the workers keep Redis's last memory to drain.
         # The API's check (QueueHeadroom), read fresh: this runs once per cycle.
@@ -240,6 +152,26 @@ async def requeue_stalled_deliveries(ctx: dict[str, Any]) -> dict[str, Any]:
         locks,
         "requeue-stalled-deliveries",
         PHONE_LINK_PERIOD_SECONDS,
+        work,
+        metrics=ctx.get("metrics"),
+    )
+    return {"ran": ran, **outcome}
+
+
+async def settle_deliveries_in_doubt(ctx: dict[str, Any]) -> dict[str, Any]:
+    """Stale claims to ``unknown``, and ``unknown`` settled by the provider's evidence."""
+    locks: LockService = ctx["locks"]
+    outcome: dict[str, int] = {}
+
+    async def work() -> None:
+        outcome.update(
+            await settle_in_doubt(ctx["settings"], ctx["provider"], ctx["queue"], ctx["redis"])
+        )
+
+    ran = await run_once_per_cycle(
+        locks,
+        "settle-deliveries-in-doubt",
+        IN_DOUBT_PERIOD_SECONDS,
         work,
         metrics=ctx.get("metrics"),
     )
@@ -309,6 +241,11 @@ def build_worker(
             ctx["redis"] = redis
             ctx["provider"] = provider
         ctx["locks"] = LockService(ctx["redis"])
+        ctx["sender"] = send_message.Sender(
+            queue,
+            settings,
+            queue_service.QueueHeadroom(queue.redis, settings.queue_memory_high_watermark),
+        )
 
     async def shutdown(ctx: dict[str, Any]) -> None:
         if not manage_resources:
@@ -323,6 +260,7 @@ def build_worker(
             CronJob(recurring_messages, cron=RECURRING_CRON, timeout=55),
             CronJob(phone_link_recovery, cron=PHONE_LINK_CRON, timeout=240),
             CronJob(requeue_stalled_deliveries, cron=STALLED_CRON, timeout=240),
+            CronJob(settle_deliveries_in_doubt, cron=IN_DOUBT_CRON, timeout=55),
         ],
         "startup": startup,
         "shutdown": shutdown,
@@ -331,9 +269,12 @@ def build_worker(
         "shutdown_grace_period_s": settings.worker_shutdown_grace_seconds,
         # A bounded dequeue lets idle job slots notice the stop at once.
         "dequeue_timeout": 1.0,
+        # Sweep twice per delivery-job heartbeat: a killed worker's chunk is queued again
+        # within seconds (SAQ's default sweeps once a minute).
+        "timers": {"sweep": queue_service.DELIVERY_JOB_HEARTBEAT_SECONDS // 2},
     }
     options.update(worker_options)
-    return GracefulWorker(queue, functions=[send_delivery], **options)
+    return GracefulWorker(queue, functions=[send_deliveries], **options)
 
 
 async def run_worker(settings: Settings) -> None:

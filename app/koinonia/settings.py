@@ -152,7 +152,16 @@ class Settings(BaseSettings):
     sms_max_retries: int = Field(default=3, ge=0)
     sms_retry_delay_seconds: float = Field(default=2.0, ge=0)
     sms_retry_jitter: float = Field(default=0.1, ge=0, le=1)
-    sms_job_timeout_seconds: int = Field(default=30, ge=1)
+    # A send job carries a chunk of deliveries: one claim, one result write and one event per
+    # chunk, its sends running at most sms_send_concurrency at a time (and the Twilio client
+    # keeping as many connections). The job timeout bounds one chunk, so it must cover
+    # chunk / concurrency rounds of a provider call that times out (10 s).
+    sms_chunk_size: int = Field(default=100, ge=1, le=1000)
+    sms_send_concurrency: int = Field(default=50, ge=1, le=500)
+    sms_job_timeout_seconds: int = Field(default=60, ge=1)
+    # How long an ``unknown`` delivery (the provider may have texted it) is looked up at the
+    # provider before it is reported as unresolved for an operator to decide.
+    sms_unknown_resolve_seconds: int = Field(default=3600, ge=60, le=7 * 86_400)
     worker_shutdown_grace_seconds: int = Field(default=25, ge=0)
     phone_link_max_attempts: int = Field(default=5, ge=1)
     webhook_replay_ttl_seconds: int = Field(

@@ -4,6 +4,11 @@ The fake Twilio is a real HTTP server on loopback (stdlib ``ThreadingHTTPServer`
 so the provider's requests go through httpx and a socket exactly as they would to Twilio.  It
 records every request (method, path, headers, form fields) for the tests to check, and answers
 from a script of responses the test sets.
+
+Like Twilio as documented, it creates a new message for EVERY send it accepts: it does not
+drop a repeat that carries the same ``I-Twilio-Idempotency-Token`` (Twilio documents that
+header on the webhooks it sends, not as a dedup of outbound messages). Tests count calls.
+It serves Twilio's Messages list (``GET .../Messages.json?To=``) from what it accepted.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
+from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs
@@ -28,10 +34,10 @@ from saq import Worker
 from saq.job import Job
 from saq.queue.redis import RedisQueue
 
+from koinonia.delivery.sms import LogProvider, TwilioProvider, compute_signature
 from koinonia.jobs import build_worker
 from koinonia.models.messaging import ChurchPhoneNumber, LinkStatus
-from koinonia.services.queue import create_queue
-from koinonia.sms import LogProvider, TwilioProvider, compute_signature
+from koinonia.services.queue import SEND_DELIVERIES, create_queue
 from koinonia.state import get_state
 
 ACCOUNT_SID = "AC00000000000000000000000000000001"
@@ -58,7 +64,10 @@ class FakeTwilio:
     base_url: str = ""
     requests: list[RecordedRequest] = field(default_factory=list)
     responses: list[tuple[int, dict]] = field(default_factory=list)
-    seen_idempotency: dict[str, str] = field(default_factory=dict)
+    accepted: list[dict[str, Any]] = field(default_factory=list)  # the messages it created
+    # Before answering a send: a hook the test may set (runs in the server's thread), e.g.
+    # to wait on a threading.Event so the client's timeout fires after the message exists.
+    before_answer: Callable[[RecordedRequest], None] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _counter: int = 0
 
@@ -66,7 +75,8 @@ class FakeTwilio:
         with self._lock:
             self.requests.clear()
             self.responses.clear()
-            self.seen_idempotency.clear()
+            self.accepted.clear()
+            self.before_answer = None
 
     def fail_next(self, status: int, code: int | None = None, message: str = "failure") -> None:
         body: dict = {"status": status, "message": message}
@@ -79,35 +89,60 @@ class FakeTwilio:
             self.requests.append(request)
             if self.responses:
                 return self.responses.pop(0)
-            token = request.headers.get("i-twilio-idempotency-token")
-            # Twilio answers a repeated idempotency token with the first message, unsent.
-            if token and token in self.seen_idempotency:
-                sid = self.seen_idempotency[token]
-            else:
-                self._counter += 1
-                sid = f"SM{self._counter:032d}"
-                if token:
-                    self.seen_idempotency[token] = sid
+            self._counter += 1
             form = request.form
-            return 201, {
-                "sid": sid,
+            message = {
+                "sid": f"SM{self._counter:032d}",
                 "status": "queued",
                 "to": form.get("To", [""])[0],
                 "from": form.get("From", [""])[0],
                 "body": form.get("Body", [""])[0],
+                "date_created": formatdate(time.time(), usegmt=True),
             }
+            self.accepted.append(message)
+            return 201, message
+
+    def list_messages(self, to: str) -> dict[str, Any]:
+        with self._lock:
+            return {"messages": [m for m in reversed(self.accepted) if m["to"] == to]}
 
     def sends_to(self, number: str) -> list[RecordedRequest]:
         """Requests that asked to text ``number`` (including ones the fake refused)."""
         return [r for r in self.requests if r.form.get("To") == [number]]
 
-    def unique_sends(self) -> set[str]:
-        """Distinct messages the fake really 'sent' (one per idempotency token)."""
-        return set(self.seen_idempotency.values())
+    def calls_per_delivery(self) -> dict[str, int]:
+        """Send requests received, per delivery (its idempotency token names it)."""
+        counts: dict[str, int] = {}
+        for r in self.requests:
+            token = r.headers.get("i-twilio-idempotency-token")
+            if r.method == "POST" and token:
+                counts[token] = counts.get(token, 0) + 1
+        return counts
 
 
 def _handler_for(fake: FakeTwilio) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        def _reply(self, status: int, body: dict) -> None:
+            payload = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def do_GET(self) -> None:
+            path, _, query = self.path.partition("?")
+            fake.requests.append(
+                RecordedRequest(
+                    method="GET",
+                    path=path,
+                    headers={k.lower(): v for k, v in self.headers.items()},
+                    form=parse_qs(query),
+                )
+            )
+            to = parse_qs(query).get("To", [""])[0]
+            self._reply(200, fake.list_messages(to))
+
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length).decode()
@@ -118,12 +153,11 @@ def _handler_for(fake: FakeTwilio) -> type[BaseHTTPRequestHandler]:
                 form=parse_qs(raw, keep_blank_values=True),
             )
             status, body = fake._answer(request)
-            payload = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
+            if fake.before_answer is not None:
+                fake.before_answer(request)
+            # The client may have timed out and left: the message exists all the same.
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                self._reply(status, body)
 
         def log_message(self, format: str, *args: object) -> None:  # keep test output quiet
             pass
@@ -266,6 +300,20 @@ async def make_worker(app: Any, redis: Redis) -> AsyncIterator[Callable[..., Any
     for queue in queues:
         await _clear_queue(queue)
         await queue.disconnect()
+
+
+async def enqueue_failing_job(queue: RedisQueue, key: str, retries: int = 1) -> Job:
+    """A send job that fails on every attempt (its chunk names no valid delivery id): what
+    the operators' failed-jobs endpoints list."""
+    job = Job(
+        function=SEND_DELIVERIES,
+        kwargs={"delivery_ids": ["not-a-delivery-id"]},
+        key=key,
+        retries=retries,
+    )
+    enqueued = await queue.enqueue(job)
+    assert enqueued is not None
+    return enqueued
 
 
 @pytest.fixture

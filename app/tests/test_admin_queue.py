@@ -5,11 +5,9 @@ from __future__ import annotations
 import pytest
 from saq.job import Status
 
-from koinonia.models.messaging import Delivery
-from koinonia.services.queue import delivery_job_key
 from koinonia.services.resources import LOCKS
 from koinonia.state import get_state
-from tests.messaging_fixtures import create_member
+from tests.messaging_fixtures import create_member, enqueue_failing_job
 
 ADMIN_ROUTES = [
     ("GET", "/api/admin/queue/metrics"),
@@ -61,20 +59,11 @@ async def test_metrics_and_health_follow_the_queue(client, church_a, operator, m
     assert metrics["queued"] == 0
 
 
-async def test_clear_failed_forgets_failed_jobs(
-    client, church_a, operator, make_worker, twilio_provider, fake_twilio
-):
-    worker = await make_worker(twilio_provider)
-    member = await create_member(client, church_a.headers)
-    response = await client.post(
-        "/api/messages",
-        json={"content": "hi", "targetType": "members", "targetIds": [member["id"]]},
-        headers=church_a.headers,
-    )
-    delivery = await Delivery.get(message_id=(await response.get_json())["id"])
-    fake_twilio.fail_next(400, code=21211)
+async def test_clear_failed_forgets_failed_jobs(client, operator, make_worker):
+    worker = await make_worker()
+    key = "deliveries:broken"
+    await enqueue_failing_job(worker.queue, key)
     assert await worker.run_next()
-    key = delivery_job_key(delivery.id)
     assert (await worker.job(key)).status == Status.FAILED
 
     cleared = await client.post("/api/admin/queue/clear-failed", headers=operator.headers)

@@ -6,8 +6,15 @@ import uuid
 
 import pytest
 
-from koinonia.sms import LogProvider
-from tests.messaging_fixtures import church_number, create_member, post_webhook
+from koinonia.delivery.sms import LogProvider
+from koinonia.services import resources
+from koinonia.state import get_state
+from tests.messaging_fixtures import (
+    church_number,
+    create_member,
+    post_webhook,
+    redis_near_its_memory_limit,
+)
 
 
 @pytest.fixture
@@ -87,3 +94,38 @@ async def test_reply_validation_and_unknown_conversation(client, church_a, conve
         f"/api/conversations/{uuid.uuid4()}/messages", headers=church_a.headers
     )
     assert unknown.status_code == 404
+
+
+async def test_reply_retried_with_the_same_idempotency_key_texts_once(
+    client, church_a, conversation, make_worker, redis
+):
+    worker = await make_worker()
+    url = f"/api/conversations/{conversation['id']}/messages"
+    headers = {**church_a.headers, "Idempotency-Key": str(uuid.uuid4())}
+
+    first = await client.post(url, json={"body": "See you Sunday"}, headers=headers)
+    again = await client.post(url, json={"body": "See you Sunday"}, headers=headers)
+
+    assert first.status_code == again.status_code == 202
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert (await again.get_json())["id"] == (await first.get_json())["id"]
+    delivery_id = (await first.get_json())["deliveryId"]
+    assert await worker.run_until_idle() == 1
+    assert await LogProvider(redis).calls(f"delivery-{delivery_id}") == 1
+    messages = await (await client.get(url, headers=church_a.headers)).get_json()
+    assert [m["body"] for m in messages["data"]].count("See you Sunday") == 1
+
+
+async def test_reply_is_refused_while_the_queue_is_full(app, client, church_a, conversation, redis):
+    headroom = get_state(app).extras[resources.HEADROOM]
+    headroom.interval = 0  # read Redis's memory on every request of this test
+    url = f"/api/conversations/{conversation['id']}/messages"
+    try:
+        async with redis_near_its_memory_limit(redis):
+            refused = await client.post(url, json={"body": "while full"}, headers=church_a.headers)
+    finally:
+        headroom.interval = 1.0
+    assert refused.status_code == 503
+    assert (await refused.get_json())["error"]["code"] == "queue_full"
+    messages = await (await client.get(url, headers=church_a.headers)).get_json()
+    assert "while full" not in [m["body"] for m in messages["data"]]

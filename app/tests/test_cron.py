@@ -10,6 +10,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from redis.asyncio import Redis
 
+from koinonia.delivery.sms import LogProvider
+from koinonia.delivery.sms.log import LINKED_NUMBERS_KEY
 from koinonia.jobs import (
     phone_link_recovery,
     recurring_messages,
@@ -25,8 +27,6 @@ from koinonia.models.messaging import (
     Message,
     RecurringMessage,
 )
-from koinonia.sms import LogProvider
-from koinonia.sms.log import LINKED_NUMBERS_KEY
 from tests.messaging_fixtures import (
     create_group,
     create_member,
@@ -153,7 +153,7 @@ async def test_stalled_deliveries_are_enqueued_again_once(client, church_a, make
     # queue, and age the delivery past the stall threshold.
     step = await make_worker()
     await Delivery.filter(message_id=message_id).update(
-        updated_at=datetime.now(UTC) - timedelta(minutes=10)
+        next_attempt_at=datetime.now(UTC) - timedelta(minutes=10)
     )
     prefix = f"test-stalled-{uuid.uuid4().hex[:8]}:"
     ctx = {**step.worker.context, "locks": LockService(redis, prefix=prefix, holder="a:1")}
@@ -175,7 +175,7 @@ async def test_waiting_job_is_not_duplicated_by_the_stall_sweep(
     member = await create_member(client, church_a.headers)
     message_id = await text_member(client, church_a.headers, member["id"], "slow queue")
     await Delivery.filter(message_id=message_id).update(
-        updated_at=datetime.now(UTC) - timedelta(minutes=10)
+        next_attempt_at=datetime.now(UTC) - timedelta(minutes=10)
     )
     ctx = {
         **step.worker.context,
@@ -195,7 +195,7 @@ async def test_stalled_deliveries_wait_in_the_database_while_the_queue_is_full(
     message_id = await text_member(client, church_a.headers, member["id"], "full queue")
     step = await make_worker()  # empties the queue: as if the enqueue had failed
     await Delivery.filter(message_id=message_id).update(
-        updated_at=datetime.now(UTC) - timedelta(minutes=10)
+        next_attempt_at=datetime.now(UTC) - timedelta(minutes=10)
     )
 
     def context() -> dict:  # a lock of its own: each call is a new cycle

@@ -1,34 +1,108 @@
-"""The send_delivery job on a real SAQ worker: retries, backoff, permanent errors, idempotency,
-failed jobs and their retry through the admin endpoint.  Twilio is the local fake server."""
+"""The chunked send job on a real SAQ worker, PostgreSQL behind PgBouncer and Redis: one
+provider call per opted-in recipient under every fault, counted where the call crosses to
+the provider (the fake Twilio's requests, the log provider's per-delivery call counter).
+
+Races are staged by pausing a provider call on an asyncio.Event (or the fake Twilio's
+server thread on a threading.Event), never by sleeping.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import threading
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 
+import asyncpg
 import pytest
+from redis.asyncio import Redis
 from saq.job import Status
 
-from koinonia.jobs import build_worker, delivery_idempotency_key, retry_delay
-from koinonia.models.messaging import Delivery, DeliveryStatus
+from koinonia.delivery import jobs as delivery_jobs
+from koinonia.delivery import store
+from koinonia.delivery.jobs import (
+    delivery_idempotency_key,
+    retry_delay,
+    send_deliveries,
+    settle_in_doubt,
+    stale_claim_age,
+)
+from koinonia.delivery.sms import LogProvider, TwilioProvider
+from koinonia.jobs import build_worker
+from koinonia.models.messaging import Delivery, DeliveryStatus, Message
 from koinonia.services import queue as queue_service
-from koinonia.services.queue import SEND_DELIVERY, delivery_job_key, enqueue_deliveries
-from tests.messaging_fixtures import StepWorker, create_member
+from koinonia.services.queue import (
+    SEND_DELIVERIES,
+    create_queue,
+    delivery_job_key,
+    enqueue_deliveries,
+)
+from tests.messaging_fixtures import (
+    ACCOUNT_SID,
+    AUTH_TOKEN,
+    FROM_NUMBER,
+    StepWorker,
+    create_member,
+    post_webhook,
+)
 
 
-async def _one_delivery(client, headers) -> tuple[dict, Delivery]:
-    """POST a one-recipient message (create the worker first: it empties the queue)."""
-    member = await create_member(client, headers)
+class PausingProvider(LogProvider):
+    """The log provider (it counts every call), whose sends wait at ``gate`` once
+    ``entered`` is set: the racy point between the claim and the provider's answer."""
+
+    def __init__(self, redis: Redis) -> None:
+        super().__init__(redis)
+        self.entered = asyncio.Event()
+        self.gate = asyncio.Event()
+
+    async def send(self, to, body, idempotency_key, status_callback_url=None) -> str:
+        self.entered.set()
+        await self.gate.wait()
+        return await super().send(to, body, idempotency_key, status_callback_url)
+
+
+async def _message(
+    client, headers, members: int = 1, extra_headers: dict | None = None
+) -> tuple[dict, list[Delivery]]:
+    """POST a message to ``members`` new opted-in members (create the worker first: it empties
+    the queue). Returns the API's answer and the deliveries."""
+    ids = [(await create_member(client, headers))["id"] for _ in range(members)]
     response = await client.post(
         "/api/messages",
-        json={"content": "Retry me", "targetType": "members", "targetIds": [member["id"]]},
-        headers=headers,
+        json={"content": "Choir at 7", "targetType": "members", "targetIds": ids},
+        headers={**headers, **(extra_headers or {})},
     )
-    assert response.status_code == 202
+    assert response.status_code == 202, await response.get_data(as_text=True)
     message = await response.get_json()
-    delivery = await Delivery.get(message_id=message["id"])
-    return message, delivery
+    return message, list(await Delivery.filter(message_id=message["id"]).order_by("id"))
+
+
+def _key(deliveries: list[Delivery]) -> str:
+    """The job key of a one-chunk message: named after its first recipient's delivery."""
+    first = min(deliveries, key=lambda d: str(d.member_id))
+    return delivery_job_key([str(first.id)])
+
+
+async def _calls(redis: Redis, deliveries: list[Delivery]) -> list[int]:
+    provider = LogProvider(redis)
+    return [await provider.calls(delivery_idempotency_key(d.id)) for d in deliveries]
+
+
+async def _make_due(deliveries: list[Delivery]) -> None:
+    """The retry backoff is over (instead of sleeping through it)."""
+    await Delivery.filter(id__in=[d.id for d in deliveries]).update(
+        next_attempt_at=datetime.now(UTC) - timedelta(seconds=1)
+    )
+
+
+async def _scheduled_retry_keys(step: StepWorker) -> list[str]:
+    """Keys of the jobs scheduled for later (a score above 0 in SAQ's incomplete set)."""
+    ids = await step.queue.redis.zrangebyscore(step.queue.namespace("incomplete"), 1, "+inf")
+    prefix = step.queue.job_id("")
+    return [i.decode().removeprefix(prefix) for i in ids]
 
 
 def test_retry_delay_is_exponential_from_two_seconds_with_bounded_jitter():
@@ -36,65 +110,75 @@ def test_retry_delay_is_exponential_from_two_seconds_with_bounded_jitter():
     assert [retry_delay(n, 2.0, 0.1, rand=lambda: 1.0) for n in (1, 2, 3)] == [2.2, 4.4, 8.8]
 
 
-async def test_transient_failures_retry_three_times_with_backoff_then_send(
+# --- error classes -----------------------------------------------------------------------
+
+
+async def test_not_accepted_sends_wait_again_with_exponential_backoff_then_send_once(
     client, church_a, make_worker, twilio_provider, fake_twilio, settings
 ):
-    worker = await make_worker(twilio_provider)
-    _message, delivery = await _one_delivery(client, church_a.headers)
-    key = delivery_job_key(delivery.id)
+    step = await make_worker(twilio_provider)
+    _message_body, [delivery] = await _message(client, church_a.headers)
     for _ in range(3):
         fake_twilio.fail_next(503, message="Service Unavailable")
 
-    job = await worker.job(key)
-    # SAQ counts the first attempt in ``retries``: 3 retries = 4 attempts.
-    assert job.retries == settings.sms_max_retries + 1 == 4
-
     for attempt, base in enumerate((2.0, 4.0, 8.0), start=1):
-        before = time.time()
-        assert await worker.run_next()
-        after = time.time()
-        job = await worker.job(key)
-        assert job.status == Status.QUEUED and job.attempts == attempt
-        scheduled = await worker.scheduled_at(key)
-        # Exactly the exponential delay, plus at most 10 % of jitter, never less.
-        assert before + base <= scheduled <= after + base * 1.1
+        before = datetime.now(UTC)
+        assert await step.run_next()
+        after = datetime.now(UTC)
         stored = await Delivery.get(id=delivery.id)
-        assert stored.status == DeliveryStatus.QUEUED
-        assert stored.attempts == attempt
+        assert stored.status == DeliveryStatus.QUEUED and stored.attempts == attempt
         assert "503" in stored.last_error
-        # Not due yet: the worker finds nothing to do until the backoff has passed.
-        assert not await worker.run_next()
-        await worker.fast_forward(key)
+        # Exactly the exponential delay, plus at most 10 % of jitter, never less.
+        wait = timedelta(seconds=base)
+        assert before + wait <= stored.next_attempt_at <= after + wait * 1.1
+        # One job scheduled for that time (not before it), and nothing due now.
+        assert len(await _scheduled_retry_keys(step)) == 1
+        assert not await step.run_next()
+        # A job that runs early (a duplicate, a sweep) claims nothing: not due yet.
+        assert (await send_deliveries(step.worker.context, delivery_ids=[str(delivery.id)]))[
+            "claimed"
+        ] == 0
+        await _make_due([delivery])
+        [retry_key] = await _scheduled_retry_keys(step)
+        await step.fast_forward(retry_key)
 
-    assert await worker.run_next()  # fourth attempt succeeds
-    job = await worker.job(key)
-    assert job.status == Status.COMPLETE and job.attempts == 4
+    assert await step.run_next()  # fourth attempt succeeds
     stored = await Delivery.get(id=delivery.id)
-    assert stored.status == DeliveryStatus.SENT
-    assert stored.attempts == 4
+    assert stored.status == DeliveryStatus.SENT and stored.attempts == 4
     assert stored.provider_message_id and stored.last_error is None
-    # Every attempt carried the same idempotency token, so Twilio could drop repeats.
-    tokens = {r.headers["i-twilio-idempotency-token"] for r in fake_twilio.requests}
-    assert tokens == {delivery_idempotency_key(delivery.id)}
-    assert len(fake_twilio.requests) == 4
+    # Four calls reached Twilio; three were refused (not sent), one text went out.
+    assert len(fake_twilio.requests) == 4 and len(fake_twilio.accepted) == 1
+
+
+async def test_not_accepted_on_the_last_attempt_fails(
+    client, church_a, make_worker, twilio_provider, fake_twilio, settings
+):
+    step = await make_worker(twilio_provider)
+    _body, [delivery] = await _message(client, church_a.headers)
+    await Delivery.filter(id=delivery.id).update(attempts=settings.sms_max_retries)
+    fake_twilio.fail_next(429, code=20429, message="Too Many Requests")
+
+    assert await step.run_next()
+
+    stored = await Delivery.get(id=delivery.id)
+    assert stored.status == DeliveryStatus.FAILED
+    assert "attempt 4 of 4" in stored.last_error
+    assert await _scheduled_retry_keys(step) == []
 
 
 async def test_permanent_error_fails_at_once(
     client, church_a, make_worker, twilio_provider, fake_twilio
 ):
-    worker = await make_worker(twilio_provider)
-    message, delivery = await _one_delivery(client, church_a.headers)
+    step = await make_worker(twilio_provider)
+    message, [delivery] = await _message(client, church_a.headers)
     fake_twilio.fail_next(400, code=21211, message="The 'To' number is not a valid phone number.")
 
-    assert await worker.run_next()
+    assert await step.run_next()
 
-    job = await worker.job(delivery_job_key(delivery.id))
-    assert job.status == Status.FAILED
-    assert job.attempts == 1
+    assert (await step.job(_key([delivery]))).status == Status.COMPLETE
     assert len(fake_twilio.requests) == 1
     stored = await Delivery.get(id=delivery.id)
-    assert stored.status == DeliveryStatus.FAILED
-    assert "21211" in stored.last_error
+    assert stored.status == DeliveryStatus.FAILED and "21211" in stored.last_error
     detail = await (
         await client.get(f"/api/messages/{message['id']}", headers=church_a.headers)
     ).get_json()
@@ -102,225 +186,447 @@ async def test_permanent_error_fails_at_once(
     assert detail["deliveryCounts"]["failed"] == 1
 
 
-async def test_repeated_job_after_success_does_not_text_twice(
-    client, church_a, make_worker, twilio_provider, fake_twilio, settings
+# --- chunks ------------------------------------------------------------------------------
+
+
+async def test_a_message_goes_out_in_chunks_with_bounded_concurrency(
+    client, church_a, make_worker, redis, settings
 ):
-    worker = await make_worker(twilio_provider)
-    _, delivery = await _one_delivery(client, church_a.headers)
-    assert await worker.run_next()
-    assert (await Delivery.get(id=delivery.id)).status == DeliveryStatus.SENT
+    limit = 3
+    step = await make_worker()
+    step.worker.context["settings"] = settings.model_copy(update={"sms_send_concurrency": limit})
+    in_flight, peak = 0, 0
+    full = asyncio.Event()
 
-    # At-least-once delivery: the same job runs again (e.g. swept from a killed worker).
-    await worker.queue.enqueue(
-        "send_delivery", key=delivery_job_key(delivery.id), delivery_id=str(delivery.id)
-    )
-    assert await worker.run_next()
-    assert (await worker.job(delivery_job_key(delivery.id))).result["status"] == "already-sent"
-    assert len(fake_twilio.requests) == 1
+    class CountingProvider(LogProvider):
+        async def send(self, to, body, idempotency_key, status_callback_url=None) -> str:
+            nonlocal in_flight, peak
+            in_flight += 1
+            peak = max(peak, in_flight)
+            if in_flight == limit:
+                full.set()
+            await asyncio.wait_for(full.wait(), 5)  # everyone waits until the slots are full
+            in_flight -= 1
+            return await super().send(to, body, idempotency_key, status_callback_url)
+
+    step.worker.context["provider"] = CountingProvider(redis)
+    _body, deliveries = await _message(client, church_a.headers, members=7)
+    # One job for the message (7 < the chunk size of 100) ...
+    assert await step.queue.count("queued") == 1
+    assert await step.run_until_idle() == 1
+    # ... at most ``limit`` sends at once, every member texted once.
+    assert peak == limit
+    assert await _calls(redis, deliveries) == [1] * 7
+    assert {d.status for d in await Delivery.filter(id__in=[d.id for d in deliveries])} == {
+        DeliveryStatus.SENT
+    }
 
 
-async def test_send_lost_before_db_write_is_deduplicated_by_provider(
-    client, church_a, make_worker, twilio_provider, fake_twilio
+async def test_enqueue_makes_one_job_per_chunk_and_refuses_a_chunk_already_waiting(
+    make_worker, settings, monkeypatch
 ):
-    worker = await make_worker(twilio_provider)
-    _, delivery = await _one_delivery(client, church_a.headers)
-    assert await worker.run_next()
-    first_sid = (await Delivery.get(id=delivery.id)).provider_message_id
+    monkeypatch.setattr(queue_service, "ENQUEUE_BATCH", 2)  # 3 jobs: two script calls
+    step = await make_worker()
+    chunked = settings.model_copy(update={"sms_chunk_size": 2})
+    ids = [uuid.uuid4() for _ in range(5)]
 
-    # The worker died after Twilio accepted the send but before our write: the row still
-    # says queued when the job runs again.
-    await Delivery.filter(id=delivery.id).update(
-        status=DeliveryStatus.QUEUED, provider_message_id=None
-    )
-    await worker.queue.enqueue(
-        "send_delivery", key=delivery_job_key(delivery.id), delivery_id=str(delivery.id)
-    )
-    assert await worker.run_next()
-
-    assert len(fake_twilio.requests) == 2  # asked twice ...
-    assert len(fake_twilio.unique_sends()) == 1  # ... but one text, thanks to the token
-    assert (await Delivery.get(id=delivery.id)).provider_message_id == first_sid
+    assert await enqueue_deliveries(step.queue, chunked, ids) == 5
+    assert await enqueue_deliveries(step.queue, chunked, ids) == 0  # same chunks: refused
+    assert await step.queue.count("queued") == 3
+    job = await step.job(delivery_job_key([str(ids[2])]))
+    assert job.function == SEND_DELIVERIES
+    assert job.kwargs == {"delivery_ids": [str(ids[2]), str(ids[3])]}
+    assert job.heartbeat == queue_service.DELIVERY_JOB_HEARTBEAT_SECONDS
+    assert job.timeout == settings.sms_job_timeout_seconds
+    # These deliveries do not exist: each job claims nothing and completes.
+    assert await step.run_until_idle() == 3
+    assert (await step.job(delivery_job_key([str(ids[4])]))).result["claimed"] == 0
 
 
-async def test_finally_failed_job_is_listed_and_retried_by_admin_endpoint(
-    client, church_a, operator, make_worker, twilio_provider, fake_twilio
+async def test_burst_of_enqueues_waits_for_a_pooled_connection_instead_of_failing(
+    make_settings,
 ):
-    worker = await make_worker(twilio_provider)
-    _message, delivery = await _one_delivery(client, church_a.headers)
-    key = delivery_job_key(delivery.id)
-    for _ in range(4):
-        fake_twilio.fail_next(500)
-    for _ in range(3):
-        assert await worker.run_next()
-        await worker.fast_forward(key)
-    assert await worker.run_next()
-    job = await worker.job(key)
-    assert job.status == Status.FAILED and job.attempts == 4
-    assert (await Delivery.get(id=delivery.id)).status == DeliveryStatus.FAILED
-    # Kept beyond SAQ's result TTL so operators can still see it.
-    assert await worker.queue.redis.ttl(job.id) == -1
-
-    failed = await (
-        await client.get("/api/admin/queue/failed", headers=operator.headers)
-    ).get_json()
-    [listed] = [j for j in failed["data"] if j["id"] == key]
-    assert listed["attempts"] == 4
-    assert listed["function"] == "send_delivery"
-    assert "500" in listed["error"]
-    metrics = await (
-        await client.get("/api/admin/queue/metrics", headers=operator.headers)
-    ).get_json()
-    assert metrics["failed"] >= 1
-
-    retried = await client.post("/api/admin/queue/retry-failed", headers=operator.headers)
-    assert retried.status_code == 200
-    assert key in (await retried.get_json())["jobs"]
-    assert (await Delivery.get(id=delivery.id)).status == DeliveryStatus.QUEUED
-    job = await worker.job(key)
-    assert job.status == Status.QUEUED and job.attempts == 0 and job.retries == 4
-
-    assert await worker.run_next()  # the fake answers success now
-    assert (await Delivery.get(id=delivery.id)).status == DeliveryStatus.SENT
-    failed = await (
-        await client.get("/api/admin/queue/failed", headers=operator.headers)
-    ).get_json()
-    assert key not in [j["id"] for j in failed["data"]]
+    # The SAQ client's pool had 50 connections and raised MaxConnectionsError beyond; the
+    # API swallowed it and those deliveries waited 5-10 minutes for the stalled sweep.
+    settings = make_settings(redis_max_connections=2, queue_name=f"burst-{uuid.uuid4().hex}")
+    queue = create_queue(settings)
+    await queue.connect()
+    try:
+        counts = await asyncio.gather(
+            *(enqueue_deliveries(queue, settings, [uuid.uuid4()]) for _ in range(30))
+        )
+        assert counts == [1] * 30
+        assert await queue.count("queued") == 30
+    finally:
+        keys = [k async for k in queue.redis.scan_iter(match=f"saq:*{queue.name}*")]
+        if keys:
+            await queue.redis.delete(*keys)
+        await queue.disconnect()
 
 
-@pytest.mark.parametrize("path", ["/api/admin/queue/failed", "/api/admin/queue/metrics"])
-async def test_queue_admin_is_for_operators_only(app, client, church_a, path):
-    # A fresh client: ``client`` holds church_a's session cookie from registering.
-    assert (await app.test_client().get(path)).status_code == 401
-    assert (await client.get(path, headers=church_a.headers)).status_code == 403
+# --- repeats can claim only queued rows --------------------------------------------------
 
 
-class BlockingProvider:
-    """A provider whose send waits until the test lets it finish."""
-
-    name = "blocking"
-
-    def __init__(self) -> None:
-        self.started = asyncio.Event()
-        self.release = asyncio.Event()
-        self.sent: list[str] = []
-
-    async def send(self, to, body, idempotency_key, status_callback_url=None) -> str:
-        self.started.set()
-        await self.release.wait()
-        self.sent.append(to)
-        return "BLOCKED" + idempotency_key
-
-    async def link_number(self, number, inbound_url) -> None:
-        pass
-
-    async def aclose(self) -> None:
-        pass
-
-
-async def test_graceful_stop_lets_a_running_send_finish(client, church_a, make_worker):
-    provider = BlockingProvider()
-    step = await make_worker(provider, shutdown_grace_period_s=10)
-    _, delivery = await _one_delivery(client, church_a.headers)
-    running = asyncio.create_task(step.worker.start())
-    await asyncio.wait_for(provider.started.wait(), 10)
-
-    stopping = asyncio.create_task(step.worker.stop())  # what SIGTERM triggers
-    await asyncio.sleep(0.3)
-    assert not stopping.done()  # waiting for the job in flight
-    provider.release.set()
-    await asyncio.wait_for(stopping, 10)
-    await asyncio.wait_for(running, 10)
-
-    assert (await step.job(delivery_job_key(delivery.id))).status == Status.COMPLETE
-    assert (await Delivery.get(id=delivery.id)).status == DeliveryStatus.SENT
-    assert len(provider.sent) == 1
-
-
-async def test_stop_past_the_grace_period_requeues_the_job(
-    client, church_a, make_worker, redis, twilio_provider, fake_twilio
+async def test_two_workers_given_the_same_chunk_text_each_member_once(
+    client, church_a, make_worker, redis
 ):
-    provider = BlockingProvider()
-    step = await make_worker(provider, shutdown_grace_period_s=0)
-    _, delivery = await _one_delivery(client, church_a.headers)
-    key = delivery_job_key(delivery.id)
-    running = asyncio.create_task(step.worker.start())
-    await asyncio.wait_for(provider.started.wait(), 10)
+    step = await make_worker()
+    provider = PausingProvider(redis)
+    ctx = {**step.worker.context, "provider": provider}
+    _body, deliveries = await _message(client, church_a.headers, members=3)
+    chunk = [str(d.id) for d in deliveries]
 
-    await asyncio.wait_for(step.worker.stop(), 10)  # no grace: cancel the running job
-    await asyncio.wait_for(running, 10)
+    first = asyncio.create_task(send_deliveries(ctx, delivery_ids=chunk))
+    await asyncio.wait_for(provider.entered.wait(), 5)  # the first holds its claim
+    second = await send_deliveries(ctx, delivery_ids=chunk)
+    provider.gate.set()
+    first_result = await first
 
+    assert second["claimed"] == 0
+    assert first_result["claimed"] == 3 and first_result["sent"] == 3
+    assert await _calls(redis, deliveries) == [1, 1, 1]
+
+
+async def test_saq_sweeping_an_active_job_does_not_text_twice(client, church_a, make_worker, redis):
+    # saq #277: the sweep can re-queue a job that is still running; a second worker runs it.
+    provider = PausingProvider(redis)
+    step = await make_worker(provider)
+    _body, deliveries = await _message(client, church_a.headers, members=2)
+    key = _key(deliveries)
+
+    running = asyncio.create_task(step.run_next())
+    await asyncio.wait_for(provider.entered.wait(), 5)
     job = await step.job(key)
-    assert job.status == Status.QUEUED  # re-queued, not lost
-    assert provider.sent == []
-    assert (await Delivery.get(id=delivery.id)).status == DeliveryStatus.QUEUED
+    assert job.status == Status.ACTIVE
+    # Silent past its heartbeat (as if its worker died): the sweep puts it back.
+    await job.update(touched=int((time.time() - 60) * 1000))
+    assert step.queue.job_id(key) in await step.queue.sweep(abort=0.1)
 
-    # The next worker (after the restart) sends it, once.
-    fresh = StepWorker(
-        worker=build_worker(
-            step.worker.context["settings"],
-            step.queue,
-            provider=twilio_provider,
-            redis=redis,
-            manage_resources=False,
-            cron_jobs=[],
-        ),
-        queue=step.queue,
+    other = await make_worker_sharing(step, redis)
+    await other.fast_forward(key)
+    assert await other.run_next()  # the second run claims nothing
+    provider.gate.set()
+    await running
+
+    assert await _calls(redis, deliveries) == [1, 1]
+    stored = await Delivery.filter(id__in=[d.id for d in deliveries])
+    assert {d.status for d in stored} == {DeliveryStatus.SENT}
+
+
+async def make_worker_sharing(step: StepWorker, redis: Redis) -> StepWorker:
+    """A second worker on the same queue (another server), with its own log provider."""
+    worker = build_worker(
+        step.worker.context["settings"],
+        step.queue,
+        provider=LogProvider(redis),
+        redis=redis,
+        manage_resources=False,
+        cron_jobs=[],
     )
-    for startup in fresh.worker.startup or []:
-        await startup(fresh.worker.context)
-    await fresh.fast_forward(key)
-    assert await fresh.run_next()
-    assert (await Delivery.get(id=delivery.id)).status == DeliveryStatus.SENT
-    assert len(fake_twilio.requests) == 1
+    for startup in worker.startup or []:
+        await startup(worker.context)
+    return StepWorker(worker=worker, queue=step.queue)
 
 
-async def test_job_of_a_killed_worker_is_swept_and_texts_once(
+async def test_replaying_an_idempotency_key_after_a_partial_failure_sends_nothing_again(
     client, church_a, make_worker, twilio_provider, fake_twilio
 ):
     step = await make_worker(twilio_provider)
-    _, delivery = await _one_delivery(client, church_a.headers)
-    key = delivery_job_key(delivery.id)
-    # A worker takes the job, gets its text to Twilio, and is killed before recording it:
-    # the job stays "active" with nobody working on it.
-    job = await step.queue.dequeue(timeout=1)
-    assert job is not None and job.key == key
-    job.attempts, job.started = 1, int((time.time() - 120) * 1000)
-    await job.update(status=Status.ACTIVE)
-    await twilio_provider.send(delivery.phone, "Retry me", delivery_idempotency_key(delivery.id))
+    key = {"Idempotency-Key": str(uuid.uuid4())}
+    first, deliveries = await _message(client, church_a.headers, members=2, extra_headers=key)
+    fake_twilio.fail_next(400, code=21610, message="unsubscribed recipient")
+    assert await step.run_until_idle() == 1
+    statuses = sorted(str(d.status) for d in await Delivery.filter(message_id=first["id"]))
+    assert statuses == ["failed", "sent"]
 
-    # SAQ's sweep finds the job past its timeout and puts it back in the queue.
-    assert step.queue.job_id(key) in await step.queue.sweep(abort=0.1)
-    await step.fast_forward(key)
-    assert await step.run_next()
+    replay = await client.post(
+        "/api/messages",
+        json={
+            "content": "Choir at 7",
+            "targetType": "members",
+            "targetIds": [str(d.member_id) for d in deliveries],
+        },
+        headers={**church_a.headers, **key},
+    )
+    assert replay.status_code == 202 and replay.headers["Idempotent-Replayed"] == "true"
+    # Nothing was enqueued for the failed one (nor the sent one), and nothing is sent.
+    assert await step.queue.count("queued") == 0
+    assert await step.run_until_idle() == 0
+    assert len(fake_twilio.requests) == 2
+
+
+# --- faults around the provider call -----------------------------------------------------
+
+
+async def _claimed_by_a_worker_that_dies(deliveries: list[Delivery]) -> uuid.UUID:
+    """What a worker killed right after its claim leaves: the rows ``sending``, its token."""
+    token = uuid.uuid4()
+    claimed = await store.claim([d.id for d in deliveries], token, datetime.now(UTC))
+    assert len(claimed) == len(deliveries)
+    return token
+
+
+@pytest.mark.parametrize("killed", ["before the call", "after the call"])
+async def test_killed_worker_leaves_unknown_settled_by_evidence_never_by_a_blind_resend(
+    client, church_a, make_worker, redis, settings, killed
+):
+    step = await make_worker()
+    ctx = step.worker.context
+    _body, deliveries = await _message(client, church_a.headers, members=2)
+    await _claimed_by_a_worker_that_dies(deliveries)
+    if killed == "after the call":
+        for d in deliveries:  # the provider accepted them; the worker died before recording
+            await ctx["provider"].send(d.phone, "Choir at 7", delivery_idempotency_key(d.id))
+    # The re-run of the chunk (SAQ swept the dead worker's job) claims nothing.
+    assert (await send_deliveries(ctx, delivery_ids=[str(d.id) for d in deliveries]))[
+        "claimed"
+    ] == 0
+
+    # Before any job could still hold the claim, it is left alone ...
+    await settle_in_doubt(settings, ctx["provider"], step.queue, redis)
+    stored = await Delivery.filter(id__in=[d.id for d in deliveries])
+    assert {d.status for d in stored} == {DeliveryStatus.SENDING}
+    # ... after, it is unknown, and the provider's own record settles it. (Counts are at
+    # least ours: the sweep is global and the database is shared by the tests.)
+    later = datetime.now(UTC) + stale_claim_age(settings) + timedelta(seconds=1)
+    outcome = await settle_in_doubt(settings, ctx["provider"], step.queue, redis, now=later)
+    assert outcome["stale"] >= 2
+    if killed == "after the call":
+        assert outcome["found"] >= 2
+    else:
+        # The log provider proves it never got them: sent now, once.
+        assert outcome["requeued"] >= 2
+        await _make_due(deliveries)
+        assert await step.run_until_idle() >= 1  # (others' requeued rows may ride along)
+    stored = await Delivery.filter(id__in=[d.id for d in deliveries])
+    assert {d.status for d in stored} == {DeliveryStatus.SENT}
+    assert await _calls(redis, deliveries) == [1, 1]
+
+
+async def test_killed_worker_with_twilio_ends_unknown_then_sent_by_callback_never_called_again(
+    client, church_a, make_worker, twilio_provider, fake_twilio, settings, redis, webhook_settings
+):
+    step = await make_worker(twilio_provider)
+    _body, [delivery] = await _message(client, church_a.headers)
+    await _claimed_by_a_worker_that_dies([delivery])
+    sid = await twilio_provider.send(delivery.phone, "Other text", "delivery-other")
+    fake_twilio.accepted.clear()  # Twilio lists nothing matching: no evidence yet
+
+    later = datetime.now(UTC) + stale_claim_age(settings) + timedelta(seconds=1)
+    outcome = await settle_in_doubt(settings, twilio_provider, step.queue, redis, now=later)
+    assert outcome["stale"] >= 1
+    assert (await Delivery.get(id=delivery.id)).status == DeliveryStatus.UNKNOWN
+
+    response = await post_webhook(
+        client,
+        f"/api/webhooks/sms/status?deliveryId={delivery.id}",
+        {"MessageSid": sid, "MessageStatus": "delivered"},
+    )
+    assert response.status_code == 204
+    stored = await Delivery.get(id=delivery.id)
+    assert stored.status == DeliveryStatus.DELIVERED and stored.provider_message_id == sid
+    assert [r for r in fake_twilio.requests if r.method == "POST"][1:] == []
+
+
+async def test_provider_timing_out_after_accepting_ends_unknown_and_is_not_called_again(
+    client, church_a, make_worker, fake_twilio, settings, redis
+):
+    provider = TwilioProvider(
+        account_sid=ACCOUNT_SID,
+        auth_token=AUTH_TOKEN,
+        from_number=FROM_NUMBER,
+        base_url=fake_twilio.base_url,
+        timeout=0.3,
+    )
+    answer = threading.Event()
+    fake_twilio.before_answer = lambda _request: answer.wait(5)  # accepted, then hangs
+    try:
+        step = await make_worker(provider)
+        _body, [delivery] = await _message(client, church_a.headers)
+
+        assert await step.run_next()
+        stored = await Delivery.get(id=delivery.id)
+        assert stored.status == DeliveryStatus.UNKNOWN and "ReadTimeout" in stored.last_error
+        answer.set()
+
+        # No retry job; the lookup (Twilio's Messages list) finds the text.
+        assert await step.run_until_idle() == 0
+        outcome = await settle_in_doubt(settings, provider, step.queue, redis)
+        assert outcome["found"] >= 1
+        stored = await Delivery.get(id=delivery.id)
+        assert stored.status == DeliveryStatus.SENT
+        assert stored.provider_message_id == fake_twilio.accepted[0]["sid"]
+        assert fake_twilio.calls_per_delivery() == {delivery_idempotency_key(delivery.id): 1}
+    finally:
+        answer.set()
+        await provider.aclose()
+
+
+async def test_database_gone_after_the_send_never_sends_again(
+    client, church_a, make_worker, redis, settings, monkeypatch
+):
+    step = await make_worker()
+    _body, [delivery] = await _message(client, church_a.headers)
+    real_record = store.record_outcomes
+    failures = 0
+
+    async def database_gone(*args, **kwargs):
+        nonlocal failures
+        failures += 1
+        raise asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed")
+
+    monkeypatch.setattr(store, "record_outcomes", database_gone)
+    monkeypatch.setattr(delivery_jobs, "RECORD_RETRY_SECONDS", 0)
+    assert await step.run_next()  # the send worked; every result write failed
+    assert failures == delivery_jobs.RECORD_ATTEMPTS
+    job = await step.job(_key([delivery]))
+    assert job.status == Status.QUEUED  # SAQ retries the job ...
+    monkeypatch.setattr(store, "record_outcomes", real_record)
+    await step.fast_forward(_key([delivery]))
+    assert await step.run_next()  # ... which claims nothing: the row is not queued
+    assert (await Delivery.get(id=delivery.id)).status == DeliveryStatus.SENDING
+
+    later = datetime.now(UTC) + stale_claim_age(settings) + timedelta(seconds=1)
+    outcome = await settle_in_doubt(
+        settings, step.worker.context["provider"], None, redis, now=later
+    )
+    assert outcome["stale"] >= 1 and outcome["found"] >= 1
+    assert (await Delivery.get(id=delivery.id)).status == DeliveryStatus.SENT
+    assert await _calls(redis, [delivery]) == [1]
+
+
+async def test_failed_callback_during_the_send_is_not_overwritten_by_sent(
+    client, church_a, make_worker, redis, webhook_settings
+):
+    provider = PausingProvider(redis)
+    step = await make_worker(provider)
+    message, [delivery] = await _message(client, church_a.headers)
+    running = asyncio.create_task(step.run_next())
+    await asyncio.wait_for(provider.entered.wait(), 5)
+
+    response = await post_webhook(
+        client,
+        f"/api/webhooks/sms/status?deliveryId={delivery.id}",
+        {"MessageSid": "SM" + uuid.uuid4().hex, "MessageStatus": "failed", "ErrorCode": "30003"},
+    )
+    assert response.status_code == 204
+    provider.gate.set()
+    await running
 
     stored = await Delivery.get(id=delivery.id)
-    assert stored.status == DeliveryStatus.SENT
-    assert len(fake_twilio.requests) == 2
-    assert len(fake_twilio.unique_sends()) == 1  # the member got one text
+    assert stored.status == DeliveryStatus.FAILED and "30003" in stored.last_error
+    assert (await Message.get(id=message["id"])).status == "failed"
 
 
-async def test_batched_enqueue_is_what_saq_enqueue_would_store(make_worker, settings, monkeypatch):
-    # enqueue_many runs SAQ's enqueue script for a batch at once; SAQ must see plain jobs.
-    monkeypatch.setattr(queue_service, "ENQUEUE_BATCH", 2)  # 5 jobs: three script calls
+async def test_member_deleted_after_the_message_was_recorded_is_not_texted(
+    client, church_a, make_worker, redis
+):
     step = await make_worker()
-    ids = [uuid.uuid4() for _ in range(5)]
-    already = await step.queue.enqueue(
-        SEND_DELIVERY, key=delivery_job_key(ids[0]), delivery_id=str(ids[0])
-    )
-    assert already is not None
+    _body, [gone, kept] = await _message(client, church_a.headers, members=2)
+    deleted = await client.delete(f"/api/members/{gone.member_id}", headers=church_a.headers)
+    assert deleted.status_code == 204
 
-    # A key that is already waiting is refused, as by SAQ's own enqueue; the rest go in.
-    assert await enqueue_deliveries(step.queue, settings, ids) == 4
-    assert await enqueue_deliveries(step.queue, settings, ids) == 0
-    assert await step.queue.count("queued") == 5
-    job = await step.job(delivery_job_key(ids[1]))
-    assert job.status == Status.QUEUED
-    assert job.function == SEND_DELIVERY
-    assert job.kwargs == {"delivery_id": str(ids[1])}
-    assert job.retries == settings.sms_max_retries + 1
-    assert job.timeout == settings.sms_job_timeout_seconds
-    # A worker takes them in order (these deliveries do not exist: the job says so).
-    assert await step.run_until_idle() == 5
-    done = await step.job(delivery_job_key(ids[4]))
-    assert done.status == Status.COMPLETE
-    assert done.result == {"status": "missing"}
+    assert await step.run_until_idle() == 1
+
+    assert await _calls(redis, [gone, kept]) == [0, 1]
+    assert (await Delivery.get(id=gone.id)).status == DeliveryStatus.FAILED
+    assert (await Delivery.get(id=gone.id)).last_error == store.OPTED_OUT_ERROR
+
+
+async def test_log_provider_keeps_numbers_and_bodies_out_of_the_log(redis, caplog):
+    caplog.set_level(logging.DEBUG, logger="koinonia.delivery.sms.log")
+    await LogProvider(redis).send("+14155550123", "Secret prayer request", "delivery-x")
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "+14155550123" not in text and "Secret prayer request" not in text
+    assert all(r.levelno < logging.INFO for r in caplog.records)
+
+
+# --- sweeps ------------------------------------------------------------------------------
+
+
+async def test_stalled_sweep_reads_queued_rows_through_its_index(settings):
+    connection = await asyncpg.connect(settings.migration_url)
+    try:
+        async with connection.transaction():
+            await connection.execute("SET LOCAL enable_seqscan = off")
+            plan = "\n".join(
+                row[0]
+                for row in await connection.fetch(
+                    "EXPLAIN " + store._STALLED, datetime.now(UTC), 10
+                )
+            )
+    finally:
+        await connection.close()
+    assert "delivery_queued_due_idx" in plan
+
+
+async def test_unresolved_unknown_is_reported_and_resent_only_when_an_operator_confirms(
+    client, church_a, operator, make_worker, redis, settings
+):
+    step = await make_worker()
+    message, [delivery] = await _message(client, church_a.headers)
+    long_ago = datetime.now(UTC) - timedelta(seconds=settings.sms_unknown_resolve_seconds + 60)
+    await Delivery.filter(id=delivery.id).update(
+        status=DeliveryStatus.UNKNOWN, claimed_at=long_ago, last_error="ReadTimeout"
+    )
+    await Message.filter(id=message["id"]).update(status="sent")
+
+    detail = await (
+        await client.get(f"/api/messages/{message['id']}", headers=church_a.headers)
+    ).get_json()
+    assert detail["deliveryCounts"]["unknown"] == 1
+    listed = await (
+        await client.get("/api/admin/deliveries/unknown", headers=operator.headers)
+    ).get_json()
+    assert str(delivery.id) in [row["id"] for row in listed["data"]]
+    forbidden = await client.get("/api/admin/deliveries/unknown", headers=church_a.headers)
+    assert forbidden.status_code == 403
+
+    unconfirmed = await client.post(
+        "/api/admin/deliveries/unknown/resend",
+        json={"deliveryIds": [str(delivery.id)], "confirm": False},
+        headers=operator.headers,
+    )
+    assert unconfirmed.status_code == 400
+    assert (await Delivery.get(id=delivery.id)).status == DeliveryStatus.UNKNOWN
+
+    confirmed = await client.post(
+        "/api/admin/deliveries/unknown/resend",
+        json={"deliveryIds": [str(delivery.id)], "confirm": True},
+        headers=operator.headers,
+    )
+    assert (await confirmed.get_json())["resent"] == [str(delivery.id)]
+    assert await step.run_until_idle() == 1
+    assert (await Delivery.get(id=delivery.id)).status == DeliveryStatus.SENT
+    assert await _calls(redis, [delivery]) == [1]
+
+
+async def test_a_cancelled_job_requeues_the_sends_it_never_started_in_a_job_of_their_own(
+    client, church_a, make_worker, redis, settings
+):
+    step = await make_worker()
+    provider = PausingProvider(redis)
+    ctx = {
+        **step.worker.context,
+        "provider": provider,
+        "settings": settings.model_copy(update={"sms_send_concurrency": 1}),
+    }
+    _body, deliveries = await _message(client, church_a.headers, members=3)
+    chunk = [str(d.id) for d in deliveries]
+
+    running = asyncio.create_task(send_deliveries(ctx, delivery_ids=chunk))
+    await asyncio.wait_for(provider.entered.wait(), 5)  # one send in flight, two waiting
+    running.cancel()  # SAQ's timeout, an abort by its sweep, or a shutdown
+    with pytest.raises(asyncio.CancelledError):
+        await running
+
+    stored = {d.id: d for d in await Delivery.filter(id__in=[d.id for d in deliveries])}
+    in_flight = [d for d in deliveries if stored[d.id].status == DeliveryStatus.SENDING]
+    waiting = [d for d in deliveries if stored[d.id].status == DeliveryStatus.QUEUED]
+    assert (len(in_flight), len(waiting)) == (1, 2)
+    # The two never handed to the provider have a job again and go out once.
+    [retry_key] = await _scheduled_retry_keys(step)
+    await step.fast_forward(retry_key)
+    assert await step.run_next()
+    assert await _calls(redis, waiting) == [1, 1]
+    assert await _calls(redis, in_flight) == [0]  # it stays in doubt, for the sweep

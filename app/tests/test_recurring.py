@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
-from koinonia.models.messaging import Delivery, Message, RecurringMessage
+from koinonia.delivery.sms import LogProvider
+from koinonia.models.messaging import Delivery, DeliveryStatus, Message, RecurringMessage
 from koinonia.services import recurring
-from tests.messaging_fixtures import create_group, create_member
+from koinonia.services.queue import QueueHeadroom
+from tests.messaging_fixtures import create_group, create_member, redis_near_its_memory_limit
 
 
 async def _create(client, headers, **overrides):
@@ -80,45 +82,66 @@ async def test_tenant_isolation(client, church_a, church_b):
     assert (await RecurringMessage.get(id=created["id"])).active is True
 
 
-async def test_due_run_sends_once_and_moves_schedule(client, church_a):
+async def test_due_run_sends_once_and_moves_schedule(client, church_a, make_worker, redis):
+    step = await make_worker()
+    sender = step.worker.context["sender"]
     created = await (await _create(client, church_a.headers)).get_json()
     due_at = datetime.now(UTC) - timedelta(minutes=2)
     await RecurringMessage.filter(id=created["id"]).update(next_run_at=due_at)
-    enqueued: list[uuid.UUID] = []
-
-    async def enqueue(ids):
-        enqueued.extend(ids)
 
     now = datetime.now(UTC)
-    made = await recurring.run_due(now=now, enqueue=enqueue)
+    made = await recurring.run_due(now=now, sender=sender)
 
     [message] = await Message.filter(idempotency_key__startswith=f"recurring:{created['id']}:")
     assert str(message.id) in made
     assert message.content == "Sunday service at 10" and message.recipient_count == 1
-    assert enqueued == [d.id for d in await Delivery.filter(message_id=message.id)]
     item = await RecurringMessage.get(id=created["id"])
     assert item.next_run_at > now and item.last_run_at == now
 
     # Not due any more: a second run in the same minute sends nothing.
-    assert str(message.id) not in await recurring.run_due(now=now, enqueue=enqueue)
+    assert str(message.id) not in await recurring.run_due(now=now, sender=sender)
 
     # A runner that crashed after sending but before moving the schedule runs it again:
     # the run's idempotency key finds the message it already made.
     await RecurringMessage.filter(id=created["id"]).update(next_run_at=due_at)
-    assert str(message.id) not in await recurring.run_due(now=now, enqueue=enqueue)
+    assert str(message.id) not in await recurring.run_due(now=now, sender=sender)
     assert (
         await Message.filter(idempotency_key__startswith=f"recurring:{created['id']}:").count() == 1
     )
+    # The queue got the run's delivery; the worker texts it once.
+    assert await step.run_until_idle() >= 1
+    [delivery] = await Delivery.filter(message_id=message.id)
+    assert delivery.status == DeliveryStatus.SENT
+    assert await LogProvider(redis).calls(f"delivery-{delivery.id}") == 1
 
 
-async def test_inactive_recurring_message_is_not_sent(client, church_a):
+async def test_due_run_waits_while_the_queue_is_full(client, church_a, make_worker, redis):
+    step = await make_worker()
+    created = await (await _create(client, church_a.headers)).get_json()
+    due_at = datetime.now(UTC) - timedelta(minutes=2)
+    await RecurringMessage.filter(id=created["id"]).update(next_run_at=due_at)
+    # A fresh reading of the queue's memory on every call.
+    sender = replace(
+        step.worker.context["sender"],
+        headroom=QueueHeadroom(step.queue.redis, 0.8, interval=0),
+    )
+
+    async with redis_near_its_memory_limit(redis):
+        made = await recurring.run_due(now=datetime.now(UTC), sender=sender)
+
+    assert made == []
+    assert not await Message.exists(idempotency_key__startswith=f"recurring:{created['id']}:")
+    # The run is not skipped: it is still due, for the next cycle.
+    assert (await RecurringMessage.get(id=created["id"])).next_run_at == due_at
+    assert await recurring.run_due(now=datetime.now(UTC), sender=sender)
+
+
+async def test_inactive_recurring_message_is_not_sent(client, church_a, make_worker):
+    step = await make_worker()
     created = await (await _create(client, church_a.headers, active=False)).get_json()
     await RecurringMessage.filter(id=created["id"]).update(
         next_run_at=datetime.now(UTC) - timedelta(minutes=1)
     )
 
-    async def enqueue(ids):
-        pass
-
-    await recurring.run_due(now=datetime.now(UTC), enqueue=enqueue)
+    await recurring.run_due(now=datetime.now(UTC), sender=step.worker.context["sender"])
     assert not await Message.exists(idempotency_key__startswith=f"recurring:{created['id']}:")

@@ -5,13 +5,16 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import threading
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from koinonia.sms import (
+from koinonia.delivery.sms import (
     PermanentSmsError,
     TransientSmsError,
     TwilioProvider,
+    UnknownOutcomeSmsError,
     compute_signature,
     validate_signature,
 )
@@ -52,18 +55,17 @@ async def test_send_makes_the_exact_twilio_request(twilio: TwilioProvider, fake_
     }
 
 
-async def test_same_idempotency_key_gets_the_same_message(twilio: TwilioProvider, fake_twilio):
+async def test_every_send_is_a_new_message_even_with_the_same_key(
+    twilio: TwilioProvider, fake_twilio
+):
+    # Twilio documents no dedup of outbound messages by idempotency token: the fake does
+    # none either, so a second call for one delivery shows as a second text.
     first = await twilio.send("+15551230001", "hi", idempotency_key="delivery-7")
     again = await twilio.send("+15551230001", "hi", idempotency_key="delivery-7")
-    other = await twilio.send("+15551230001", "hi", idempotency_key="delivery-8")
 
-    assert first == again
-    assert other != first
-    assert [r.headers["i-twilio-idempotency-token"] for r in fake_twilio.requests] == [
-        "delivery-7",
-        "delivery-7",
-        "delivery-8",
-    ]
+    assert first != again
+    assert fake_twilio.calls_per_delivery() == {"delivery-7": 2}
+    assert len(fake_twilio.accepted) == 2
 
 
 async def test_invalid_number_is_a_permanent_error(twilio: TwilioProvider, fake_twilio):
@@ -76,14 +78,58 @@ async def test_invalid_number_is_a_permanent_error(twilio: TwilioProvider, fake_
     assert "21211" in str(raised.value)
 
 
-@pytest.mark.parametrize("status", [429, 500, 503])
-async def test_rate_limit_and_server_errors_are_transient(
+@pytest.mark.parametrize("status", [408, 429, 503])
+async def test_answers_that_say_not_processed_are_transient(
     twilio: TwilioProvider, fake_twilio, status
 ):
     fake_twilio.fail_next(status, code=20429 if status == 429 else None)
 
     with pytest.raises(TransientSmsError):
         await twilio.send("+15551230001", "hi", idempotency_key="delivery-1")
+
+
+@pytest.mark.parametrize("status", [500, 502, 504])
+async def test_server_errors_that_may_follow_a_send_are_unknown_outcomes(
+    twilio: TwilioProvider, fake_twilio, status
+):
+    fake_twilio.fail_next(status)
+
+    with pytest.raises(UnknownOutcomeSmsError):
+        await twilio.send("+15551230001", "hi", idempotency_key="delivery-1")
+
+
+async def test_a_timeout_after_the_request_left_is_an_unknown_outcome(fake_twilio: FakeTwilio):
+    answered = threading.Event()
+    fake_twilio.before_answer = lambda _request: answered.wait(5)
+    provider = TwilioProvider(
+        account_sid=ACCOUNT_SID,
+        auth_token=AUTH_TOKEN,
+        from_number=FROM_NUMBER,
+        base_url=fake_twilio.base_url,
+        timeout=0.2,
+    )
+    try:
+        with pytest.raises(UnknownOutcomeSmsError):
+            await provider.send("+15551230001", "hi", idempotency_key="delivery-1")
+    finally:
+        answered.set()
+        await provider.aclose()
+    assert len(fake_twilio.accepted) == 1  # Twilio did create it
+
+
+async def test_lookup_finds_an_accepted_message_by_number_body_and_time(
+    twilio: TwilioProvider, fake_twilio
+):
+    since = datetime.now(UTC)
+    sid = await twilio.send("+15551230001", "Choir at 7", idempotency_key="delivery-1")
+    await twilio.send("+15551230002", "Choir at 7", idempotency_key="delivery-2")
+
+    assert await twilio.find_sent("+15551230001", "Choir at 7", "delivery-1", since) == sid
+    assert await twilio.find_sent("+15551230001", "Other text", "delivery-1", since) is None
+    later = since + timedelta(hours=1)
+    assert await twilio.find_sent("+15551230001", "Choir at 7", "delivery-1", later) is None
+    [lookup] = [r for r in fake_twilio.requests if r.method == "GET"][:1]
+    assert lookup.form["To"] == ["+15551230001"]
 
 
 async def test_unreachable_provider_is_transient():

@@ -6,10 +6,10 @@ import uuid
 
 import pytest
 
+from koinonia.delivery.sms import compute_signature
 from koinonia.models.core import Member
 from koinonia.models.messaging import ConversationMessage, Delivery, DeliveryStatus
 from koinonia.services import webhook_replay
-from koinonia.sms import compute_signature
 from tests.messaging_fixtures import (
     AUTH_TOKEN,
     PUBLIC_BASE_URL,

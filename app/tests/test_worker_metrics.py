@@ -16,19 +16,21 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
+from koinonia.delivery.sms import LogProvider
 from koinonia.jobs import (
+    IN_DOUBT_PERIOD_SECONDS,
     PHONE_LINK_PERIOD_SECONDS,
     RECURRING_PERIOD_SECONDS,
     phone_link_recovery,
     recurring_messages,
+    settle_deliveries_in_doubt,
 )
 from koinonia.locks import LockService
 from koinonia.metrics import WorkerMetrics, start_worker_metrics_server
 from koinonia.models.messaging import Delivery
 from koinonia.services.queue import delivery_job_key
 from koinonia.settings import Settings
-from koinonia.sms import LogProvider
-from tests.messaging_fixtures import create_member
+from tests.messaging_fixtures import create_member, enqueue_failing_job
 from tests.servers import free_port
 
 APP_DIR = Path(__file__).resolve().parents[1]
@@ -36,7 +38,7 @@ CYCLE = "koinonia_cron_last_run_cycle"
 JOBS = "koinonia_jobs_total"
 
 
-def _jobs(metrics: WorkerMetrics, outcome: str, function: str = "send_delivery") -> float:
+def _jobs(metrics: WorkerMetrics, outcome: str, function: str = "send_deliveries") -> float:
     value = metrics.registry.get_sample_value(JOBS, {"function": function, "outcome": outcome})
     return value or 0.0
 
@@ -62,6 +64,7 @@ async def _one_delivery(client, headers) -> Delivery:
     [
         ("recurring-messages", recurring_messages, RECURRING_PERIOD_SECONDS),
         ("phone-link-recovery", phone_link_recovery, PHONE_LINK_PERIOD_SECONDS),
+        ("settle-deliveries-in-doubt", settle_deliveries_in_doubt, IN_DOUBT_PERIOD_SECONDS),
     ],
 )
 async def test_cycle_run_under_the_lock_sets_the_gauge_to_the_cycle(
@@ -94,36 +97,47 @@ async def test_cycle_run_under_the_lock_sets_the_gauge_to_the_cycle(
 # --- jobs by outcome ---------------------------------------------------------------------------
 
 
-async def test_finally_failed_job_counts_as_failed(
-    client, church_a, make_worker, twilio_provider, fake_twilio
-):
-    worker = await make_worker(twilio_provider)
+async def test_finally_failed_job_counts_as_failed(make_worker):
+    worker = await make_worker()
     metrics: WorkerMetrics = worker.worker.context["metrics"]
-    delivery = await _one_delivery(client, church_a.headers)
-    fake_twilio.fail_next(400, code=21211, message="The 'To' number is not a valid phone number.")
+    await enqueue_failing_job(worker.queue, "deliveries:broken")
 
     assert await worker.run_next()
 
-    assert (await worker.job(delivery_job_key(delivery.id))).status.value == "failed"
+    assert (await worker.job("deliveries:broken")).status.value == "failed"
     assert _jobs(metrics, "failed") == 1
     assert _jobs(metrics, "retried") == 0
     assert _jobs(metrics, "complete") == 0
 
 
-async def test_retried_then_complete_job_counts_each_outcome(
-    client, church_a, make_worker, twilio_provider, fake_twilio
-):
-    worker = await make_worker(twilio_provider)
+class HangingProvider(LogProvider):
+    """Its first send never answers (until the job's timeout cancels it)."""
+
+    def __init__(self, redis: Redis) -> None:
+        super().__init__(redis)
+        self.calls = 0
+
+    async def send(self, to, body, idempotency_key, status_callback_url=None) -> str:
+        self.calls += 1
+        if self.calls == 1:
+            await asyncio.Event().wait()
+        return await super().send(to, body, idempotency_key, status_callback_url)
+
+
+async def test_retried_then_complete_job_counts_each_outcome(client, church_a, make_worker, redis):
+    provider = HangingProvider(redis)
+    worker = await make_worker(provider)
     metrics: WorkerMetrics = worker.worker.context["metrics"]
     delivery = await _one_delivery(client, church_a.headers)
-    key = delivery_job_key(delivery.id)
-    fake_twilio.fail_next(503, message="Service Unavailable")
+    key = delivery_job_key([str(delivery.id)])
+    await (await worker.job(key)).update(timeout=1)
 
-    assert await worker.run_next()
+    assert await worker.run_next()  # times out in the provider call: SAQ retries the job
     assert _jobs(metrics, "retried") == 1
     assert _jobs(metrics, "failed") == 0
     await worker.fast_forward(key)
-    assert await worker.run_next()
+    assert await worker.run_next()  # the retry claims nothing: the delivery is not queued
+    assert provider.calls == 1
 
     assert _jobs(metrics, "complete") == 1
     assert _jobs(metrics, "retried") == 1
@@ -133,13 +147,10 @@ async def test_retried_then_complete_job_counts_each_outcome(
 # --- the worker's /metrics listener ------------------------------------------------------------
 
 
-async def test_worker_metrics_listener_serves_both_metrics(
-    client, church_a, make_worker, twilio_provider, fake_twilio
-):
-    worker = await make_worker(twilio_provider)
+async def test_worker_metrics_listener_serves_both_metrics(make_worker):
+    worker = await make_worker()
     metrics: WorkerMetrics = worker.worker.context["metrics"]
-    await _one_delivery(client, church_a.headers)
-    fake_twilio.fail_next(400, code=21211, message="invalid number")
+    await enqueue_failing_job(worker.queue, "deliveries:broken")
     assert await worker.run_next()
     metrics.cron_last_run_cycle.labels(cron="recurring-messages").set(12345)
 
@@ -154,7 +165,7 @@ async def test_worker_metrics_listener_serves_both_metrics(
 
     assert response.status_code == 200
     text = response.text
-    assert 'koinonia_jobs_total{function="send_delivery",outcome="failed"} 1.0' in text
+    assert 'koinonia_jobs_total{function="send_deliveries",outcome="failed"} 1.0' in text
     assert 'koinonia_cron_last_run_cycle{cron="recurring-messages"} 12345.0' in text
 
 

@@ -85,11 +85,12 @@ async def test_delivery_status_changes_are_pushed(app, client, church_a, make_wo
         message_id = await text_member(client, church_a.headers, member["id"], "hi")
         assert await step.run_next()  # the worker (any server) publishes on Redis
 
-        event = await _next_event(ws)
-        assert event["type"] == "delivery.status"
-        assert event["messageId"] == message_id
-        assert event["memberId"] == member["id"]
-        assert event["status"] == "sent"
+        event = await _next_event(ws)  # one event for the job's whole chunk
+        assert event["type"] == "deliveries.status"
+        [delivery] = event["deliveries"]
+        assert delivery["messageId"] == message_id
+        assert delivery["memberId"] == member["id"]
+        assert delivery["status"] == "sent"
 
 
 async def test_second_churchs_admin_receives_none_of_the_first_churchs_events(
@@ -111,7 +112,7 @@ async def test_second_churchs_admin_receives_none_of_the_first_churchs_events(
         )
         assert created.status_code == 202
         assert await step.run_next()
-        assert (await _next_event(ws_a))["type"] == "delivery.status"
+        assert (await _next_event(ws_a))["type"] == "deliveries.status"
         await events.publish(redis, church_a.church_id, {"type": "conversation.message"})
         assert (await _next_event(ws_a))["type"] == "conversation.message"
 

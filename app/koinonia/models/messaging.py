@@ -30,10 +30,16 @@ class MessageStatus(enum.StrEnum):
 
 
 class DeliveryStatus(enum.StrEnum):
-    QUEUED = "queued"
-    SENT = "sent"
-    DELIVERED = "delivered"
-    FAILED = "failed"
+    """One provider call per delivery (delivery/store.py holds the transitions):
+    ``queued`` → ``sending`` (claimed by one job) → ``sent`` | ``failed`` | ``unknown``, and
+    ``queued`` again only when the provider is known not to have accepted the text."""
+
+    QUEUED = "queued"  # waiting for a job to claim it (not before next_attempt_at)
+    SENDING = "sending"  # claimed: one job holds claim_token and may call the provider once
+    SENT = "sent"  # the provider accepted it
+    DELIVERED = "delivered"  # the provider's status callback said delivered
+    FAILED = "failed"  # permanent error, retries used up, opted out, or reported failed
+    UNKNOWN = "unknown"  # the call may or may not have reached the provider: needs evidence
 
 
 class Direction(enum.StrEnum):
@@ -90,6 +96,12 @@ class Delivery(Model):
     attempts = fields.IntField(default=0)
     last_error = fields.TextField(null=True)
     sent_at = fields.DatetimeField(null=True)
+    # The claim of the job attempt allowed to call the provider (status ``sending``); results
+    # are written only under the same token, so a second runner of a job cannot record over it.
+    claim_token = fields.UUIDField(null=True)
+    claimed_at = fields.DatetimeField(null=True)
+    # A queued delivery is not claimed before this (the retry backoff).
+    next_attempt_at = fields.DatetimeField(null=True)
     created_at = fields.DatetimeField(auto_now_add=True)
     updated_at = fields.DatetimeField(auto_now=True)
 

@@ -5,13 +5,17 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from pydantic import Field
 from quart import Blueprint, Response
-from quart_schema import tag
+from quart_schema import tag, validate_request
 from redis.exceptions import RedisError
 
-from koinonia.errors import NotFound, ServiceUnavailable
-from koinonia.services import messaging, resources
+from koinonia.delivery import messaging
+from koinonia.delivery import operations as delivery_operations
+from koinonia.errors import BadRequest, NotFound, ServiceUnavailable
+from koinonia.schemas import ApiModel
 from koinonia.services import queue as queue_service
+from koinonia.services import resources
 from koinonia.services.tenancy import require_operator
 from koinonia.state import get_state
 
@@ -68,13 +72,44 @@ async def retry_failed() -> dict[str, Any]:
     waiting = await queue_service.failed_jobs(sms_queue, limit=100_000)
     await messaging.requeue_failed_deliveries(
         [
-            uuid.UUID(job.kwargs["delivery_id"])
+            uuid.UUID(delivery_id)
             for job in waiting
-            if job.function == queue_service.SEND_DELIVERY and job.kwargs
+            if job.function == queue_service.SEND_DELIVERIES and job.kwargs
+            for delivery_id in job.kwargs.get("delivery_ids", [])
         ]
     )
     jobs = await queue_service.retry_failed(sms_queue, get_state().settings)
     return {"retried": len(jobs), "jobs": [job.key for job in jobs]}
+
+
+class ResendIn(ApiModel):
+    delivery_ids: list[uuid.UUID] = Field(min_length=1, max_length=1000)
+    confirm: bool = Field(
+        description="Must be true: the provider may already have texted these members."
+    )
+
+
+@bp.get("/deliveries/unknown")
+@tag(["admin"])
+@require_operator
+async def unresolved_deliveries() -> dict[str, Any]:
+    """Deliveries whose provider call may or may not have texted the member, still without
+    evidence (status callback, provider lookup) after ``sms_unknown_resolve_seconds``."""
+    rows = await delivery_operations.unresolved(get_state().settings)
+    return {"data": rows, "count": len(rows)}
+
+
+@bp.post("/deliveries/unknown/resend")
+@tag(["admin"])
+@require_operator
+@validate_request(ResendIn)
+async def resend_unresolved(data: ResendIn) -> dict[str, Any]:
+    """Send these unresolved deliveries again, knowing a member may get the text twice.
+    Only deliveries still ``unknown`` are resent; ``confirm`` must be true."""
+    if not data.confirm:
+        raise BadRequest("confirm must be true: the provider may already have texted these members")
+    resent = await delivery_operations.resend(resources.sender(), data.delivery_ids)
+    return {"resent": [str(i) for i in resent], "count": len(resent)}
 
 
 @bp.post("/queue/clear-failed")

@@ -9,6 +9,7 @@ from pydantic import Field
 from quart import Blueprint
 from quart_schema import tag, validate_querystring, validate_request
 
+from koinonia.routes.messages import idempotency_key
 from koinonia.schemas import ApiModel
 from koinonia.services import conversations, resources
 from koinonia.services.tenancy import current_church_id, current_user, require_user
@@ -57,12 +58,18 @@ async def conversation_messages(
 @tag(["conversations"])
 @require_user
 @validate_request(ReplyIn)
-async def reply(conversation_id: uuid.UUID, data: ReplyIn) -> tuple[dict[str, Any], int]:
-    entry, delivery_ids = await conversations.reply(
+async def reply(
+    conversation_id: uuid.UUID, data: ReplyIn
+) -> tuple[dict[str, Any], int, dict[str, str]]:
+    """Queue a reply. With an ``Idempotency-Key``, a repeated request texts once and answers
+    the first reply; 503 ``queue_full`` (nothing recorded) like any message."""
+    entry, created = await conversations.reply(
+        resources.sender(),
         church_id=current_church_id(),
         conversation_id=conversation_id,
         user_id=current_user().user_id,
         body=data.body,
+        idempotency_key=idempotency_key(),
     )
-    await resources.enqueue_deliveries(delivery_ids)
-    return conversations.message_json(entry), 202
+    headers = {} if created else {"Idempotent-Replayed": "true"}
+    return conversations.message_json(entry), 202, headers

@@ -10,11 +10,12 @@ from pydantic import Field, model_validator
 from quart import Blueprint, request
 from quart_schema import tag, validate_querystring, validate_request
 
+from koinonia.delivery import messaging, send_message
 from koinonia.errors import BadRequest
 from koinonia.metrics import get_metrics
 from koinonia.models.messaging import TargetType
 from koinonia.schemas import ApiModel
-from koinonia.services import messaging, resources
+from koinonia.services import resources
 from koinonia.services.tenancy import current_church_id, current_user, require_user
 from koinonia.state import get_state
 
@@ -80,8 +81,8 @@ async def create_message(data: MessageIn) -> tuple[dict[str, Any], int, dict[str
     While the queue is at its memory high-water mark the answer is 503 ``queue_full`` with
     ``Retry-After``, and nothing is recorded.
     """
-    await resources.refuse_if_queue_full()
-    recorded = await messaging.record_message(
+    recorded = await send_message.send_message(
+        resources.sender(),
         church_id=current_church_id(),
         created_by_id=current_user().user_id,
         content=data.content,
@@ -89,9 +90,6 @@ async def create_message(data: MessageIn) -> tuple[dict[str, Any], int, dict[str
         target_ids=data.target_ids,
         idempotency_key=idempotency_key(),
     )
-    # Enqueue even on a replay: the first request may have died between commit and enqueue,
-    # and SAQ refuses a second job for a delivery that already has one waiting.
-    await resources.enqueue_deliveries(recorded.delivery_ids)
     headers = {} if recorded.created else {"Idempotent-Replayed": "true"}
     return messaging.message_json(recorded.message), 202, headers
 

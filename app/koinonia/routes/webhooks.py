@@ -12,9 +12,10 @@ from pydantic import BaseModel, ConfigDict
 from quart import Blueprint, Response, request
 from quart_schema import DataSource, document_headers, document_request, tag
 
+from koinonia.delivery import messaging
+from koinonia.delivery.sms.signature import SIGNATURE_HEADER, compute_signature, validate_signature
 from koinonia.errors import BadRequest, Forbidden
-from koinonia.services import conversations, messaging, webhook_replay
-from koinonia.sms.signature import SIGNATURE_HEADER, compute_signature, validate_signature
+from koinonia.services import conversations, webhook_replay
 from koinonia.state import get_state
 
 bp = Blueprint("webhooks", __name__, url_prefix="/api/webhooks/sms")

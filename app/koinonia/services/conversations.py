@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 from tortoise.exceptions import IntegrityError
 from tortoise.transactions import in_transaction
 
+from koinonia.delivery import send_message
 from koinonia.errors import Conflict, NotFound
 from koinonia.models.core import Member
 from koinonia.models.messaging import (
@@ -22,7 +23,7 @@ from koinonia.models.messaging import (
     Direction,
     TargetType,
 )
-from koinonia.services import cache, events, messaging
+from koinonia.services import cache, events
 
 log = logging.getLogger(__name__)
 
@@ -179,20 +180,34 @@ async def messages_of(
 
 
 async def reply(
-    *, church_id: uuid.UUID, conversation_id: uuid.UUID, user_id: uuid.UUID, body: str
-) -> tuple[ConversationMessage, list[uuid.UUID]]:
-    """Queue a reply to the member: a one-recipient message through the delivery pipeline."""
+    sender: send_message.Sender,
+    *,
+    church_id: uuid.UUID,
+    conversation_id: uuid.UUID,
+    user_id: uuid.UUID,
+    body: str,
+    idempotency_key: str | None = None,
+) -> tuple[ConversationMessage, bool]:
+    """Queue a reply to the member: a one-recipient message sent like any other. Returns the
+    conversation entry and False when it is the replay of an earlier request's reply."""
     conversation = await get_conversation(church_id, conversation_id)
     member = await Member.get(id=conversation.member_id)
     if not member.opt_in_sms:
         raise Conflict("The member has opted out of texts", code="member_opted_out")
-    recorded = await messaging.record_message(
+    recorded = await send_message.send_message(
+        sender,
         church_id=church_id,
         created_by_id=user_id,
         content=body,
         target_type=TargetType.MEMBERS,
         target_ids=[str(member.id)],
+        # Scoped to the conversation: the same client key on another endpoint is another text.
+        idempotency_key=f"reply:{conversation.id}:{idempotency_key}" if idempotency_key else None,
     )
+    if not recorded.created and recorded.delivery_ids:
+        earlier = await ConversationMessage.get_or_none(delivery_id=recorded.delivery_ids[0])
+        if earlier is not None:
+            return earlier, False
     entry = await ConversationMessage.create(
         conversation_id=conversation.id,
         direction=Direction.OUTBOUND,
@@ -200,4 +215,4 @@ async def reply(
         delivery_id=recorded.delivery_ids[0] if recorded.delivery_ids else None,
     )
     await Conversation.filter(id=conversation.id).update(last_message_at=entry.created_at)
-    return entry, recorded.delivery_ids
+    return entry, recorded.created

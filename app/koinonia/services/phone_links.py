@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 
+from koinonia.delivery.sms import SmsError, SmsProvider
 from koinonia.models.messaging import ChurchPhoneNumber, LinkStatus
-from koinonia.sms import SmsError, SmsProvider
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,11 @@ import logging
 import time
 import uuid
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
 import orjson
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from saq import Job, Queue
@@ -28,22 +29,31 @@ from koinonia.settings import Settings
 
 log = logging.getLogger(__name__)
 
-SEND_DELIVERY = "send_delivery"
+SEND_DELIVERIES = "send_deliveries"
 FAILED_LIST_LIMIT = 50
+# SAQ re-queues an active delivery job not touched for this long (delivery/jobs.py touches
+# it every third of it); workers sweep every half of it, so a killed worker's chunk is back
+# in the queue within 30 s. Shorter, a worker starved of CPU for that long (seen at a load
+# of 24 on 2 cores) has its live jobs aborted: never a second text, but calls in flight
+# then wait as ``unknown`` for the in-doubt sweep.
+DELIVERY_JOB_HEARTBEAT_SECONDS = 20
 
 
 def create_queue(settings: Settings) -> RedisQueue:
     """The queue with its own Redis client: SAQ needs raw bytes replies (no decoding)."""
-    redis = Redis.from_url(
+    pool = BlockingConnectionPool.from_url(
         settings.redis_url.get_secret_value(),
         max_connections=settings.redis_max_connections,
+        # A burst beyond the pool WAITS this long for a free connection. The default pool
+        # raised MaxConnectionsError at once, and those deliveries waited for the sweep.
+        timeout=settings.redis_pool_timeout,
         socket_connect_timeout=settings.redis_socket_timeout,
         # redis-py's URL clients do not retry by default: after a Redis restart the first
         # command on each pooled (now dead) connection would fail. Reconnect and retry; the
         # queue's operations are safe to repeat (enqueue refuses a key that is waiting).
         retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
     )
-    return RedisQueue(redis, name=settings.queue_name, dump=_dump_job)
+    return RedisQueue(Redis(connection_pool=pool), name=settings.queue_name, dump=_dump_job)
 
 
 def _dump_job(record: Any) -> bytes:
@@ -52,22 +62,23 @@ def _dump_job(record: Any) -> bytes:
     return orjson.dumps(record, option=orjson.OPT_NON_STR_KEYS)
 
 
-def delivery_job_key(delivery_id: uuid.UUID | str) -> str:
-    # One job key per delivery: SAQ refuses to enqueue a key that is already waiting, so a
-    # repeated enqueue (retried request, re-queue sweep) cannot create a second job.
-    return f"delivery:{delivery_id}"
+def delivery_job_key(delivery_ids: list[str], scheduled: int = 0) -> str:
+    # Named after its first delivery (and its retry time): SAQ refuses a key that is
+    # already waiting, so enqueueing the same chunk twice (a replayed request, the stalled
+    # sweep) makes one job. A second job would be harmless anyway: it claims nothing.
+    return f"deliveries:{delivery_ids[0]}" + (f"@{scheduled}" if scheduled else "")
 
 
 def delivery_job_options(settings: Settings) -> dict[str, Any]:
     return {
-        # SAQ's ``retries`` is the TOTAL number of attempts, first one included.
+        # SAQ's ``retries`` is the TOTAL number of attempts, first one included. A delivery
+        # job fails only when the database or Redis does (provider errors are recorded per
+        # delivery, with their own backoff), and a retried job claims only queued rows.
         "retries": settings.sms_max_retries + 1,
         "timeout": settings.sms_job_timeout_seconds,
-        # Backoff is computed by the job itself (jobs.retry_delay): SAQ's own backoff is "full
-        # jitter", a random delay between 0 and the exponential value, which could retry at
-        # once instead of after the 2 s the retry policy promises.
+        "heartbeat": DELIVERY_JOB_HEARTBEAT_SECONDS,
         "retry_delay": settings.sms_retry_delay_seconds,
-        "retry_backoff": False,
+        "retry_backoff": True,
     }
 
 
@@ -123,23 +134,42 @@ async def enqueue_many(queue: RedisQueue, jobs: list[Job]) -> list[Job | None]:
     return enqueued
 
 
-async def enqueue_deliveries(
-    queue: Queue, settings: Settings, delivery_ids: Iterable[uuid.UUID | str]
-) -> int:
-    """Enqueue one send job per delivery; returns how many were newly enqueued."""
+def delivery_jobs(
+    settings: Settings,
+    delivery_ids: Iterable[uuid.UUID | str],
+    scheduled: datetime | None = None,
+) -> list[Job]:
+    """One send job per chunk of ``sms_chunk_size`` deliveries (not before ``scheduled``)."""
+    ids = [str(i) for i in delivery_ids]
+    at = int(scheduled.timestamp()) + 1 if scheduled is not None else 0  # never early
     options = delivery_job_options(settings)
-    jobs = [
+    size = settings.sms_chunk_size
+    return [
         Job(
-            function=SEND_DELIVERY,
-            kwargs={"delivery_id": str(delivery_id)},
-            key=delivery_job_key(delivery_id),
+            function=SEND_DELIVERIES,
+            kwargs={"delivery_ids": chunk},
+            key=delivery_job_key(chunk, at),
+            scheduled=at,
             **options,
         )
-        for delivery_id in delivery_ids
+        for chunk in (ids[start : start + size] for start in range(0, len(ids), size))
     ]
+
+
+async def enqueue_deliveries(
+    queue: Queue,
+    settings: Settings,
+    delivery_ids: Iterable[uuid.UUID | str],
+    *,
+    scheduled: datetime | None = None,
+) -> int:
+    """Enqueue the deliveries' send jobs; returns how many deliveries were newly enqueued."""
+    jobs = delivery_jobs(settings, delivery_ids, scheduled)
     if not isinstance(queue, RedisQueue):
-        return sum(1 for job in jobs if await queue.enqueue(job) is not None)
-    return sum(1 for job in await enqueue_many(queue, jobs) if job is not None)
+        enqueued = [await queue.enqueue(job) for job in jobs]
+    else:
+        enqueued = await enqueue_many(queue, jobs)
+    return sum(len(job.kwargs["delivery_ids"]) for job in enqueued if job is not None)
 
 
 async def redis_memory_ratio(redis: Redis) -> float | None:
@@ -212,7 +242,7 @@ async def retry_failed(queue: RedisQueue, settings: Settings) -> list[Job]:
             continue
         options = (
             delivery_job_options(settings)
-            if job.function == SEND_DELIVERY
+            if job.function == SEND_DELIVERIES
             else {
                 "retries": job.retries,
                 "timeout": job.timeout,

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from croniter import croniter
 
-from koinonia.errors import ApiError, NotFound, ValidationFailed
+from koinonia.delivery import messaging, send_message
+from koinonia.errors import ApiError, NotFound, QueueFull, ValidationFailed
 from koinonia.models.messaging import RecurringMessage, TargetType
-from koinonia.services import messaging
 
 log = logging.getLogger(__name__)
 
@@ -114,21 +113,21 @@ def recurring_json(item: RecurringMessage) -> dict[str, Any]:
     }
 
 
-async def run_due(
-    *, now: datetime, enqueue: Callable[[list[uuid.UUID]], Awaitable[Any]]
-) -> list[str]:
+async def run_due(*, now: datetime, sender: send_message.Sender) -> list[str]:
     """Send every due recurring message once; returns the ids of the messages created.
 
     Each run is recorded with an idempotency key naming the recurring message and the run
     time, so a run repeated after a crash (or by a second runner) finds the same message
-    instead of texting everyone twice; only then does ``next_run_at`` move on.
+    instead of texting everyone twice; only then does ``next_run_at`` move on. While the
+    queue is full, the run waits (its ``next_run_at`` stays) for a later cycle.
     """
     created: list[str] = []
     due = await RecurringMessage.filter(active=True, next_run_at__lte=now).order_by("next_run_at")
     for item in due:
         run_at = item.next_run_at
         try:
-            recorded = await messaging.record_message(
+            recorded = await send_message.send_message(
+                sender,
                 church_id=item.church_id,
                 created_by_id=item.created_by_id,
                 content=item.content,
@@ -136,10 +135,12 @@ async def run_due(
                 target_ids=list(item.target_ids),
                 idempotency_key=f"recurring:{item.id}:{run_at.isoformat()}",
             )
+        except QueueFull:
+            log.warning("recurring message %s waits: the SMS queue is full", item.id)
+            continue
         except ApiError as exc:  # e.g. its group was deleted: skip this run, keep the schedule
             log.warning("recurring message %s not sent: %s", item.id, exc.message)
         else:
-            await enqueue(recorded.delivery_ids)
             if recorded.created:
                 created.append(str(recorded.message.id))
         await RecurringMessage.filter(id=item.id, next_run_at=run_at).update(

@@ -7,13 +7,10 @@ Created by ``start`` (hooked to the app's start-up by the messages blueprint) an
 from __future__ import annotations
 
 import logging
-import uuid
-from collections.abc import Iterable
 
-from redis.exceptions import RedisError
 from saq.queue.redis import RedisQueue
 
-from koinonia.errors import QueueFull
+from koinonia.delivery import send_message
 from koinonia.locks import LockService
 from koinonia.metrics import Metrics
 from koinonia.services import queue as queue_service
@@ -26,8 +23,6 @@ QUEUE = "messaging.queue"
 LOCKS = "messaging.locks"
 EVENTS = "messaging.events"
 HEADROOM = "messaging.headroom"
-# What a refused sender is told to wait: workers drain thousands of deliveries a minute.
-QUEUE_FULL_RETRY_AFTER_SECONDS = 60
 
 
 async def start(state: AppState, metrics: Metrics | None = None) -> None:
@@ -76,39 +71,7 @@ def queue_headroom() -> queue_service.QueueHeadroom:
     return get_state().extras[HEADROOM]  # type: ignore[no-any-return]
 
 
-async def refuse_if_queue_full() -> None:
-    """Raises QueueFull (503, nothing recorded) while the queue's Redis is at its memory
-    high-water mark. If Redis cannot be asked, the message goes ahead: its enqueue then
-    fails like any Redis outage, and the stalled-delivery sweep enqueues it later."""
-    headroom = queue_headroom()
-    try:
-        ratio = await headroom.over_watermark()
-    except (RedisError, OSError):
-        log.warning("could not read the queue's Redis memory; accepting the message")
-        return
-    if ratio is None:
-        return
-    percent = round(100 * ratio)
-    log.warning(
-        "SMS queue full: Redis at %d%% of maxmemory (high-water mark %d%%); message refused",
-        percent,
-        round(100 * headroom.watermark),
-    )
-    raise QueueFull(
-        QUEUE_FULL_RETRY_AFTER_SECONDS,
-        f"The SMS queue is full (its store is at {percent}% of its memory limit) and is "
-        "being sent out. Nothing was recorded: send the message again in a minute (the "
-        "same Idempotency-Key is safe).",
-    )
-
-
-async def enqueue_deliveries(delivery_ids: Iterable[uuid.UUID]) -> None:
-    """Enqueue after the commit; if Redis fails now, the deliveries stay ``queued`` in the
-    database and the worker's stalled-delivery sweep enqueues them later."""
-    ids = list(delivery_ids)
-    if not ids:
-        return
-    try:
-        await queue_service.enqueue_deliveries(sms_queue(), get_state().settings, ids)
-    except (RedisError, OSError):
-        log.exception("could not enqueue %d deliveries; the stalled sweep will", len(ids))
+def sender() -> send_message.Sender:
+    """What ``send_message`` needs, from this process's resources."""
+    state = get_state()
+    return send_message.Sender(sms_queue(), state.settings, queue_headroom())

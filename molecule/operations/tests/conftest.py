@@ -2,7 +2,8 @@
 scenario's inventory, releases built from copies of the source, and the stack's state.
 
 Everything the tests need (hosts, demo passwords, health check knobs) is read from
-molecule.yml, so there is one source of truth."""
+molecule.yml and the stack base it links (molecule/resources/stack/inventory.yml), so there
+is one source of truth."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from stackops import (  # noqa: F401 - recap, run_playbook, task_results: for th
     task_results,
     upstream_status,
 )
+from stackvars import stack_group_vars
 
 SCENARIO_DIR = pathlib.Path(
     os.environ.get("MOLECULE_SCENARIO_DIRECTORY") or pathlib.Path(__file__).resolve().parent.parent
@@ -33,7 +35,7 @@ SCENARIO_DIR = pathlib.Path(
 PROJECT_DIR = SCENARIO_DIR.parent.parent
 MOLECULE = yaml.safe_load((SCENARIO_DIR / "molecule.yml").read_text())
 PLATFORMS = MOLECULE["platforms"]
-GROUP_VARS = MOLECULE["provisioner"]["inventory"]["group_vars"]
+GROUP_VARS = stack_group_vars(SCENARIO_DIR)
 CFG = GROUP_VARS["all"]
 LB_VARS = GROUP_VARS["loadbalancers"]
 

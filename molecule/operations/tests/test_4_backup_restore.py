@@ -28,8 +28,9 @@ def table_fingerprints(db, database: str) -> dict[str, tuple[int, str]]:
 
 
 def quiet(db) -> bool:
-    """No delivery still waiting for a worker: the tables stop changing."""
-    return psql(db, "SELECT count(*) FROM delivery WHERE status = 'queued'") == "0"
+    """No delivery waiting for a worker or being sent: the tables stop changing."""
+    sql = "SELECT count(*) FROM delivery WHERE status IN ('queued', 'sending')"
+    return psql(db, sql) == "0"
 
 
 def newest_dump(db) -> str:

@@ -1,0 +1,1 @@
+"""The deployment checklist, section by section, on the converged stack (run first)."""
