@@ -27,10 +27,13 @@ def run_playbook(name: str, *args: str, timeout: int = 1200) -> subprocess.Compl
         ANSIBLE_FORCE_COLOR="0",
         ANSIBLE_NOCOLOR="1",
     )
+    # The inventory directory, not MOLECULE_INVENTORY_FILE: the stack's variables are a
+    # second inventory source linked beside it (molecule/resources/stack/inventory.yml).
+    inventory = os.path.dirname(os.environ["MOLECULE_INVENTORY_FILE"])
     cmd = [
         "ansible-playbook",
         "-i",
-        os.environ["MOLECULE_INVENTORY_FILE"],
+        inventory,
         str(PROJECT_DIR / "playbooks" / name),
         *args,
     ]
