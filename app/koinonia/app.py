@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, ClassVar
 
 from quart import Quart, Request
 from quart_schema import QuartSchema
@@ -30,6 +30,19 @@ log = logging.getLogger(__name__)
 
 
 class KoinoniaRequest(Request):
+    # POST paths whose bodies may exceed MAX_CONTENT_LENGTH, and their own limit. Decided as
+    # the request is created, before routing: by the time a view runs, the body has been
+    # arriving (and been measured against the limit) for a while.
+    body_limits: ClassVar[dict[str, int]] = {}
+
+    def __init__(self, method: str, scheme: str, path: str, *args: Any, **kwargs: Any) -> None:
+        raised = self.body_limits.get(path) if method == "POST" else None
+        if raised is not None:
+            kwargs["max_content_length"] = raised
+        super().__init__(method, scheme, path, *args, **kwargs)
+        if raised is not None:
+            self.max_content_length = raised  # what the multipart parser reads
+
     async def get_json(self, force: bool = False, silent: bool = False, cache: bool = True) -> Any:
         # Quart decodes the body as UTF-8 outside its JSON error handling, so a body that is
         # not UTF-8 would be a 500; treat it like any other malformed JSON (400).
@@ -41,8 +54,15 @@ class KoinoniaRequest(Request):
 
 def create_app(settings: Settings | None = None) -> Quart:
     settings = settings or load_settings()
+    from koinonia.routes import BLUEPRINTS
+    from koinonia.routes.member_import import IMPORT_PATH
+
     app = Quart("koinonia", static_folder=None)
-    app.request_class = KoinoniaRequest
+    app.request_class = type(
+        "KoinoniaRequest",
+        (KoinoniaRequest,),
+        {"body_limits": {IMPORT_PATH: settings.member_import_max_bytes}},
+    )
     # Quart answers 413 itself once a body passes this size.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.config["PROPAGATE_EXCEPTIONS"] = False
@@ -103,8 +123,6 @@ def create_app(settings: Settings | None = None) -> Quart:
             await db.close_db(state.db)
             state.db = None
         log.info("koinonia stopped")
-
-    from koinonia.routes import BLUEPRINTS
 
     app.register_blueprint(metrics_bp)
     for blueprint in BLUEPRINTS:

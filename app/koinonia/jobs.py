@@ -24,7 +24,7 @@ from koinonia.delivery.sms import SmsProvider, build_provider
 from koinonia.locks import LockService
 from koinonia.metrics import WorkerMetrics, start_worker_metrics_server
 from koinonia.redis import create_redis
-from koinonia.services import phone_links, recurring
+from koinonia.services import phone_links, recurring, scheduled
 from koinonia.services import queue as queue_service
 from koinonia.settings import Settings
 
@@ -36,6 +36,8 @@ STALLED_CRON = "2-59/5 * * * *"  # every 5 minutes, offset from the phone-link j
 STALLED_AFTER = timedelta(minutes=5)
 IN_DOUBT_CRON = "* * * * *"
 RECURRING_PERIOD_SECONDS = 60
+SCHEDULED_CRON = "* * * * *"
+SCHEDULED_PERIOD_SECONDS = 60
 PHONE_LINK_PERIOD_SECONDS = 300
 IN_DOUBT_PERIOD_SECONDS = 60
 
@@ -93,6 +95,20 @@ async def recurring_messages(ctx: dict[str, Any]) -> dict[str, Any]:
 
     ran = await run_once_per_cycle(
         locks, "recurring-messages", RECURRING_PERIOD_SECONDS, work, metrics=ctx.get("metrics")
+    )
+    return {"ran": ran, "messages": sent}
+
+
+async def scheduled_messages(ctx: dict[str, Any]) -> dict[str, Any]:
+    """Send the scheduled messages that are due (services/scheduled.py: each once)."""
+    locks: LockService = ctx["locks"]
+    sent: list[str] = []
+
+    async def work() -> None:
+        sent.extend(await scheduled.run_due(now=datetime.now(UTC), sender=ctx["sender"]))
+
+    ran = await run_once_per_cycle(
+        locks, "scheduled-messages", SCHEDULED_PERIOD_SECONDS, work, metrics=ctx.get("metrics")
     )
     return {"ran": ran, "messages": sent}
 
@@ -258,6 +274,7 @@ def build_worker(
         "concurrency": settings.worker_concurrency,
         "cron_jobs": [
             CronJob(recurring_messages, cron=RECURRING_CRON, timeout=55),
+            CronJob(scheduled_messages, cron=SCHEDULED_CRON, timeout=55),
             CronJob(phone_link_recovery, cron=PHONE_LINK_CRON, timeout=240),
             CronJob(requeue_stalled_deliveries, cron=STALLED_CRON, timeout=240),
             CronJob(settle_deliveries_in_doubt, cron=IN_DOUBT_CRON, timeout=55),

@@ -3,7 +3,8 @@ do not declare a response model still get a valid (non-empty) responses object."
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from quart_schema import OpenAPIProvider
 from werkzeug.routing import Rule
@@ -11,13 +12,32 @@ from werkzeug.routing import Rule
 from koinonia.schemas import ErrorResponse
 
 ERROR_REF = {"$ref": "#/components/schemas/ErrorResponse"}
+REQUEST_MEDIA_ATTRIBUTE = "_koinonia_request_media"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def document_request_media(media: dict[str, dict[str, Any]]) -> Callable[[F], F]:
+    """Document request bodies quart-schema cannot describe (a CSV file, an upload): OpenAPI
+    media type objects by content type, added to the operation's requestBody."""
+
+    def decorator(func: F) -> F:
+        setattr(func, REQUEST_MEDIA_ATTRIBUTE, media)
+        return func
+
+    return decorator
 
 
 class KoinoniaOpenAPIProvider(OpenAPIProvider):
     def build_paths(self, rule: Rule) -> tuple[dict, dict]:
         paths, components = super().build_paths(rule)
+        media = getattr(self._app.view_functions[rule.endpoint], REQUEST_MEDIA_ATTRIBUTE, None)
         for path_item in paths.values():
             for operation in path_item.values():
+                if media:
+                    body = operation.setdefault("requestBody", {"content": {}})
+                    body["content"] = {**body["content"], **media}
+                    body["required"] = True
                 # Status codes as strings: mixed int/str keys break sorted JSON output.
                 responses: dict[str, Any] = {
                     str(code): value for code, value in operation.get("responses", {}).items()

@@ -83,6 +83,12 @@ class Settings(BaseSettings):
     )
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     max_body_bytes: int = Field(default=1_048_576, ge=1)
+    member_import_max_bytes: int = Field(
+        default=20 * 1_048_576,
+        ge=1,
+        description="Largest body of POST /api/members/import (the only route above "
+        "max_body_bytes): 50,000 CSV rows with room to spare.",
+    )
     health_check_timeout: float = Field(default=1.0, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     access_log: bool = Field(default=True, description="One JSON log line per request.")

@@ -22,6 +22,10 @@ class Role(enum.StrEnum):
 class Church(Model):
     id = fields.UUIDField(primary_key=True)
     name = fields.CharField(max_length=200)
+    # Scheduled messages are entered in this zone (validated with zoneinfo).
+    timezone = fields.CharField(max_length=64, default="UTC", description="IANA time zone")
+    # The answer to HELP/INFO; null: services/consent.py's default naming the church.
+    sms_help_text = fields.TextField(null=True)
     created_at = fields.DatetimeField(auto_now_add=True)
 
     class Meta:
@@ -67,6 +71,40 @@ class Member(Model):
             Index(fields=("church_id", "opt_in_sms"), name="member_church_opt_in_idx"),
             Index(fields=("created_at",), name="member_created_at_idx"),
         )
+
+
+class ConsentSource(enum.StrEnum):
+    STAFF = "staff"  # a user of the church set it (member created or edited)
+    KEYWORD = "keyword"  # the member texted STOP/START (or a synonym)
+    IMPORT = "import"  # a member import created the member or opted it out
+
+
+class ConsentEvent(Model):
+    """A change of a member's SMS consent, kept for good.
+
+    A new member's first consent is one too: carriers may ask a church to show when and how
+    someone opted in or out."""
+
+    id = fields.UUIDField(primary_key=True)
+    church: fields.ForeignKeyRelation[Church] = fields.ForeignKeyField(
+        "models.Church", related_name="consent_events", on_delete=fields.CASCADE
+    )
+    member: fields.ForeignKeyRelation[Member] = fields.ForeignKeyField(
+        "models.Member", related_name="consent_events", on_delete=fields.CASCADE
+    )
+    opted_in = fields.BooleanField()
+    source = fields.CharEnumField(ConsentSource, max_length=16)
+    changed_by: fields.ForeignKeyNullableRelation[User] = fields.ForeignKeyField(
+        "models.User", related_name="consent_changes", null=True, on_delete=fields.SET_NULL
+    )
+    keyword = fields.CharField(max_length=16, null=True, description="the texted keyword")
+    # The inbound text's provider id, or the import's id.
+    reference = fields.CharField(max_length=64, null=True)
+    created_at = fields.DatetimeField(auto_now_add=True)
+
+    class Meta:
+        table = "consent_event"
+        indexes = (Index(fields=("member_id", "created_at"), name="consent_member_created_idx"),)
 
 
 class Group(Model):

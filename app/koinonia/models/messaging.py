@@ -47,6 +47,14 @@ class Direction(enum.StrEnum):
     OUTBOUND = "outbound"
 
 
+class ScheduledStatus(enum.StrEnum):
+    SCHEDULED = "scheduled"  # waiting for its time; may be cancelled
+    SENDING = "sending"  # claimed by the cron: no longer cancellable
+    SENT = "sent"  # its message is recorded (message_id)
+    CANCELLED = "cancelled"
+    FAILED = "failed"  # its targets were gone at send time (last_error)
+
+
 class LinkStatus(enum.StrEnum):
     PENDING = "pending"
     LINKED = "linked"
@@ -179,6 +187,40 @@ class RecurringMessage(Model):
     class Meta:
         table = "recurring_message"
         indexes = (Index(fields=("active", "next_run_at"), name="recurring_due_idx"),)
+
+
+class ScheduledMessage(Model):
+    """A one-off message for a later time, sent once by the worker's minute job.
+
+    services/scheduled.py holds its states and the cron's claim."""
+
+    id = fields.UUIDField(primary_key=True)
+    church: fields.ForeignKeyRelation = fields.ForeignKeyField(
+        "models.Church", related_name="scheduled_messages", on_delete=fields.CASCADE
+    )
+    content = fields.TextField()
+    target_type = fields.CharEnumField(TargetType, max_length=16)
+    target_ids = fields.JSONField(default=list)
+    send_at = fields.DatetimeField(description="UTC")
+    timezone = fields.CharField(max_length=64, description="the church's zone when scheduled")
+    status = fields.CharEnumField(ScheduledStatus, max_length=16, default=ScheduledStatus.SCHEDULED)
+    message: fields.ForeignKeyNullableRelation[Message] = fields.ForeignKeyField(
+        "models.Message", related_name="scheduled", null=True, on_delete=fields.SET_NULL
+    )
+    last_error = fields.TextField(null=True)
+    created_by: fields.ForeignKeyNullableRelation = fields.ForeignKeyField(
+        "models.User", related_name="scheduled_messages", null=True, on_delete=fields.SET_NULL
+    )
+    created_at = fields.DatetimeField(auto_now_add=True)
+    sent_at = fields.DatetimeField(null=True)
+    cancelled_at = fields.DatetimeField(null=True)
+
+    class Meta:
+        table = "scheduled_message"
+        indexes = (
+            Index(fields=("status", "send_at"), name="scheduled_due_idx"),
+            Index(fields=("church_id", "send_at"), name="scheduled_church_send_idx"),
+        )
 
 
 class ChurchPhoneNumber(Model):

@@ -3,18 +3,34 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 
 from pydantic import EmailStr, Field
 from quart import Blueprint, Response
-from quart_schema import tag, validate_querystring, validate_request
+from quart_schema import document_response, tag, validate_querystring, validate_request
 
+from koinonia.models.core import ConsentSource
 from koinonia.responses import json_response
 from koinonia.schemas import ApiModel
-from koinonia.services import members
-from koinonia.services.tenancy import current_church_id, require_user
+from koinonia.services import consent, members
+from koinonia.services.tenancy import current_church_id, current_user, require_user
 from koinonia.state import get_state
 
 bp = Blueprint("members", __name__, url_prefix="/api/members")
+
+
+class ConsentEventOut(ApiModel):
+    id: uuid.UUID
+    opted_in: bool
+    source: ConsentSource
+    changed_by: uuid.UUID | None = Field(description="the user, for source staff or import")
+    keyword: str | None = Field(description="the texted keyword, for source keyword")
+    reference: str | None = Field(description="the text's provider id, or the import's id")
+    created_at: datetime
+
+
+class ConsentHistoryOut(ApiModel):
+    data: list[ConsentEventOut]
 
 
 class MemberListQuery(ApiModel):
@@ -69,6 +85,7 @@ async def create_member(data: MemberIn) -> tuple[dict, int]:
         current_church_id(),
         data.model_dump(),
         state.settings.default_phone_region,
+        user_id=current_user().user_id,
     )
     return members.member_json(member), 201
 
@@ -90,7 +107,12 @@ async def update_member(member_id: uuid.UUID, data: MemberPatch) -> dict:
     # Only email may be cleared with null; other fields ignore an explicit null.
     changes = {k: v for k, v in changes.items() if v is not None or k == "email"}
     member = await members.update_member(
-        state.cache, current_church_id(), member_id, changes, state.settings.default_phone_region
+        state.cache,
+        current_church_id(),
+        member_id,
+        changes,
+        state.settings.default_phone_region,
+        user_id=current_user().user_id,
     )
     return members.member_json(member)
 
@@ -101,3 +123,17 @@ async def update_member(member_id: uuid.UUID, data: MemberPatch) -> dict:
 async def delete_member(member_id: uuid.UUID) -> Response:
     await members.delete_member(get_state().cache, current_church_id(), member_id)
     return Response(status=204)
+
+
+@bp.get("/<uuid:member_id>/consent")
+@tag(["members"])
+@require_user
+@document_response(ConsentHistoryOut, 200)
+async def consent_history(member_id: uuid.UUID) -> dict:
+    """The member's SMS consent changes, oldest first: who or what changed it, when, how.
+
+    ``source`` is ``staff`` (a user created or edited the member: ``changedBy``),
+    ``keyword`` (the member texted ``keyword``; ``reference`` is the text's provider id) or
+    ``import`` (a member import; ``reference`` is the import's id).
+    """
+    return {"data": await consent.history(current_church_id(), member_id)}

@@ -8,6 +8,8 @@ signed callback is handled once: its replay is acknowledged and ignored
 
 from __future__ import annotations
 
+from xml.sax.saxutils import escape as xml_escape
+
 from pydantic import BaseModel, ConfigDict
 from quart import Blueprint, Response, request
 from quart_schema import DataSource, document_headers, document_request, tag
@@ -47,6 +49,16 @@ class SmsStatus(_TwilioForm):
 EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
 
 
+def twiml(reply: str | None) -> str:
+    """Empty TwiML, or one that has Twilio answer the sender (from the number texted)."""
+    if reply is None:
+        return EMPTY_TWIML
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        f"<Response><Message>{xml_escape(reply)}</Message></Response>"
+    )
+
+
 async def _signed_form() -> tuple[dict[str, str], str]:
     settings = get_state().settings
     token = settings.twilio_auth_token.get_secret_value() if settings.twilio_auth_token else ""
@@ -73,22 +85,28 @@ def _required(form: dict[str, str], *names: str) -> None:
 @document_request(InboundSms, source=DataSource.FORM)
 @document_headers(TwilioSignature)
 async def inbound() -> Response:
-    """A text to one of the churches' numbers (Twilio's format; answers empty TwiML)."""
+    """A text to one of the churches' numbers (Twilio's format).
+
+    Answers empty TwiML, or for HELP/INFO a TwiML ``<Message>`` with the church's help text.
+    STOP/START (and synonyms) change the member's opt-in before anything else.
+    """
     form, signature = await _signed_form()
     _required(form, "From", "To")
     state = get_state()
     async with webhook_replay.claim_once(
         state.redis, signature, state.settings.webhook_replay_ttl_seconds
     ) as new:
+        reply = None
         if new:
-            await conversations.handle_inbound(
+            result = await conversations.handle_inbound(
                 from_number=form["From"],
                 to_number=form["To"],
                 body=form.get("Body", ""),
                 message_sid=form.get("MessageSid") or form.get("SmsSid"),
                 redis=state.redis,
             )
-    return Response(EMPTY_TWIML, status=200, content_type="text/xml")
+            reply = result.reply
+    return Response(twiml(reply), status=200, content_type="text/xml")
 
 
 @bp.post("/status")

@@ -1,4 +1,5 @@
-"""Conversations: inbound texts (with STOP/START), listing, and replies through the queue."""
+"""Conversations: inbound texts (carriers' keywords first), listing, and replies through the
+queue."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from tortoise.transactions import in_transaction
 
 from koinonia.delivery import send_message
 from koinonia.errors import Conflict, NotFound
-from koinonia.models.core import Member
+from koinonia.models.core import Church, ConsentSource, Member
 from koinonia.models.messaging import (
     ChurchPhoneNumber,
     Conversation,
@@ -23,13 +24,9 @@ from koinonia.models.messaging import (
     Direction,
     TargetType,
 )
-from koinonia.services import cache, events
+from koinonia.services import cache, consent, events
 
 log = logging.getLogger(__name__)
-
-# Carrier-standard keywords (CTIA); Twilio itself also honours them for its numbers.
-STOP_KEYWORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"})
-START_KEYWORDS = frozenset({"START", "YES", "UNSTOP"})
 
 
 @dataclass(frozen=True)
@@ -37,6 +34,7 @@ class InboundResult:
     handled: bool
     opt_change: bool | None = None  # False: opted out, True: opted in, None: unchanged
     conversation_id: uuid.UUID | None = None
+    reply: str | None = None  # answered in the webhook's TwiML (HELP/INFO)
 
 
 def normalise(number: str) -> str | None:
@@ -61,11 +59,15 @@ async def _conversation_for(church_id: uuid.UUID, member_id: uuid.UUID) -> Conve
 async def handle_inbound(
     *, from_number: str, to_number: str, body: str, message_sid: str | None, redis: Redis | None
 ) -> InboundResult:
-    """Record an inbound text in the member's conversation; STOP/START change the opt-in.
+    """Record an inbound text in the member's conversation. The carriers' keywords come
+    first: STOP (and synonyms) opts the member out, START opts in, HELP/INFO is answered with
+    the church's help text (``reply``, to anyone texting the church's number).
 
     Texts to a number no church has, or from someone who is not a member of that church, are
     logged and dropped.  The provider's message id makes a redelivered webhook a no-op.
     """
+    keyword = consent.keyword_of(body)
+    action = consent.KEYWORDS.get(keyword) if keyword else None
     sender, receiver = normalise(from_number), normalise(to_number)
     if sender is None or receiver is None:
         return InboundResult(handled=False)
@@ -73,18 +75,21 @@ async def handle_inbound(
     if line is None:
         log.info("inbound text to unknown number %s dropped", receiver)
         return InboundResult(handled=False)
+    reply = None
+    if action == consent.KeywordAction.HELP:
+        reply = consent.help_text(await Church.get(id=line.church_id))
     member = await Member.get_or_none(church_id=line.church_id, phone=sender)
     if member is None:
         log.info("inbound text from non-member to %s dropped", receiver)
-        return InboundResult(handled=False)
+        return InboundResult(handled=False, reply=reply)
 
-    keyword = body.strip().upper()
+    wanted: bool | None = None
+    if action == consent.KeywordAction.STOP:
+        wanted = False
+    elif action == consent.KeywordAction.START:
+        wanted = True
+
     opt_change: bool | None = None
-    if keyword in STOP_KEYWORDS and member.opt_in_sms:
-        opt_change = False
-    elif keyword in START_KEYWORDS and not member.opt_in_sms:
-        opt_change = True
-
     conversation = await _conversation_for(line.church_id, member.id)
     now = datetime.now(UTC)
     try:
@@ -98,11 +103,18 @@ async def handle_inbound(
             await Conversation.filter(id=conversation.id).update(last_message_at=now)
             # Only with a newly recorded text: a redelivered (or replayed) old STOP/START
             # must not flip the opt-in the member has set since.
-            if opt_change is not None:
-                await Member.filter(id=member.id).update(opt_in_sms=opt_change, updated_at=now)
+            if wanted is not None and await consent.set_opt_in(
+                member.id,
+                line.church_id,
+                wanted,
+                source=ConsentSource.KEYWORD,
+                keyword=keyword,
+                reference=message_sid or None,
+            ):
+                opt_change = wanted
     except IntegrityError:
         log.info("inbound message %s already recorded", message_sid)
-        return InboundResult(handled=True, conversation_id=conversation.id)
+        return InboundResult(handled=True, conversation_id=conversation.id, reply=reply)
 
     if opt_change is not None and redis is not None:
         # The member list and the analytics show the opt-in: their cached pages are stale.
@@ -118,7 +130,9 @@ async def handle_inbound(
                 "message": message_json(entry),
             },
         )
-    return InboundResult(handled=True, opt_change=opt_change, conversation_id=conversation.id)
+    return InboundResult(
+        handled=True, opt_change=opt_change, conversation_id=conversation.id, reply=reply
+    )
 
 
 def message_json(entry: ConversationMessage) -> dict[str, Any]:

@@ -11,10 +11,12 @@ from typing import Any
 import phonenumbers
 from tortoise.exceptions import IntegrityError
 from tortoise.expressions import Q
+from tortoise.transactions import in_transaction
 
 from koinonia.errors import Conflict, NotFound, ValidationFailed
-from koinonia.models.core import Member
+from koinonia.models.core import ConsentSource, Member
 from koinonia.responses import json_bytes
+from koinonia.services import consent
 from koinonia.services.cache import MEMBERS, CacheService, cache_key
 
 MAX_PAGE_SIZE = 100
@@ -134,12 +136,19 @@ async def get_member(church_id: uuid.UUID, member_id: uuid.UUID) -> Member:
 
 
 async def create_member(
-    cache: CacheService | None, church_id: uuid.UUID, data: dict[str, Any], default_region: str
+    cache: CacheService | None,
+    church_id: uuid.UUID,
+    data: dict[str, Any],
+    default_region: str,
+    *,
+    user_id: uuid.UUID | None,
 ) -> Member:
     data = dict(data)
     data["phone"] = normalise_phone(data["phone"], default_region)
     try:
-        member = await Member.create(church_id=church_id, **data)
+        async with in_transaction():
+            member = await Member.create(church_id=church_id, **data)
+            await consent.record_initial(member, source=ConsentSource.STAFF, changed_by_id=user_id)
     except IntegrityError:
         raise Conflict("A member with this phone number already exists") from None
     if cache is not None:
@@ -153,14 +162,32 @@ async def update_member(
     member_id: uuid.UUID,
     changes: dict[str, Any],
     default_region: str,
+    *,
+    user_id: uuid.UUID | None,
 ) -> Member:
-    member = await get_member(church_id, member_id)
+    """Apply the changes; a change of the opt-in is kept in the consent history as the
+    user's."""
+    changes = dict(changes)
+    opt_in = changes.pop("opt_in_sms", None)
     if "phone" in changes:
         changes["phone"] = normalise_phone(changes["phone"], default_region)
-    for name, value in changes.items():
-        setattr(member, name, value)
     try:
-        await member.save()
+        async with in_transaction():
+            member = await Member.select_for_update().get_or_none(id=member_id, church_id=church_id)
+            if member is None:
+                raise NotFound("Member not found")
+            for name, value in changes.items():
+                setattr(member, name, value)
+            if changes:
+                await member.save()
+            if opt_in is not None and await consent.set_opt_in(
+                member.id,
+                church_id,
+                opt_in,
+                source=ConsentSource.STAFF,
+                changed_by_id=user_id,
+            ):
+                await member.refresh_from_db()
     except IntegrityError:
         raise Conflict("A member with this phone number already exists") from None
     if cache is not None:
