@@ -11,15 +11,18 @@ from koinonia.errors import NotFound
 from koinonia.models.core import Church
 from koinonia.services import consent
 
+# Files of the system's zoneinfo directory that are not zones of the tz database:
+# "localtime" is the host's own setting, "Factory" a placeholder.
+_NOT_ZONES = frozenset({"localtime", "Factory", "posixrules"})
+
 
 @cache
 def _zones() -> frozenset[str]:
-    return frozenset(available_timezones())
+    return frozenset(available_timezones()) - _NOT_ZONES
 
 
 def validate_timezone(name: str) -> str:
-    """An IANA zone name (``America/Chicago``) or ValueError saying what is wanted. Only the
-    tz database's names: ZoneInfo would also open a path such as ``localtime``."""
+    """An IANA zone name (``America/Chicago``) or ValueError saying what is wanted."""
     if name not in _zones():
         raise ValueError(f"{name!r} is not an IANA time zone name, e.g. 'America/Chicago'")
     return name
