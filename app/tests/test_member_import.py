@@ -310,3 +310,15 @@ async def test_an_import_above_its_own_limit_is_refused(app, client, church_a, m
     )
     assert chunked.status_code == 413
     assert await count(church_a.church_id) == 0
+
+
+async def test_the_import_documents_its_three_body_forms_and_columns(client):
+    document = await (await client.get("/openapi.json")).get_json()
+    operation = document["paths"][IMPORT]["post"]
+    content = operation["requestBody"]["content"]
+    assert set(content) == {"application/json", "text/csv", "multipart/form-data"}
+    assert operation["requestBody"]["required"] is True
+    assert "| `phone` | yes |" in content["text/csv"]["schema"]["description"]
+    assert content["multipart/form-data"]["schema"]["required"] == ["file"]
+    assert "All or nothing" in operation["description"]
+    assert "200" in operation["responses"]

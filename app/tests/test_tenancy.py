@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -111,6 +112,7 @@ PARAM_RESOURCES = {
     "message_id": "message",
     "conversation_id": "conversation",
     "recurring_id": "recurring",
+    "scheduled_id": "scheduled",
 }
 
 # Valid bodies, so that church B's request passes validation and reaches the tenancy check.
@@ -168,6 +170,18 @@ async def all_a_resources(client, church_a, a_resources, webhook_settings):
     )
     assert recurring.status_code == 201, await recurring.get_data(as_text=True)
     ids["recurring"] = (await recurring.get_json())["id"]
+    scheduled = await client.post(
+        "/api/scheduled-messages",
+        headers=church_a.headers,
+        json={
+            "content": "A later",
+            "targetType": "members",
+            "targetIds": [ids["member"]],
+            "sendAt": (datetime.now(UTC) + timedelta(days=1)).isoformat(),
+        },
+    )
+    assert scheduled.status_code == 201, await scheduled.get_data(as_text=True)
+    ids["scheduled"] = (await scheduled.get_json())["id"]
     member = await client.get(f"/api/members/{ids['member']}", headers=church_a.headers)
     inbound = {
         "From": (await member.get_json())["phone"],
