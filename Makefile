@@ -14,6 +14,8 @@ export STAGE_LOG ?= $(abspath .cache/stages.log)
 # Stages running at once after setup (scripts/run-stages). They mostly wait on containers,
 # so one more than the cores keeps the cores busy; 1 runs them in turn, output live.
 TEST_JOBS  ?= $(shell echo $$(( $$(nproc) + 1 )))
+# Debian release of `make up`'s containers: 13 (trixie) or 12 (bookworm).
+DEBIAN     ?= 13
 
 # Every stage's command, defined once: `make test` runs them side by side, the targets
 # below run their own. A stage molecule-NAME is `molecule test -s NAME`.
@@ -51,7 +53,8 @@ setup: ## Install Debian packages, start Docker, build the venv, collections and
 	@$(STAGE) host-packages-and-docker scripts/setup-host.sh
 	@$(STAGE) python-venv $(MAKE) --no-print-directory venv
 	@$(STAGE) collections ansible-galaxy collection install -r requirements.yml
-	@$(STAGE) base-image scripts/build-base-image.sh
+	@$(STAGE) base-image-debian13 env DEBIAN=13 scripts/build-base-image.sh
+	@$(STAGE) base-image-debian12 env DEBIAN=12 scripts/build-base-image.sh
 
 .PHONY: venv
 venv: $(VENV)/.installed
@@ -90,9 +93,9 @@ test-collection: ## Build the collection tarball, install it, run its roles by F
 	@$(call run_stages,collection-build)
 
 .PHONY: up
-up: ## The whole stack on local containers, deployed by site.yml; prints the URL
+up: ## The whole stack on local containers (Debian 13; DEBIAN=12 for the other), deployed by site.yml; prints the URL
 	@$(MAKE) --no-print-directory setup
-	@$(STAGE) up scripts/up.sh
+	@$(STAGE) up env DEBIAN=$(DEBIAN) scripts/up.sh
 
 .PHONY: down
 down: ## Remove the containers of make up

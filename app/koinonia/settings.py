@@ -63,6 +63,14 @@ class Settings(BaseSettings):
     db_pool_max: int = Field(default=10, ge=1)
     db_connect_timeout: float = Field(default=5.0, gt=0)
     db_command_timeout: float = Field(default=30.0, gt=0)
+    db_statement_cache_size: int = Field(
+        default=0,
+        ge=0,
+        description="asyncpg's prepared statements kept per connection. 0 through PgBouncer "
+        "1.18 (Debian 12): in transaction pooling it cannot follow a named statement from one "
+        "server connection to the next. PgBouncer 1.21+ (Debian 13: 1.24) does, up to its "
+        "max_prepared_statements: keep this at or below that.",
+    )
 
     # --- redis ----------------------------------------------------------------------------
     redis_max_connections: int = Field(default=50, ge=1)

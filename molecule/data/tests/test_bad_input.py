@@ -64,6 +64,38 @@ def state(host):
 )
 def test_bad_input_fails_early_and_changes_nothing(host, extra_vars, message):
     before = state(host)
+    output = run_role_failing(extra_vars)
+    assert message in output, output[-3000:]
+    assert state(host) == before
+
+
+def test_an_unsupported_debian_is_refused_by_the_first_task_and_changes_nothing(host):
+    # The host says it is Debian 11, where Ansible reads it (/etc/os-release, /etc/debian_version).
+    before = state(host)
+    host.check_output(
+        "cp -a /etc/debian_version /root/debian_version.keep && "
+        "cp /usr/lib/os-release /root/os-release.11 && "
+        "sed -i -e 's/^VERSION_ID=.*/VERSION_ID=\"11\"/' -e 's/^VERSION=.*/VERSION=\"11 (bullseye)\"/' "
+        "-e 's/^VERSION_CODENAME=.*/VERSION_CODENAME=bullseye/' /root/os-release.11 && "
+        "rm /etc/os-release && cp /root/os-release.11 /etc/os-release && echo 11.11 > /etc/debian_version"
+    )
+    try:
+        output = run_role_failing({})
+    finally:
+        host.check_output(
+            "ln -sf ../usr/lib/os-release /etc/os-release && "
+            "mv /root/debian_version.keep /etc/debian_version && rm /root/os-release.11"
+        )
+    assert (
+        "koinonia.platform.pgbouncer supports Debian 13 (trixie) and Debian 12 (bookworm); "
+        "data-db runs Debian 11"
+    ) in output, output[-3000:]
+    assert state(host) == before
+
+
+def run_role_failing(extra_vars):
+    """Run bad_input.yml (the pgbouncer role) with extra_vars; it must fail on data-db having
+    changed nothing. Returns its output on one line."""
     env = dict(
         os.environ,
         ANSIBLE_ROLES_PATH=str(PROJECT_DIR / "roles"),
@@ -80,10 +112,8 @@ def test_bad_input_fails_early_and_changes_nothing(host, extra_vars, message):
         cmd += ["-e", f"{name}={value}"]
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
     output = " ".join((run.stdout + run.stderr).split())
-
     assert run.returncode != 0, output
-    assert message in output, output[-3000:]
     recap = re.search(r"data-db\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=0\s+failed=1", output)
     assert recap, output[-3000:]
     assert recap.group(2) == "0"
-    assert state(host) == before
+    return output

@@ -16,7 +16,9 @@ Run by roles/app (``run_once`` + ``delegate_to: localhost``). Prints one JSON ob
 * Before bundling, pip resolves ``<name>==<version>`` against the bundle alone, for the
   targets' platform, with ``--no-index``: a lock that no longer satisfies the application's
   dependencies fails HERE, on the controller, with pip's explanation.
-* The bundle ``<cache>/<release>.tar.gz`` (``wheels/*.whl``) is what is copied to the hosts.
+* The bundle ``<cache>/<release>-py<python version>.tar.gz`` (``wheels/*.whl``) is what is
+  copied to the hosts: one release (same code, same name on every host) has a bundle per
+  target Python, as their binary wheels differ.
 """
 
 from __future__ import annotations
@@ -172,7 +174,7 @@ def main() -> None:
             out.rename(appdir)
         changed = True
 
-    bundle = cache / f"{release}.tar.gz"
+    bundle = cache / f"{release}-py{args.python_version}.tar.gz"
     if not bundle.is_file():
         with tempfile.TemporaryDirectory(prefix=".check-", dir=cache) as target:
             _run(
