@@ -117,7 +117,7 @@ def machine(on_stack: bool) -> dict:
             )
         )
         release = first_line(sh([*d, DB_CONTAINER, "cat", "/etc/debian_version"]))
-        info["containers"] = f"6 Debian {release} systemd containers (make up), no CPU/memory limits"
+        info["containers"] = f"6 Debian {release} systemd containers (make up), no CPU/mem limits"
     info["nginx_host"] = first_line(sh(["nginx", "-v"])) if shutil.which("nginx") else "-"
     info["postgresql_host"] = first_line(sh(["/usr/lib/postgresql/15/bin/postgres", "--version"]))
     info["pgbouncer_host"] = first_line(sh(["pgbouncer", "--version"]))

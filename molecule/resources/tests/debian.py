@@ -1,8 +1,9 @@
 """What the test hosts run, by Debian release: the tests' own table of what each release
 packages, so a role that installs something else fails them."""
 
-# Debian's major version -> the PostgreSQL major it packages.
+# Debian's major version -> the PostgreSQL and Redis majors it packages.
 POSTGRESQL_MAJOR = {"12": "15", "13": "17"}
+REDIS_MAJOR = {"12": "7", "13": "8"}
 
 
 def debian_major(host) -> str:
