@@ -49,12 +49,11 @@ test: ## Everything CI runs: setup, then lint, app tests, collection build and e
 	  scripts/stage-table $(STAGE_LOG) $$(( $$(date +%s) - start )); exit $$rc
 
 .PHONY: setup
-setup: ## Install Debian packages, start Docker, build the venv, collections and the base image
+setup: ## Install Debian packages, start Docker, build the venv, collections and the base images (Debian 13, 12)
 	@$(STAGE) host-packages-and-docker scripts/setup-host.sh
 	@$(STAGE) python-venv $(MAKE) --no-print-directory venv
 	@$(STAGE) collections ansible-galaxy collection install -r requirements.yml
-	@$(STAGE) base-image-debian13 env DEBIAN=13 scripts/build-base-image.sh
-	@$(STAGE) base-image-debian12 env DEBIAN=12 scripts/build-base-image.sh
+	@$(STAGE) base-images scripts/build-base-image.sh 13 12
 
 .PHONY: venv
 venv: $(VENV)/.installed

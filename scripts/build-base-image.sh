@@ -1,11 +1,22 @@
 #!/usr/bin/env bash
-# Builds the Debian image that Molecule and `make up` boot with systemd as PID 1:
-# DEBIAN=13 (trixie, the default) or DEBIAN=12 (bookworm) -> koinonia/debian<N>-systemd.
+# Builds the Debian images that Molecule and `make up` boot with systemd as PID 1:
+# koinonia/debian<N>-systemd for N = 13 (trixie) and/or 12 (bookworm).
+#   scripts/build-base-image.sh 13 12   both, side by side (make setup)
+#   DEBIAN=12 scripts/build-base-image.sh   one (default: DEBIAN, else 13)
 #
 # No container registry is reachable from our machines, so nothing can be pulled:
 # the image is made with debootstrap and `docker import`. It is tagged with a hash of
 # this script, so a changed recipe builds a new image and an unchanged one is reused.
 set -euo pipefail
+
+if [ $# -gt 1 ]; then
+  pids=()
+  for release in "$@"; do DEBIAN=$release "$0" & pids+=($!); done
+  rc=0
+  for pid in "${pids[@]}"; do wait "$pid" || rc=1; done
+  exit $rc
+fi
+[ $# -eq 1 ] && DEBIAN=$1
 
 MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 DEBIAN="${DEBIAN:-13}"
