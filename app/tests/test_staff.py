@@ -262,3 +262,42 @@ async def _until_a_query_waits_for_a_lock(limit: int = 500) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError("the second demotion never waited for the church's lock")
+
+
+async def test_a_login_that_read_the_old_role_gets_a_session_with_the_new_one(
+    app, client, church_a, monkeypatch
+):
+    from koinonia.services import sessions
+
+    admin = await church_user(app, church_a.church_id, "admin")
+    reached, release = asyncio.Event(), asyncio.Event()
+    real_generation = sessions.user_generation
+
+    async def pause_then_read(redis, user_id):
+        reached.set()
+        await release.wait()
+        return await real_generation(redis, user_id)
+
+    monkeypatch.setattr(sessions, "user_generation", pause_then_read)
+    # The login has found the account (an admin) and pauses before it reads the generation...
+    login = asyncio.create_task(
+        app.test_client().post(
+            "/api/auth/login", json={"email": admin.email, "password": admin.password}
+        )
+    )
+    await asyncio.wait_for(reached.wait(), 5)
+    # ...while the owner demotes the admin.
+    demoted = await client.patch(
+        f"/api/staff/{admin.user_id}", headers=church_a.headers, json={"role": "staff"}
+    )
+    assert demoted.status_code == 200
+    release.set()
+
+    response = await login
+    assert response.status_code == 200
+    body = await response.get_json()
+    assert body["user"]["role"] == "staff"
+    summary = await client.get(
+        "/api/analytics/summary", headers={"Authorization": f"Bearer {body['token']}"}
+    )
+    assert summary.status_code == 403
