@@ -98,6 +98,12 @@ class Settings(BaseSettings):
     # --- sessions -------------------------------------------------------------------------
     session_cookie_name: str = "koinonia_session"
     session_ttl_seconds: int = Field(default=86_400, ge=60)
+    staff_invite_ttl_seconds: int = Field(
+        default=7 * 86_400,
+        ge=300,
+        le=30 * 86_400,
+        description="How long a staff invite's token can be accepted.",
+    )
     session_cache_seconds: float = Field(
         default=5.0,
         ge=0,

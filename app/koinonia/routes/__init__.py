@@ -17,7 +17,10 @@ from koinonia.routes.groups import bp as groups_bp
 from koinonia.routes.health import bp as health_bp
 from koinonia.routes.members import bp as members_bp
 from koinonia.routes.messages import bp as messages_bp
+from koinonia.routes.phone_numbers import admin_bp as admin_phone_numbers_bp
+from koinonia.routes.phone_numbers import bp as phone_numbers_bp
 from koinonia.routes.recurring import bp as recurring_bp
+from koinonia.routes.staff import bp as staff_bp
 from koinonia.routes.webhooks import bp as webhooks_bp
 from koinonia.routes.ws import bp as ws_bp
 
@@ -31,6 +34,9 @@ BLUEPRINTS: list[Blueprint] = [
     messages_bp,
     conversations_bp,
     recurring_bp,
+    staff_bp,
+    phone_numbers_bp,
+    admin_phone_numbers_bp,
     webhooks_bp,
     admin_queue_bp,
     ws_bp,
