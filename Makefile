@@ -19,19 +19,24 @@ DEBIAN     ?= 13
 
 # Every stage's command, defined once: `make test` runs them side by side, the targets
 # below run their own. A stage molecule-NAME is `molecule test -s NAME`.
-stage_lint-ruff        := ruff check . && ruff format --check .
+# Python deployed to hosts without a .py name is found by its shebang.
+host_python_scripts    = $(shell grep -rlI --exclude='*.py' '^\#!/usr/bin/\(env \)\?python3' roles scripts)
+stage_lint-ruff        := ruff check . $(host_python_scripts) && ruff format --check . $(host_python_scripts)
+stage_lint-shell       := shellcheck scripts/*.sh scripts/stage scripts/stage-table roles/postgresql/files/koinonia-postgresql-check-config
+stage_lint-lua         := luacheck --no-color roles/nginx/files/lua
 stage_argument-specs   := python scripts/check-argument-specs.py
 stage_lint-ansible     := ansible-lint --profile production
 stage_alert-rules      := scripts/test-alert-rules.sh
 stage_app-tests        := pytest app/tests -q --durations=10
 stage_bench-smoke      := python bench/app_http.py --smoke && python bench/run.py --smoke
 stage_collection-build := scripts/test-collection.sh
-CHECK_STAGES := lint-ruff argument-specs lint-ansible alert-rules app-tests bench-smoke collection-build
+CHECK_STAGES := lint-ruff lint-shell lint-lua argument-specs lint-ansible alert-rules app-tests bench-smoke \
+  collection-build
 # Longest first, so the longest stage does not start last (scripts/run-stages orders by the
 # last run's times instead when .cache/stage-history has them). Unlisted stages go first.
 TEST_ORDER := molecule-default molecule-operations molecule-app molecule-monitoring \
   molecule-data app-tests lint-ansible molecule-loadbalancer molecule-firewall bench-smoke \
-  collection-build alert-rules argument-specs lint-ruff
+  collection-build alert-rules argument-specs lint-ruff lint-shell lint-lua
 longest_first = $(filter-out $(TEST_ORDER),$(1)) $(filter $(1),$(TEST_ORDER))
 stage_command = $(if $(filter molecule-%,$(1)),molecule test -s $(1:molecule-%=%),$(stage_$(1)))
 # $(call run_stages,NAMES): those stages through scripts/run-stages, TEST_JOBS at a time.
@@ -75,8 +80,8 @@ lock: venv ## Regenerate the app's locks with hashes, one per target Python (rol
 	done
 
 .PHONY: lint
-lint: ## ruff, ansible-lint (production profile) and every role's argument specs, option by option
-	@$(call run_stages,lint-ruff argument-specs lint-ansible)
+lint: ## ruff, shellcheck, luacheck, ansible-lint (production profile) and every role's argument specs
+	@$(call run_stages,lint-ruff lint-shell lint-lua argument-specs lint-ansible)
 
 .PHONY: test-alert-rules
 test-alert-rules: ## promtool check + test of the monitoring role's alert rules on synthetic series
