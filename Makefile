@@ -14,22 +14,29 @@ export STAGE_LOG ?= $(abspath .cache/stages.log)
 # Stages running at once after setup (scripts/run-stages). They mostly wait on containers,
 # so one more than the cores keeps the cores busy; 1 runs them in turn, output live.
 TEST_JOBS  ?= $(shell echo $$(( $$(nproc) + 1 )))
+# Debian release of `make up`'s containers: 13 (trixie) or 12 (bookworm).
+DEBIAN     ?= 13
 
 # Every stage's command, defined once: `make test` runs them side by side, the targets
 # below run their own. A stage molecule-NAME is `molecule test -s NAME`.
-stage_lint-ruff        := ruff check . && ruff format --check .
+# Python deployed to hosts without a .py name is found by its shebang.
+host_python_scripts    = $(shell grep -rlI --exclude='*.py' '^\#!/usr/bin/\(env \)\?python3' roles scripts)
+stage_lint-ruff        := ruff check . $(host_python_scripts) && ruff format --check . $(host_python_scripts)
+stage_lint-shell       := shellcheck scripts/*.sh scripts/stage scripts/stage-table roles/postgresql/files/koinonia-postgresql-check-config
+stage_lint-lua         := luacheck --no-color roles/nginx/files/lua
 stage_argument-specs   := python scripts/check-argument-specs.py
 stage_lint-ansible     := ansible-lint --profile production
 stage_alert-rules      := scripts/test-alert-rules.sh
 stage_app-tests        := pytest app/tests -q --durations=10
 stage_bench-smoke      := python bench/app_http.py --smoke && python bench/run.py --smoke
 stage_collection-build := scripts/test-collection.sh
-CHECK_STAGES := lint-ruff argument-specs lint-ansible alert-rules app-tests bench-smoke collection-build
+CHECK_STAGES := lint-ruff lint-shell lint-lua argument-specs lint-ansible alert-rules app-tests bench-smoke \
+  collection-build
 # Longest first, so the longest stage does not start last (scripts/run-stages orders by the
 # last run's times instead when .cache/stage-history has them). Unlisted stages go first.
 TEST_ORDER := molecule-default molecule-operations molecule-app molecule-monitoring \
   molecule-data app-tests lint-ansible molecule-loadbalancer molecule-firewall bench-smoke \
-  collection-build alert-rules argument-specs lint-ruff
+  collection-build alert-rules argument-specs lint-ruff lint-shell lint-lua
 longest_first = $(filter-out $(TEST_ORDER),$(1)) $(filter $(1),$(TEST_ORDER))
 stage_command = $(if $(filter molecule-%,$(1)),molecule test -s $(1:molecule-%=%),$(stage_$(1)))
 # $(call run_stages,NAMES): those stages through scripts/run-stages, TEST_JOBS at a time.
@@ -47,11 +54,11 @@ test: ## Everything CI runs: setup, then lint, app tests, collection build and e
 	  scripts/stage-table $(STAGE_LOG) $$(( $$(date +%s) - start )); exit $$rc
 
 .PHONY: setup
-setup: ## Install Debian packages, start Docker, build the venv, collections and the base image
+setup: ## Install Debian packages, start Docker, build the venv, collections and the base images (Debian 13, 12)
 	@$(STAGE) host-packages-and-docker scripts/setup-host.sh
 	@$(STAGE) python-venv $(MAKE) --no-print-directory venv
 	@$(STAGE) collections ansible-galaxy collection install -r requirements.yml
-	@$(STAGE) base-image scripts/build-base-image.sh
+	@$(STAGE) base-images scripts/build-base-image.sh 13 12
 
 .PHONY: venv
 venv: $(VENV)/.installed
@@ -61,9 +68,20 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
+.PHONY: lock
+lock: venv ## Regenerate the app's locks with hashes, one per target Python (roles/app/files/requirements-py*.lock)
+	@for target in 3.11:3.11.2:x86_64-manylinux_2_36 3.13:3.13.5:x86_64-manylinux_2_40; do \
+	  IFS=: read -r minor python platform <<< "$$target"; lock=roles/app/files/requirements-py$$minor.lock; \
+	  sed -n 's/^\(pip==[^ ]*\).*/\1/p' $$lock > $$lock.pip; \
+	  uv pip compile pyproject.toml $$lock.pip --python-version $$python --python-platform $$platform \
+	    --no-python-downloads --generate-hashes --no-header --no-annotate --quiet --output-file $$lock.body; \
+	  { sed -n '/^#/p' $$lock; cat $$lock.body; } > $$lock.new; rm $$lock.pip $$lock.body; \
+	  mv $$lock.new $$lock; echo "$$lock: $$(grep -c '==' $$lock) pins for CPython $$python"; \
+	done
+
 .PHONY: lint
-lint: ## ruff, ansible-lint (production profile) and every role's argument specs, option by option
-	@$(call run_stages,lint-ruff argument-specs lint-ansible)
+lint: ## ruff, shellcheck, luacheck, ansible-lint (production profile) and every role's argument specs
+	@$(call run_stages,lint-ruff lint-shell lint-lua argument-specs lint-ansible)
 
 .PHONY: test-alert-rules
 test-alert-rules: ## promtool check + test of the monitoring role's alert rules on synthetic series
@@ -90,9 +108,9 @@ test-collection: ## Build the collection tarball, install it, run its roles by F
 	@$(call run_stages,collection-build)
 
 .PHONY: up
-up: ## The whole stack on local containers, deployed by site.yml; prints the URL
+up: ## The whole stack on local containers (Debian 13; DEBIAN=12 for the other), deployed by site.yml; prints the URL
 	@$(MAKE) --no-print-directory setup
-	@$(STAGE) up scripts/up.sh
+	@$(STAGE) up env DEBIAN=$(DEBIAN) scripts/up.sh
 
 .PHONY: down
 down: ## Remove the containers of make up

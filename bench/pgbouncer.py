@@ -36,7 +36,8 @@ from bench.common import (
 )
 from bench.http_stack import set_job_workers, wait_remote_port
 
-STACK_PGBENCH = "/usr/lib/postgresql/15/bin/pgbench"
+# Debian's pg_wrapper: the cluster's own major version, whichever release the stack runs.
+STACK_PGBENCH = "/usr/bin/pgbench"
 # Rows above this sample PostgreSQL only (see sample_pools).
 ADMIN_SAMPLING_MAX_CLIENTS = 500
 

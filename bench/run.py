@@ -99,7 +99,7 @@ def machine(on_stack: bool) -> dict:
         d = ["docker", "exec"]
         info["nginx"] = first_line(sh([*d, LB_CONTAINER, "nginx", "-v"]))
         info["postgresql"] = first_line(
-            sh([*d, DB_CONTAINER, "/usr/lib/postgresql/15/bin/postgres", "--version"])
+            sh([*d, DB_CONTAINER, "sh", "-c", "/usr/lib/postgresql/*/bin/postgres --version"])
         )
         info["pgbouncer"] = first_line(sh([*d, DB_CONTAINER, "pgbouncer", "--version"]))
         info["redis"] = first_line(sh([*d, "koinonia-redis", "redis-server", "--version"]))
@@ -116,7 +116,8 @@ def machine(on_stack: bool) -> dict:
                 ]
             )
         )
-        info["containers"] = "6 Debian 12 systemd containers (make up), no CPU/memory limits"
+        release = first_line(sh([*d, DB_CONTAINER, "cat", "/etc/debian_version"]))
+        info["containers"] = f"6 Debian {release} systemd containers (make up), no CPU/mem limits"
     info["nginx_host"] = first_line(sh(["nginx", "-v"])) if shutil.which("nginx") else "-"
     info["postgresql_host"] = first_line(sh(["/usr/lib/postgresql/15/bin/postgres", "--version"]))
     info["pgbouncer_host"] = first_line(sh(["pgbouncer", "--version"]))

@@ -1,19 +1,36 @@
 #!/usr/bin/env bash
-# Builds the Debian 12 (bookworm) image that Molecule boots with systemd as PID 1.
+# Builds the Debian images that Molecule and `make up` boot with systemd as PID 1:
+# koinonia/debian<N>-systemd for N = 13 (trixie) and/or 12 (bookworm).
+#   scripts/build-base-image.sh 13 12   both, side by side (make setup)
+#   DEBIAN=12 scripts/build-base-image.sh   one (default: DEBIAN, else 13)
 #
 # No container registry is reachable from our machines, so nothing can be pulled:
 # the image is made with debootstrap and `docker import`. It is tagged with a hash of
 # this script, so a changed recipe builds a new image and an unchanged one is reused.
 set -euo pipefail
 
+if [ $# -gt 1 ]; then
+  pids=()
+  for release in "$@"; do DEBIAN=$release "$0" & pids+=($!); done
+  rc=0
+  for pid in "${pids[@]}"; do wait "$pid" || rc=1; done
+  exit $rc
+fi
+[ $# -eq 1 ] && DEBIAN=$1
+
 MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
-SUITE=bookworm
+DEBIAN="${DEBIAN:-13}"
+case "$DEBIAN" in
+  12) SUITE=bookworm ;;
+  13) SUITE=trixie ;;
+  *) echo "DEBIAN=$DEBIAN: supported releases are 12 (bookworm) and 13 (trixie)" >&2; exit 2 ;;
+esac
 PACKAGES=(
   python3 python3-apt systemd systemd-sysv dbus
   iproute2 procps ca-certificates sudo gnupg locales less
 )
-recipe_hash=$( { cat "$0"; echo "$MIRROR"; } | sha256sum | cut -c1-12)
-tag="koinonia/debian12-systemd:${recipe_hash}"
+recipe_hash=$( { cat "$0"; echo "$MIRROR $SUITE"; } | sha256sum | cut -c1-12)
+tag="koinonia/debian${DEBIAN}-systemd:${recipe_hash}"
 
 if docker image inspect "$tag" >/dev/null 2>&1; then
   echo "base image $tag already built"
@@ -25,7 +42,7 @@ else
     "$SUITE" "$workdir/rootfs" "$MIRROR" >"$workdir/debootstrap.log" 2>&1 \
     || { tail -n 40 "$workdir/debootstrap.log"; exit 1; }
   rootfs="$workdir/rootfs"
-  # Same sources as a stock Debian 12 host: main, updates and security.
+  # Same sources as a stock Debian host: main, updates and security.
   cat >"$rootfs/etc/apt/sources.list" <<SOURCES
 deb $MIRROR $SUITE main
 deb $MIRROR $SUITE-updates main
@@ -47,4 +64,4 @@ SOURCES
     - "$tag" >/dev/null
   echo "built base image $tag"
 fi
-docker tag "$tag" koinonia/debian12-systemd:latest
+docker tag "$tag" "koinonia/debian${DEBIAN}-systemd:latest"

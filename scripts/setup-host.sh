@@ -5,9 +5,10 @@ set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
 # Servers the service's tests start on loopback, debootstrap for the base image,
-# wrk and pgbench (postgresql-contrib) for the benchmarks, apt-cacher-ng for the containers.
+# wrk and pgbench (postgresql-contrib) for the benchmarks, apt-cacher-ng for the containers,
+# shellcheck and lua-check (luacheck) for make lint.
 packages=(debootstrap postgresql-15 postgresql-contrib pgbouncer redis-server
-          wrk python3-venv curl ca-certificates apt-cacher-ng)
+          wrk python3-venv curl ca-certificates apt-cacher-ng shellcheck lua-check)
 docker_answers() { timeout 10 docker info >/dev/null 2>&1; }
 docker_answers || command -v dockerd >/dev/null || packages+=(docker.io)
 

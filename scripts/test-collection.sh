@@ -16,7 +16,8 @@ cd "$work"   # away from the checkout, so nothing resolves from its roles/ direc
 ansible-playbook -i localhost, --syntax-check koinonia.platform.site >/dev/null
 echo "koinonia.platform.site: syntax ok from the installed collection"
 
-for role in $(ls "$work/collections/ansible_collections/koinonia/platform/roles"); do
+for role_dir in "$work/collections/ansible_collections/koinonia/platform/roles"/*/; do
+  role=$(basename "$role_dir")
   cat > play.yml <<PLAY
 - name: Run koinonia.platform.$role by its FQCN with a variable it must refuse
   hosts: localhost
@@ -45,7 +46,8 @@ PY
   if out=$(ansible-playbook -i localhost, --check play.yml 2>&1); then
     echo "role $role accepted a bad value for $bad"; exit 1
   fi
-  grep -q "Validating arguments against arg spec" <<<"$out" && grep -q "$bad" <<<"$out" || {
-    echo "$out" | tail -n 20; echo "role $role did not refuse $bad through its argument_specs"; exit 1; }
+  if ! { grep -q "Validating arguments against arg spec" <<<"$out" && grep -q "$bad" <<<"$out"; }; then
+    echo "$out" | tail -n 20; echo "role $role did not refuse $bad through its argument_specs"; exit 1
+  fi
   echo "koinonia.platform.$role: runs by FQCN, argument_specs refuse a bad $bad"
 done

@@ -3,11 +3,12 @@
 #
 #   koinonia-lb      NGINX + TLS (self-signed)    127.0.0.1:8443 -> 443, 127.0.0.1:8080 -> 80
 #   koinonia-app1..3 API (Hypercorn :3000) + SAQ worker
-#   koinonia-db      PostgreSQL 15 + PgBouncer (:6432)
-#   koinonia-redis   Redis 7
+#   koinonia-db      PostgreSQL + PgBouncer (:6432)
+#   koinonia-redis   Redis
 #
-# Containers are made exactly like the Molecule hosts (molecule/resources/create.yml):
-# Debian 12 with systemd as PID 1, on the docker network "koinonia-local", then deployed
+# DEBIAN=13 (trixie, the default: PostgreSQL 17, Redis 8) or DEBIAN=12 (bookworm: PostgreSQL
+# 15, Redis 7). Containers are made exactly like the Molecule hosts
+# (molecule/resources/create.yml): Debian with systemd as PID 1, on the docker network "koinonia-local", then deployed
 # with `ansible-playbook site.yml -i inventories/local` (DEMO passwords: inventories/local/README.md).
 # Re-running it reuses the containers and re-applies the playbook (nothing changes).
 # `make down` (scripts/down.sh) removes everything.
@@ -16,7 +17,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-IMAGE="${KOINONIA_BASE_IMAGE:-koinonia/debian12-systemd:latest}"
+DEBIAN="${DEBIAN:-13}"
+case "$DEBIAN" in
+  12|13) ;;
+  *) echo "DEBIAN=$DEBIAN: the stack runs on Debian 13 (the default) or 12 (DEBIAN=12)" >&2; exit 2 ;;
+esac
+IMAGE="koinonia/debian${DEBIAN}-systemd:latest"
 NETWORK=koinonia-local
 APT_CACHE="${KOINONIA_APT_CACHE:-/var/cache/koinonia-molecule-apt}"
 LB=koinonia-lb
@@ -29,7 +35,7 @@ say() { printf '\n==> %s\n' "$*"; }
 
 command -v docker >/dev/null || { echo "docker is required (make setup installs it)"; exit 1; }
 command -v ansible-playbook >/dev/null || { echo "ansible-playbook not found (make setup builds .venv)"; exit 1; }
-docker image inspect "$IMAGE" >/dev/null 2>&1 || scripts/build-base-image.sh
+docker image inspect "$IMAGE" >/dev/null 2>&1 || DEBIAN=$DEBIAN scripts/build-base-image.sh
 
 # systemd in every container takes inotify instances, all counted against root's limit on
 # this machine (128 by default). Past it, a container hangs in "initializing" and its
@@ -46,6 +52,12 @@ docker network inspect "$NETWORK" >/dev/null 2>&1 || docker network create "$NET
 start_container() {
   local name=$1; shift
   if [ "$(docker inspect -f '{{.State.Running}}' "$name" 2>/dev/null)" = true ]; then
+    local image
+    image=$(docker inspect -f '{{.Config.Image}}' "$name")
+    if [ "$image" != "$IMAGE" ]; then
+      echo "$name runs $image, not $IMAGE: remove the stack first (make down), then make up DEBIAN=$DEBIAN" >&2
+      exit 2
+    fi
     echo "$name: running"
     return
   fi

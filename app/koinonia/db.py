@@ -1,8 +1,9 @@
 """Tortoise ORM configuration, start-up/shutdown and the migration runner.
 
-The app talks to PostgreSQL through PgBouncer in transaction mode, so asyncpg's
-prepared-statement cache is off (``statement_cache_size=0``): PgBouncer 1.18 cannot follow
-named prepared statements from one server connection to the next. Migrations connect
+The app talks to PostgreSQL through PgBouncer in transaction mode. asyncpg's prepared-statement
+cache is ``Settings.db_statement_cache_size``: 0 through PgBouncer 1.18, which cannot follow
+named prepared statements from one server connection to the next; PgBouncer 1.21+ can (its
+``max_prepared_statements``), and then a cached statement saves a round trip. Migrations connect
 DIRECTLY to PostgreSQL (``Settings.migration_url``) because they hold a session-level advisory
 lock, which must never go through a transaction pooler.
 """
@@ -73,8 +74,7 @@ def _connection_config(url: str, settings: Settings, *, pooled: bool) -> dict[st
         maxsize=settings.db_pool_max if pooled else 2,
         timeout=settings.db_connect_timeout,
         command_timeout=settings.db_command_timeout,
-        # Off: PgBouncer (transaction mode) cannot track named prepared statements.
-        statement_cache_size=0,
+        statement_cache_size=settings.db_statement_cache_size,
     )
     if pooled:
         credentials["connection_class"] = PgBouncerConnection

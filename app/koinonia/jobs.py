@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -118,19 +119,18 @@ async def phone_link_recovery(ctx: dict[str, Any]) -> dict[str, Any]:
     outcome: dict[str, int] = {}
 
     async def work() -> None:
-        outcome.update(
-            await phone_links.recover(
-                ctx["provider"],
-                inbound_url=ctx["settings"].public_base_url.rstrip("/")
-                + "/api/webhooks/sms/inbound",
-                max_attempts=ctx["settings"].phone_link_max_attempts,
-            )
-        )
+        outcome.update(await phone_links.recover(ctx["provider"], ctx["settings"]))
 
     ran = await run_once_per_cycle(
         locks, "phone-link-recovery", PHONE_LINK_PERIOD_SECONDS, work, metrics=ctx.get("metrics")
     )
     return {"ran": ran, **outcome}
+
+
+async def link_phone_number(ctx: dict[str, Any], *, number_id: str) -> dict[str, Any]:
+    """Link a number just added (``services/phone_links.py``); the cron retries a failure."""
+    status = await phone_links.link_by_id(ctx["provider"], uuid.UUID(number_id), ctx["settings"])
+    return {"status": status}
 
 
 async def requeue_stalled_deliveries(ctx: dict[str, Any]) -> dict[str, Any]:
@@ -291,7 +291,7 @@ def build_worker(
         "timers": {"sweep": queue_service.DELIVERY_JOB_HEARTBEAT_SECONDS // 2},
     }
     options.update(worker_options)
-    return GracefulWorker(queue, functions=[send_deliveries], **options)
+    return GracefulWorker(queue, functions=[send_deliveries, link_phone_number], **options)
 
 
 async def run_worker(settings: Settings) -> None:

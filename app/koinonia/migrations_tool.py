@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tortoise.context import TortoiseContext
 from tortoise.migrations.autodetector import MigrationAutodetector
-from tortoise.migrations.writer import format_migration_name
+from tortoise.migrations.writer import MigrationWriter, format_migration_name
 
 from koinonia.db import APP_LABEL, MIGRATIONS_MODULE, MODEL_MODULES
 
@@ -25,12 +25,8 @@ def migrations_dir() -> Path:
     return Path(next(iter(package.__path__)))
 
 
-async def make_migrations(*, fresh: bool = False, name: str | None = None) -> list[str]:
-    directory = migrations_dir()
-    if fresh:
-        for path in directory.glob("[0-9][0-9][0-9][0-9]_*.py"):
-            path.unlink()
-        importlib.invalidate_caches()
+async def pending_changes() -> list[MigrationWriter]:
+    """The migrations the models need beyond the files (nothing written)."""
     apps_config = {
         APP_LABEL: {
             "models": list(MODEL_MODULES),
@@ -43,7 +39,16 @@ async def make_migrations(*, fresh: bool = False, name: str | None = None) -> li
     with ctx:
         await ctx.init(config=config, init_connections=False)
         assert ctx.apps is not None
-        writers = await MigrationAutodetector(ctx.apps, apps_config).changes()
+        return await MigrationAutodetector(ctx.apps, apps_config).changes()
+
+
+async def make_migrations(*, fresh: bool = False, name: str | None = None) -> list[str]:
+    directory = migrations_dir()
+    if fresh:
+        for path in directory.glob("[0-9][0-9][0-9][0-9]_*.py"):
+            path.unlink()
+        importlib.invalidate_caches()
+    writers = await pending_changes()
     if not writers:
         return ["No changes detected"]
     lines = []

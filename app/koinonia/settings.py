@@ -63,6 +63,14 @@ class Settings(BaseSettings):
     db_pool_max: int = Field(default=10, ge=1)
     db_connect_timeout: float = Field(default=5.0, gt=0)
     db_command_timeout: float = Field(default=30.0, gt=0)
+    db_statement_cache_size: int = Field(
+        default=0,
+        ge=0,
+        description="asyncpg's prepared statements kept per connection. 0 through PgBouncer "
+        "1.18 (Debian 12): in transaction pooling it cannot follow a named statement from one "
+        "server connection to the next. PgBouncer 1.21+ (Debian 13: 1.24) does, up to its "
+        "max_prepared_statements: keep this at or below that.",
+    )
 
     # --- redis ----------------------------------------------------------------------------
     redis_max_connections: int = Field(default=50, ge=1)
@@ -96,6 +104,12 @@ class Settings(BaseSettings):
     # --- sessions -------------------------------------------------------------------------
     session_cookie_name: str = "koinonia_session"
     session_ttl_seconds: int = Field(default=86_400, ge=60)
+    staff_invite_ttl_seconds: int = Field(
+        default=7 * 86_400,
+        ge=300,
+        le=30 * 86_400,
+        description="How long a staff invite's token can be accepted.",
+    )
     session_cache_seconds: float = Field(
         default=5.0,
         ge=0,

@@ -175,6 +175,30 @@ async def operator(app: Quart) -> LoggedIn:
     return LoggedIn(None, body["user"]["id"], email, password, body["token"])
 
 
+async def church_user(app: Quart, church_id: str, role: str) -> LoggedIn:
+    """A new user of ``church_id`` with ``role``, logged in."""
+    from koinonia.models.core import Church, Role
+    from koinonia.services.auth import create_user
+
+    email = f"{role}-{uuid.uuid4().hex[:12]}@example.org"
+    password = f"{role} password 123"
+    church = await Church.get(id=church_id)
+    await create_user(
+        email=email, password=password, church=church, role=Role(role), first_name=role.title()
+    )
+    return await log_in(app, email, password)
+
+
+async def log_in(app: Quart, email: str, password: str) -> LoggedIn:
+    response = await app.test_client().post(
+        "/api/auth/login", json={"email": email, "password": password}
+    )
+    assert response.status_code == 200, await response.get_data(as_text=True)
+    body = await response.get_json()
+    user = body["user"]
+    return LoggedIn(user["churchId"], user["id"], email, password, body["token"])
+
+
 @pytest.fixture
 def spare_redis(tmp_path) -> Iterator[RedisServer]:
     """A Redis of its own, to stop and start without disturbing the shared one (which the

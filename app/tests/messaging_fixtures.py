@@ -8,11 +8,16 @@ from a script of responses the test sets.
 Like Twilio as documented, it creates a new message for EVERY send it accepts: it does not
 drop a repeat that carries the same ``I-Twilio-Idempotency-Token`` (Twilio documents that
 header on the webhooks it sends, not as a dedup of outbound messages). Tests count calls.
-It serves Twilio's Messages list (``GET .../Messages.json?To=``) from what it accepted.
+It serves Twilio's Messages list (``GET .../Messages.json?To=``) from what it accepted, and
+the account's IncomingPhoneNumbers (the numbers a test gives it with ``own``): the list
+filtered by ``PhoneNumber`` and the update of one by its sid. As Twilio does, it answers 401
+(code 20003) to a request without the account's basic auth, and 404 (code 20404) to a
+path or number sid the account does not have.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import itertools
 import json
@@ -43,6 +48,16 @@ from koinonia.state import get_state
 ACCOUNT_SID = "AC00000000000000000000000000000001"
 AUTH_TOKEN = "test-auth-token-0123456789abcdef"
 FROM_NUMBER = "+15005550006"
+ACCOUNT_PATH = f"/2010-04-01/Accounts/{ACCOUNT_SID}"
+BASIC_AUTH = "Basic " + base64.b64encode(f"{ACCOUNT_SID}:{AUTH_TOKEN}".encode()).decode()
+# The IncomingPhoneNumber fields an update may set (Twilio's API reference; a subset).
+NUMBER_UPDATE_FIELDS = {
+    "SmsUrl": "sms_url",
+    "SmsMethod": "sms_method",
+    "StatusCallback": "status_callback",
+    "StatusCallbackMethod": "status_callback_method",
+    "FriendlyName": "friendly_name",
+}
 
 
 @dataclass
@@ -65,6 +80,8 @@ class FakeTwilio:
     requests: list[RecordedRequest] = field(default_factory=list)
     responses: list[tuple[int, dict]] = field(default_factory=list)
     accepted: list[dict[str, Any]] = field(default_factory=list)  # the messages it created
+    # The account's IncomingPhoneNumbers by sid (``own`` adds one).
+    numbers: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Before answering a send: a hook the test may set (runs in the server's thread), e.g.
     # to wait on a threading.Event so the client's timeout fires after the message exists.
     before_answer: Callable[[RecordedRequest], None] | None = None
@@ -76,7 +93,49 @@ class FakeTwilio:
             self.requests.clear()
             self.responses.clear()
             self.accepted.clear()
+            self.numbers.clear()
             self.before_answer = None
+
+    def own(self, number: str) -> str:
+        """Give the account ``number`` (as bought in Twilio's console); returns its sid."""
+        with self._lock:
+            sid = f"PN{uuid.uuid4().hex}"
+            self.numbers[sid] = {
+                "sid": sid,
+                "account_sid": ACCOUNT_SID,
+                "phone_number": number,
+                "sms_url": "",
+                "sms_method": "POST",
+                "status_callback": "",
+                "status_callback_method": "POST",
+                "friendly_name": number,
+            }
+            return sid
+
+    def number(self, number: str) -> dict[str, Any]:
+        """The account's IncomingPhoneNumber resource for ``number``, as it stands now."""
+        with self._lock:
+            [found] = [n for n in self.numbers.values() if n["phone_number"] == number]
+            return dict(found)
+
+    def find_numbers(self, phone_number: str | None) -> dict[str, Any]:
+        with self._lock:
+            found = [
+                dict(n)
+                for n in self.numbers.values()
+                if phone_number is None or n["phone_number"] == phone_number
+            ]
+        return {"incoming_phone_numbers": found, "page": 0, "page_size": 50}
+
+    def update_number(self, sid: str, form: dict[str, list[str]]) -> tuple[int, dict]:
+        with self._lock:
+            resource = self.numbers.get(sid)
+            if resource is None:
+                return 404, {"code": 20404, "message": "The requested resource was not found"}
+            for name, key in NUMBER_UPDATE_FIELDS.items():
+                if name in form:
+                    resource[key] = form[name][-1]
+            return 200, dict(resource)
 
     def fail_next(self, status: int, code: int | None = None, message: str = "failure") -> None:
         body: dict = {"status": status, "message": message}
@@ -85,10 +144,21 @@ class FakeTwilio:
         self.responses.append((status, body))
 
     def _answer(self, request: RecordedRequest) -> tuple[int, dict]:
+        """A POST: the scripted response if any, else the send or number update it asks."""
         with self._lock:
             self.requests.append(request)
             if self.responses:
                 return self.responses.pop(0)
+        refused = _refusal(request)
+        if refused is not None:
+            return refused
+        path = request.path.removeprefix(ACCOUNT_PATH)
+        if path.startswith("/IncomingPhoneNumbers/") and path.endswith(".json"):
+            sid = path.removeprefix("/IncomingPhoneNumbers/").removesuffix(".json")
+            return self.update_number(sid, request.form)
+        if path != "/Messages.json":
+            return 404, {"code": 20404, "message": "The requested resource was not found"}
+        with self._lock:
             self._counter += 1
             form = request.form
             message = {
@@ -101,6 +171,19 @@ class FakeTwilio:
             }
             self.accepted.append(message)
             return 201, message
+
+    def _answer_get(self, request: RecordedRequest) -> tuple[int, dict]:
+        with self._lock:
+            self.requests.append(request)
+        refused = _refusal(request)
+        if refused is not None:
+            return refused
+        path = request.path.removeprefix(ACCOUNT_PATH)
+        if path == "/Messages.json":
+            return 200, self.list_messages(request.form.get("To", [""])[0])
+        if path == "/IncomingPhoneNumbers.json":
+            return 200, self.find_numbers(request.form.get("PhoneNumber", [None])[0])
+        return 404, {"code": 20404, "message": "The requested resource was not found"}
 
     def list_messages(self, to: str) -> dict[str, Any]:
         with self._lock:
@@ -120,6 +203,15 @@ class FakeTwilio:
         return counts
 
 
+def _refusal(request: RecordedRequest) -> tuple[int, dict] | None:
+    """Twilio's answer to a request outside this account or without its credentials."""
+    if request.headers.get("authorization") != BASIC_AUTH:
+        return 401, {"code": 20003, "message": "Authenticate", "status": 401}
+    if not request.path.startswith(ACCOUNT_PATH + "/"):
+        return 404, {"code": 20404, "message": "The requested resource was not found"}
+    return None
+
+
 def _handler_for(fake: FakeTwilio) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def _reply(self, status: int, body: dict) -> None:
@@ -132,16 +224,13 @@ def _handler_for(fake: FakeTwilio) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:
             path, _, query = self.path.partition("?")
-            fake.requests.append(
-                RecordedRequest(
-                    method="GET",
-                    path=path,
-                    headers={k.lower(): v for k, v in self.headers.items()},
-                    form=parse_qs(query),
-                )
+            request = RecordedRequest(
+                method="GET",
+                path=path,
+                headers={k.lower(): v for k, v in self.headers.items()},
+                form=parse_qs(query),
             )
-            to = parse_qs(query).get("To", [""])[0]
-            self._reply(200, fake.list_messages(to))
+            self._reply(*fake._answer_get(request))
 
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
+import itertools
 import json
 import os
 import sys
@@ -10,7 +12,11 @@ import uuid
 
 import psycopg
 
+from koinonia.db import MIGRATIONS_MODULE
+from koinonia.migrations_tool import migrations_dir, pending_changes
 from tests.servers import free_port
+
+MIGRATION_FILES = sorted(p.stem for p in migrations_dir().glob("[0-9][0-9][0-9][0-9]_*.py"))
 
 
 def _env(**settings: str) -> dict[str, str]:
@@ -40,6 +46,19 @@ def _fresh_db(servers) -> tuple[str, str]:
     return direct, servers.pgbouncer.url_for(name)
 
 
+def test_each_migration_depends_on_the_one_numbered_before_it():
+    # One chain: two migrations on one parent (branches merged) would be applied in either
+    # order, or refused by Tortoise as a conflict.
+    assert MIGRATION_FILES[0] == "0001_initial"
+    for previous, current in itertools.pairwise(MIGRATION_FILES):
+        migration = importlib.import_module(f"{MIGRATIONS_MODULE}.{current}").Migration
+        assert migration.dependencies == [("models", previous)], current
+
+
+async def test_the_migrations_create_exactly_what_the_models_describe():
+    assert [writer.name for writer in await pending_changes()] == []
+
+
 async def test_two_concurrent_migrates_apply_exactly_once(servers):
     direct, pooled = _fresh_db(servers)
     env = _env(database_url=pooled, migration_database_url=direct, redis_url=servers.redis.url)
@@ -52,7 +71,8 @@ async def test_two_concurrent_migrates_apply_exactly_once(servers):
     # One run applied everything, the other found nothing left.
     assert sorted(len(a) for a in applied)[0] == 0
     names = max(applied, key=len)
-    assert names and all(n.startswith("models.") for n in names)
+    # Every migration file, each once, in the order of their numbers.
+    assert names == [f"models.{name}" for name in MIGRATION_FILES]
 
     with psycopg.connect(servers.postgres.superuser_dsn(direct.rsplit("/", 1)[1])) as conn:
         rows = conn.execute("SELECT app, name FROM tortoise_migrations").fetchall()

@@ -10,12 +10,19 @@ import pytest
 from koinonia.delivery.sms import LogProvider
 from koinonia.delivery.store import OPTED_OUT_ERROR
 from koinonia.models.core import Member
-from koinonia.models.messaging import ConversationMessage, Delivery, DeliveryStatus, Message
+from koinonia.models.messaging import (
+    ConversationMessage,
+    Delivery,
+    DeliveryStatus,
+    Message,
+    UnroutedInboundSms,
+)
 from koinonia.services.consent import DEFAULT_HELP_TEXT
 from tests.messaging_fixtures import (
     church_number,
     create_group,
     create_member,
+    new_phone,
     post_webhook,
     text_member,
 )
@@ -237,3 +244,40 @@ async def test_stop_and_start_refresh_the_cached_member_list_and_analytics(clien
     assert await views() == (False, count - 1)
     await _text(client, member["phone"], line, "UNSTOP")
     assert await views() == (True, count)
+
+
+async def test_a_stop_opts_out_only_the_member_of_the_church_owning_the_number(
+    client, church_a, church_b, line
+):
+    in_a = await create_member(client, church_a.headers)
+    same_phone = {"firstName": "Mary", "phone": in_a["phone"]}
+    in_b = await (
+        await client.post("/api/members", headers=church_b.headers, json=same_phone)
+    ).get_json()
+
+    await _text(client, in_a["phone"], await church_number(church_b.church_id), "STOP")
+
+    assert (await Member.get(id=in_b["id"])).opt_in_sms is False
+    assert (await Member.get(id=in_a["id"])).opt_in_sms is True
+    assert [e["source"] for e in await _history(client, church_b.headers, in_b["id"])] == [
+        "staff",
+        "keyword",
+    ]
+    assert [e["source"] for e in await _history(client, church_a.headers, in_a["id"])] == ["staff"]
+
+
+@pytest.mark.parametrize("body", ["STOP", "HELP"])
+async def test_a_keyword_to_a_number_no_church_has_is_kept_for_operators_and_changes_nobody(
+    client, church_a, line, body
+):
+    member = await create_member(client, church_a.headers)
+
+    sid, answer = await _text(client, member["phone"], new_phone(), body)
+
+    assert "<Response></Response>" in answer  # no church to answer HELP for
+    kept = await UnroutedInboundSms.get(provider_message_id=sid)
+    assert (kept.from_number, kept.body) == (member["phone"], body)
+    assert (await Member.get(id=member["id"])).opt_in_sms is True
+    assert [e["source"] for e in await _history(client, church_a.headers, member["id"])] == [
+        "staff"
+    ]

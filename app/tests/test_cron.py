@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -141,9 +142,10 @@ async def test_phone_link_recovery_runs_once_and_relinks_failed_numbers(
     await exhausted.refresh_from_db()
     assert failed.status == LinkStatus.LINKED and failed.attempts == 2
     assert exhausted.status == LinkStatus.FAILED  # out of attempts: left for an operator
-    assert await redis.hget(LINKED_NUMBERS_KEY, failed.number) == (
-        settings.public_base_url + "/api/webhooks/sms/inbound"
-    )
+    assert json.loads(await redis.hget(LINKED_NUMBERS_KEY, failed.number)) == {
+        "smsUrl": settings.public_base_url + "/api/webhooks/sms/inbound",
+        "statusCallback": settings.public_base_url + "/api/webhooks/sms/status",
+    }
 
 
 async def test_stalled_deliveries_are_enqueued_again_once(client, church_a, make_worker, redis):

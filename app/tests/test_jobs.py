@@ -58,10 +58,12 @@ class PausingProvider(LogProvider):
         self.entered = asyncio.Event()
         self.gate = asyncio.Event()
 
-    async def send(self, to, body, idempotency_key, status_callback_url=None) -> str:
+    async def send(
+        self, to, body, idempotency_key, status_callback_url=None, from_number=None
+    ) -> str:
         self.entered.set()
         await self.gate.wait()
-        return await super().send(to, body, idempotency_key, status_callback_url)
+        return await super().send(to, body, idempotency_key, status_callback_url, from_number)
 
 
 async def _message(
@@ -199,7 +201,9 @@ async def test_a_message_goes_out_in_chunks_with_bounded_concurrency(
     full = asyncio.Event()
 
     class CountingProvider(LogProvider):
-        async def send(self, to, body, idempotency_key, status_callback_url=None) -> str:
+        async def send(
+            self, to, body, idempotency_key, status_callback_url=None, from_number=None
+        ) -> str:
             nonlocal in_flight, peak
             in_flight += 1
             peak = max(peak, in_flight)
@@ -207,7 +211,7 @@ async def test_a_message_goes_out_in_chunks_with_bounded_concurrency(
                 full.set()
             await asyncio.wait_for(full.wait(), 5)  # everyone waits until the slots are full
             in_flight -= 1
-            return await super().send(to, body, idempotency_key, status_callback_url)
+            return await super().send(to, body, idempotency_key, status_callback_url, from_number)
 
     step.worker.context["provider"] = CountingProvider(redis)
     _body, deliveries = await _message(client, church_a.headers, members=7)

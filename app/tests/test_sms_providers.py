@@ -217,3 +217,21 @@ def test_default_port_spelled_either_way_is_accepted():
     assert validate_signature(
         AUTH_TOKEN, "https://sms.example.org:443/hook", PARAMS, signed_without_port
     )
+
+
+async def test_linking_with_wrong_credentials_is_refused_as_twilio_does(fake_twilio):
+    fake_twilio.own("+15551230009")
+    provider = TwilioProvider(
+        account_sid=ACCOUNT_SID,
+        auth_token="not-the-token",
+        from_number=FROM_NUMBER,
+        base_url=fake_twilio.base_url,
+    )
+    try:
+        with pytest.raises(PermanentSmsError) as raised:
+            await provider.link_number("+15551230009", CALLBACK, CALLBACK)
+    finally:
+        await provider.aclose()
+
+    assert raised.value.code == 20003
+    assert fake_twilio.number("+15551230009")["sms_url"] == ""  # nothing changed

@@ -117,11 +117,13 @@ class HangingProvider(LogProvider):
         super().__init__(redis)
         self.calls = 0
 
-    async def send(self, to, body, idempotency_key, status_callback_url=None) -> str:
+    async def send(
+        self, to, body, idempotency_key, status_callback_url=None, from_number=None
+    ) -> str:
         self.calls += 1
         if self.calls == 1:
             await asyncio.Event().wait()
-        return await super().send(to, body, idempotency_key, status_callback_url)
+        return await super().send(to, body, idempotency_key, status_callback_url, from_number)
 
 
 async def test_retried_then_complete_job_counts_each_outcome(client, church_a, make_worker, redis):

@@ -92,6 +92,7 @@ async def _call_provider(
             delivery.content,
             idempotency_key=delivery_idempotency_key(delivery.id),
             status_callback_url=status_callback_url(settings, delivery.id),
+            from_number=delivery.from_number,
         )
     except PermanentSmsError as exc:
         return store.Outcome(delivery.id, DeliveryStatus.FAILED, error=str(exc))

@@ -51,6 +51,7 @@ class ClaimedDelivery:
     content: str
     attempt: int
     status: DeliveryStatus  # sending (ours to send) or failed (opted out / deleted member)
+    from_number: str | None = None  # the church's linked number, if it has one
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,11 @@ SET status = CASE WHEN c.may_text THEN 'sending' ELSE 'failed' END,
 FROM candidate c, message m
 WHERE d.id = c.id AND m.id = d.message_id AND d.status = 'queued'
 RETURNING d.id, d.message_id, d.church_id, d.member_id, d.phone, d.attempts, d.status,
-          m.content
+          m.content,
+          -- The church's own number once linked (its oldest); none: the platform's number.
+          (SELECT p.number FROM church_phone_number p
+           WHERE p.church_id = d.church_id AND p.status = 'linked'
+           ORDER BY p.created_at, p.id LIMIT 1) AS from_number
 """
 
 
@@ -136,6 +141,7 @@ async def claim(
             content=r["content"],
             attempt=r["attempts"],
             status=DeliveryStatus(r["status"]),
+            from_number=r["from_number"],
         )
         for r in rows
     ]

@@ -10,7 +10,7 @@ from tortoise import fields
 from tortoise.indexes import Index
 
 class Migration(migrations.Migration):
-    dependencies = [('models', '0002_delivery_claims')]
+    dependencies = [('models', '0003_staff_and_numbers')]
 
     initial = False
 

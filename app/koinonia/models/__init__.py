@@ -1,5 +1,5 @@
 """ORM models. ``core`` (tenancy, people) and ``messaging`` load into one Tortoise app "models"."""
 
-from koinonia.models.core import Church, Group, GroupMembership, Member, Role, User
+from koinonia.models.core import Church, Group, GroupMembership, Member, Role, StaffInvite, User
 
-__all__ = ["Church", "Group", "GroupMembership", "Member", "Role", "User"]
+__all__ = ["Church", "Group", "GroupMembership", "Member", "Role", "StaffInvite", "User"]

@@ -134,3 +134,26 @@ class GroupMembership(Model):
     class Meta:
         table = "group_membership"
         unique_together = (("group", "member"),)
+
+
+class StaffInvite(Model):
+    """An invitation to join a church's staff: one-time, expiring, named by a token whose
+    SHA-256 alone is stored (a database dump yields no usable invite)."""
+
+    id = fields.UUIDField(primary_key=True)
+    church: fields.ForeignKeyRelation[Church] = fields.ForeignKeyField(
+        "models.Church", related_name="staff_invites", on_delete=fields.CASCADE
+    )
+    email = fields.CharField(max_length=320)
+    role = fields.CharEnumField(Role, max_length=16)
+    token_hash = fields.CharField(max_length=64, unique=True)
+    invited_by: fields.ForeignKeyNullableRelation[User] = fields.ForeignKeyField(
+        "models.User", related_name="invites_sent", null=True, on_delete=fields.SET_NULL
+    )
+    expires_at = fields.DatetimeField()
+    created_at = fields.DatetimeField(auto_now_add=True)
+
+    class Meta:
+        table = "staff_invite"
+        # One open invite per person and church: inviting again replaces the token.
+        unique_together = (("church", "email"),)

@@ -238,3 +238,19 @@ class ChurchPhoneNumber(Model):
     class Meta:
         table = "church_phone_number"
         indexes = (Index(fields=("status", "attempts"), name="phone_number_status_idx"),)
+
+
+class UnroutedInboundSms(Model):
+    """A text to a number no church has: acknowledged to the provider, kept for operators,
+    never attached to a church."""
+
+    id = fields.UUIDField(primary_key=True)
+    to_number = fields.CharField(max_length=32)
+    from_number = fields.CharField(max_length=32)
+    body = fields.TextField()
+    provider_message_id = fields.CharField(max_length=64, null=True, unique=True)
+    received_at = fields.DatetimeField(auto_now_add=True)
+
+    class Meta:
+        table = "unrouted_inbound_sms"
+        indexes = (Index(fields=("received_at",), name="unrouted_inbound_received_idx"),)

@@ -19,8 +19,11 @@ from koinonia.routes.health import bp as health_bp
 from koinonia.routes.member_import import bp as member_import_bp
 from koinonia.routes.members import bp as members_bp
 from koinonia.routes.messages import bp as messages_bp
+from koinonia.routes.phone_numbers import admin_bp as admin_phone_numbers_bp
+from koinonia.routes.phone_numbers import bp as phone_numbers_bp
 from koinonia.routes.recurring import bp as recurring_bp
 from koinonia.routes.scheduled import bp as scheduled_bp
+from koinonia.routes.staff import bp as staff_bp
 from koinonia.routes.webhooks import bp as webhooks_bp
 from koinonia.routes.ws import bp as ws_bp
 
@@ -37,6 +40,9 @@ BLUEPRINTS: list[Blueprint] = [
     recurring_bp,
     scheduled_bp,
     church_settings_bp,
+    staff_bp,
+    phone_numbers_bp,
+    admin_phone_numbers_bp,
     webhooks_bp,
     admin_queue_bp,
     ws_bp,

@@ -9,7 +9,8 @@ from quart_schema import tag, validate_querystring
 from koinonia.responses import json_response
 from koinonia.schemas import ApiModel
 from koinonia.services import analytics
-from koinonia.services.tenancy import current_church_id, require_user
+from koinonia.services.permissions import Permission
+from koinonia.services.tenancy import current_church_id, require_permission
 from koinonia.state import get_state
 
 bp = Blueprint("analytics", __name__, url_prefix="/api/analytics")
@@ -21,7 +22,7 @@ class SummaryQuery(ApiModel):
 
 @bp.get("/summary")
 @tag(["analytics"])
-@require_user
+@require_permission(Permission.SEE_ANALYTICS)
 @validate_querystring(SummaryQuery)
 async def summary(query_args: SummaryQuery) -> Response:
     body, cache_status = await analytics.summary_json(

@@ -9,7 +9,7 @@ from quart_schema import tag, validate_request
 from koinonia.errors import Unauthorized
 from koinonia.models.core import User
 from koinonia.schemas import ApiModel
-from koinonia.services import auth, sessions
+from koinonia.services import auth, sessions, staff
 from koinonia.services.csrf import reject_foreign_origin
 from koinonia.services.tenancy import current_user, require_user
 from koinonia.state import AppState, get_state
@@ -28,6 +28,13 @@ class RegisterIn(ApiModel):
 class LoginIn(ApiModel):
     email: str = Field(min_length=1, max_length=320)
     password: str = Field(min_length=1, max_length=256)
+
+
+class AcceptInviteIn(ApiModel):
+    token: str = Field(min_length=1, max_length=256, description="The invite's token")
+    password: str = Field(min_length=8, max_length=256)
+    first_name: str = Field(default="", max_length=100)
+    last_name: str = Field(default="", max_length=100)
 
 
 class ChangePasswordIn(ApiModel):
@@ -79,6 +86,27 @@ async def register(data: RegisterIn) -> Response:
     _church, user = await auth.register_church(
         church_name=data.church_name,
         email=str(data.email),
+        password=data.password,
+        first_name=data.first_name,
+        last_name=data.last_name,
+    )
+    result = await auth.start_session(
+        state.require_redis(), user, state.settings.session_ttl_seconds
+    )
+    return _session_response(result, 201)
+
+
+@bp.post("/invites/accept")
+@tag(["auth"])
+@reject_foreign_origin
+@validate_request(AcceptInviteIn)
+async def accept_invite(data: AcceptInviteIn) -> Response:
+    """Accept a staff invite: create the account (the invite's email and role) in the
+    inviting church, with this password, and log it in. An invite works once; an unknown,
+    used, cancelled or expired one answers 404 ``invite_not_found``."""
+    state = get_state()
+    user = await staff.accept_invite(
+        token=data.token,
         password=data.password,
         first_name=data.first_name,
         last_name=data.last_name,

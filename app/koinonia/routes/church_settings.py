@@ -6,11 +6,11 @@ from pydantic import Field, field_validator
 from quart import Blueprint
 from quart_schema import document_response, tag, validate_request
 
-from koinonia.models.core import Role
 from koinonia.schemas import ApiModel
 from koinonia.services import church_settings
 from koinonia.services.consent import MAX_HELP_TEXT
-from koinonia.services.tenancy import current_church_id, require_role, require_user
+from koinonia.services.permissions import Permission
+from koinonia.services.tenancy import current_church_id, require_permission
 
 bp = Blueprint("church_settings", __name__, url_prefix="/api/church/settings")
 
@@ -41,7 +41,7 @@ class ChurchSettingsPatch(ApiModel):
 
 @bp.get("")
 @tag(["church"])
-@require_user
+@require_permission(Permission.VIEW)
 @document_response(ChurchSettingsOut, 200)
 async def get_settings() -> dict:
     return church_settings.settings_json(await church_settings.get(current_church_id()))
@@ -49,7 +49,7 @@ async def get_settings() -> dict:
 
 @bp.patch("")
 @tag(["church"])
-@require_role(Role.OWNER, Role.ADMIN)
+@require_permission(Permission.MANAGE_SETTINGS)
 @validate_request(ChurchSettingsPatch)
 @document_response(ChurchSettingsOut, 200)
 async def update_settings(data: ChurchSettingsPatch) -> dict:

@@ -12,7 +12,8 @@ from quart_schema import tag, validate_querystring, validate_request
 from koinonia.routes.messages import idempotency_key
 from koinonia.schemas import ApiModel
 from koinonia.services import conversations, resources
-from koinonia.services.tenancy import current_church_id, current_user, require_user
+from koinonia.services.permissions import Permission
+from koinonia.services.tenancy import current_church_id, current_user, require_permission
 
 bp = Blueprint("conversations", __name__, url_prefix="/api/conversations")
 
@@ -28,7 +29,7 @@ class ReplyIn(ApiModel):
 
 @bp.get("")
 @tag(["conversations"])
-@require_user
+@require_permission(Permission.VIEW)
 @validate_querystring(PageQuery)
 async def list_conversations(query_args: PageQuery) -> dict[str, Any]:
     items, total = await conversations.list_conversations(
@@ -42,7 +43,7 @@ async def list_conversations(query_args: PageQuery) -> dict[str, Any]:
 
 @bp.get("/<uuid:conversation_id>/messages")
 @tag(["conversations"])
-@require_user
+@require_permission(Permission.VIEW)
 @validate_querystring(PageQuery)
 async def conversation_messages(
     conversation_id: uuid.UUID, query_args: PageQuery
@@ -56,7 +57,7 @@ async def conversation_messages(
 
 @bp.post("/<uuid:conversation_id>/messages")
 @tag(["conversations"])
-@require_user
+@require_permission(Permission.SEND_MESSAGES)
 @validate_request(ReplyIn)
 async def reply(
     conversation_id: uuid.UUID, data: ReplyIn

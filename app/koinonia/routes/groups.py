@@ -10,7 +10,8 @@ from quart_schema import tag, validate_request
 
 from koinonia.schemas import ApiModel
 from koinonia.services import groups
-from koinonia.services.tenancy import current_church_id, require_user
+from koinonia.services.permissions import Permission
+from koinonia.services.tenancy import current_church_id, require_permission
 
 bp = Blueprint("groups", __name__, url_prefix="/api/groups")
 
@@ -31,14 +32,14 @@ class GroupMembersIn(ApiModel):
 
 @bp.get("")
 @tag(["groups"])
-@require_user
+@require_permission(Permission.VIEW)
 async def list_groups() -> dict:
     return {"data": await groups.list_groups(current_church_id())}
 
 
 @bp.post("")
 @tag(["groups"])
-@require_user
+@require_permission(Permission.MANAGE_MEMBERS)
 @validate_request(GroupIn)
 async def create_group(data: GroupIn) -> tuple[dict, int]:
     group = await groups.create_group(current_church_id(), data.name, data.description)
@@ -47,14 +48,14 @@ async def create_group(data: GroupIn) -> tuple[dict, int]:
 
 @bp.get("/<uuid:group_id>")
 @tag(["groups"])
-@require_user
+@require_permission(Permission.VIEW)
 async def get_group(group_id: uuid.UUID) -> dict:
     return await groups.group_detail(current_church_id(), group_id)
 
 
 @bp.patch("/<uuid:group_id>")
 @tag(["groups"])
-@require_user
+@require_permission(Permission.MANAGE_MEMBERS)
 @validate_request(GroupPatch)
 async def update_group(group_id: uuid.UUID, data: GroupPatch) -> dict:
     changes = {k: v for k, v in data.model_dump(exclude_unset=True).items() if v is not None}
@@ -64,7 +65,7 @@ async def update_group(group_id: uuid.UUID, data: GroupPatch) -> dict:
 
 @bp.delete("/<uuid:group_id>")
 @tag(["groups"])
-@require_user
+@require_permission(Permission.MANAGE_MEMBERS)
 async def delete_group(group_id: uuid.UUID) -> Response:
     await groups.delete_group(current_church_id(), group_id)
     return Response(status=204)
@@ -72,7 +73,7 @@ async def delete_group(group_id: uuid.UUID) -> Response:
 
 @bp.post("/<uuid:group_id>/members")
 @tag(["groups"])
-@require_user
+@require_permission(Permission.MANAGE_MEMBERS)
 @validate_request(GroupMembersIn)
 async def add_group_members(group_id: uuid.UUID, data: GroupMembersIn) -> dict:
     added = await groups.add_members(current_church_id(), group_id, data.member_ids)
@@ -81,7 +82,7 @@ async def add_group_members(group_id: uuid.UUID, data: GroupMembersIn) -> dict:
 
 @bp.delete("/<uuid:group_id>/members")
 @tag(["groups"])
-@require_user
+@require_permission(Permission.MANAGE_MEMBERS)
 @validate_request(GroupMembersIn)
 async def remove_group_members(group_id: uuid.UUID, data: GroupMembersIn) -> dict:
     removed = await groups.remove_members(current_church_id(), group_id, data.member_ids)

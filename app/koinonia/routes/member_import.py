@@ -16,7 +16,8 @@ from koinonia.errors import BadRequest
 from koinonia.openapi import document_request_media
 from koinonia.schemas import ApiModel
 from koinonia.services import member_import
-from koinonia.services.tenancy import current_church_id, current_user, require_user
+from koinonia.services.permissions import Permission
+from koinonia.services.tenancy import current_church_id, current_user, require_permission
 from koinonia.state import get_state
 
 bp = Blueprint("member_import", __name__, url_prefix="/api/members")
@@ -75,7 +76,7 @@ async def _spooled_body(limit: int) -> IO[bytes]:
 
 @bp.post("/import")
 @tag(["members"])
-@require_user
+@require_permission(Permission.MANAGE_MEMBERS)
 @document_request(MemberImportJson)
 @document_request_media(
     {

@@ -13,7 +13,8 @@ from koinonia.models.core import ConsentSource
 from koinonia.responses import json_response
 from koinonia.schemas import ApiModel
 from koinonia.services import consent, members
-from koinonia.services.tenancy import current_church_id, current_user, require_user
+from koinonia.services.permissions import Permission
+from koinonia.services.tenancy import current_church_id, current_user, require_permission
 from koinonia.state import get_state
 
 bp = Blueprint("members", __name__, url_prefix="/api/members")
@@ -57,7 +58,7 @@ class MemberPatch(ApiModel):
 
 @bp.get("")
 @tag(["members"])
-@require_user
+@require_permission(Permission.VIEW)
 @validate_querystring(MemberListQuery)
 async def list_members(query_args: MemberListQuery) -> Response:
     """Newest first. ``page``/``limit`` or ``cursor`` (from ``pagination.nextCursor``)."""
@@ -76,7 +77,7 @@ async def list_members(query_args: MemberListQuery) -> Response:
 
 @bp.post("")
 @tag(["members"])
-@require_user
+@require_permission(Permission.MANAGE_MEMBERS)
 @validate_request(MemberIn)
 async def create_member(data: MemberIn) -> tuple[dict, int]:
     state = get_state()
@@ -92,14 +93,14 @@ async def create_member(data: MemberIn) -> tuple[dict, int]:
 
 @bp.get("/<uuid:member_id>")
 @tag(["members"])
-@require_user
+@require_permission(Permission.VIEW)
 async def get_member(member_id: uuid.UUID) -> dict:
     return members.member_json(await members.get_member(current_church_id(), member_id))
 
 
 @bp.patch("/<uuid:member_id>")
 @tag(["members"])
-@require_user
+@require_permission(Permission.MANAGE_MEMBERS)
 @validate_request(MemberPatch)
 async def update_member(member_id: uuid.UUID, data: MemberPatch) -> dict:
     state = get_state()
@@ -119,7 +120,7 @@ async def update_member(member_id: uuid.UUID, data: MemberPatch) -> dict:
 
 @bp.delete("/<uuid:member_id>")
 @tag(["members"])
-@require_user
+@require_permission(Permission.MANAGE_MEMBERS)
 async def delete_member(member_id: uuid.UUID) -> Response:
     await members.delete_member(get_state().cache, current_church_id(), member_id)
     return Response(status=204)
@@ -127,7 +128,7 @@ async def delete_member(member_id: uuid.UUID) -> Response:
 
 @bp.get("/<uuid:member_id>/consent")
 @tag(["members"])
-@require_user
+@require_permission(Permission.VIEW)
 @document_response(ConsentHistoryOut, 200)
 async def consent_history(member_id: uuid.UUID) -> dict:
     """The member's SMS consent changes, oldest first: who or what changed it, when, how.

@@ -16,7 +16,8 @@ from koinonia.metrics import get_metrics
 from koinonia.models.messaging import TargetType
 from koinonia.schemas import ApiModel
 from koinonia.services import resources
-from koinonia.services.tenancy import current_church_id, current_user, require_user
+from koinonia.services.permissions import Permission
+from koinonia.services.tenancy import current_church_id, current_user, require_permission
 from koinonia.state import get_state
 
 bp = Blueprint("messages", __name__, url_prefix="/api/messages")
@@ -72,7 +73,7 @@ def idempotency_key() -> str | None:
 
 @bp.post("")
 @tag(["messages"])
-@require_user
+@require_permission(Permission.SEND_MESSAGES)
 @validate_request(MessageIn)
 async def create_message(data: MessageIn) -> tuple[dict[str, Any], int, dict[str, str]]:
     """Record the message and one delivery per opted-in recipient; sending happens in workers.
@@ -96,7 +97,7 @@ async def create_message(data: MessageIn) -> tuple[dict[str, Any], int, dict[str
 
 @bp.get("")
 @tag(["messages"])
-@require_user
+@require_permission(Permission.VIEW)
 @validate_querystring(MessageListQuery)
 async def list_messages(query_args: MessageListQuery) -> dict[str, Any]:
     items, total = await messaging.list_messages(
@@ -111,7 +112,7 @@ async def list_messages(query_args: MessageListQuery) -> dict[str, Any]:
 
 @bp.get("/<uuid:message_id>")
 @tag(["messages"])
-@require_user
+@require_permission(Permission.VIEW)
 async def get_message(message_id: uuid.UUID) -> dict[str, Any]:
     church_id = current_church_id()
     message = await messaging.get_message(church_id, message_id)

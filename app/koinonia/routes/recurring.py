@@ -13,7 +13,8 @@ from koinonia.models.messaging import TargetType
 from koinonia.routes.messages import MAX_CONTENT, Target
 from koinonia.schemas import ApiModel
 from koinonia.services import recurring
-from koinonia.services.tenancy import current_church_id, current_user, require_user
+from koinonia.services.permissions import Permission
+from koinonia.services.tenancy import current_church_id, current_user, require_permission
 
 bp = Blueprint("recurring", __name__, url_prefix="/api/recurring-messages")
 
@@ -43,7 +44,7 @@ class RecurringPatch(ApiModel):
 
 @bp.get("")
 @tag(["recurring"])
-@require_user
+@require_permission(Permission.VIEW)
 async def list_recurring() -> dict[str, Any]:
     items = await recurring.list_for(current_church_id())
     return {"data": [recurring.recurring_json(i) for i in items]}
@@ -51,7 +52,7 @@ async def list_recurring() -> dict[str, Any]:
 
 @bp.post("")
 @tag(["recurring"])
-@require_user
+@require_permission(Permission.SEND_MESSAGES)
 @validate_request(RecurringIn)
 async def create_recurring(data: RecurringIn) -> tuple[dict[str, Any], int]:
     item = await recurring.create(
@@ -68,7 +69,7 @@ async def create_recurring(data: RecurringIn) -> tuple[dict[str, Any], int]:
 
 @bp.patch("/<uuid:recurring_id>")
 @tag(["recurring"])
-@require_user
+@require_permission(Permission.SEND_MESSAGES)
 @validate_request(RecurringPatch)
 async def update_recurring(recurring_id: uuid.UUID, data: RecurringPatch) -> dict[str, Any]:
     changes = {
@@ -82,7 +83,7 @@ async def update_recurring(recurring_id: uuid.UUID, data: RecurringPatch) -> dic
 
 @bp.delete("/<uuid:recurring_id>")
 @tag(["recurring"])
-@require_user
+@require_permission(Permission.SEND_MESSAGES)
 async def delete_recurring(recurring_id: uuid.UUID) -> Response:
     await recurring.delete(current_church_id(), recurring_id)
     return Response(status=204)

@@ -14,7 +14,8 @@ from koinonia.models.messaging import ScheduledStatus, TargetType
 from koinonia.routes.messages import MAX_CONTENT, Target
 from koinonia.schemas import ApiModel
 from koinonia.services import scheduled
-from koinonia.services.tenancy import current_church_id, current_user, require_user
+from koinonia.services.permissions import Permission
+from koinonia.services.tenancy import current_church_id, current_user, require_permission
 
 bp = Blueprint("scheduled", __name__, url_prefix="/api/scheduled-messages")
 
@@ -59,7 +60,7 @@ class ScheduledListQuery(ApiModel):
 
 @bp.get("")
 @tag(["scheduled"])
-@require_user
+@require_permission(Permission.VIEW)
 @validate_querystring(ScheduledListQuery)
 @document_response(ScheduledPage, 200)
 async def list_scheduled(query_args: ScheduledListQuery) -> dict[str, Any]:
@@ -75,7 +76,7 @@ async def list_scheduled(query_args: ScheduledListQuery) -> dict[str, Any]:
 
 @bp.post("")
 @tag(["scheduled"])
-@require_user
+@require_permission(Permission.SEND_MESSAGES)
 @validate_request(ScheduledIn)
 @document_response(ScheduledOut, 201)
 async def create_scheduled(data: ScheduledIn) -> tuple[dict[str, Any], int]:
@@ -94,7 +95,7 @@ async def create_scheduled(data: ScheduledIn) -> tuple[dict[str, Any], int]:
 
 @bp.get("/<uuid:scheduled_id>")
 @tag(["scheduled"])
-@require_user
+@require_permission(Permission.VIEW)
 @document_response(ScheduledOut, 200)
 async def get_scheduled(scheduled_id: uuid.UUID) -> dict[str, Any]:
     return scheduled.scheduled_json(await scheduled.get(current_church_id(), scheduled_id))
@@ -102,7 +103,7 @@ async def get_scheduled(scheduled_id: uuid.UUID) -> dict[str, Any]:
 
 @bp.post("/<uuid:scheduled_id>/cancel")
 @tag(["scheduled"])
-@require_user
+@require_permission(Permission.SEND_MESSAGES)
 @document_response(ScheduledOut, 200)
 async def cancel_scheduled(scheduled_id: uuid.UUID) -> dict[str, Any]:
     """Cancel while it is still ``scheduled``; once the worker has taken it (``sending``,

@@ -131,13 +131,13 @@ async def authenticate(redis: Redis, email: str, password: str) -> tuple[User, s
         await verify_password(_DUMMY_HASH, password)
         raise InvalidCredentials()
     generation = await _redis_value(sessions.user_generation(redis, user.id))
-    # Read again, after the generation: a password change that saved its hash before this
-    # read is checked against here; one that saves it later has also moved the generation
-    # on by the time the session is created, which is then refused.
-    password_hash = await User.filter(id=user.id).first().values_list("password_hash", flat=True)
-    if password_hash is None or not await verify_password(str(password_hash), password):
+    # Read again, after the generation: a password change, role change or removal saved
+    # before this read is what the session gets; one saved later has also moved the
+    # generation on by the time the session is created, which is then refused.
+    current = await User.get_or_none(id=user.id)
+    if current is None or not await verify_password(current.password_hash, password):
         raise InvalidCredentials()
-    return user, generation
+    return current, generation
 
 
 @dataclass(frozen=True)

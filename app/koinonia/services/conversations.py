@@ -24,7 +24,7 @@ from koinonia.models.messaging import (
     Direction,
     TargetType,
 )
-from koinonia.services import cache, consent, events
+from koinonia.services import cache, consent, events, phone_links
 
 log = logging.getLogger(__name__)
 
@@ -63,17 +63,23 @@ async def handle_inbound(
     first: STOP (and synonyms) opts the member out, START opts in, HELP/INFO is answered with
     the church's help text (``reply``, to anyone texting the church's number).
 
-    Texts to a number no church has, or from someone who is not a member of that church, are
-    logged and dropped.  The provider's message id makes a redelivered webhook a no-op.
+    A text to a number no church has is recorded for operators (``UnroutedInboundSms``);
+    one from someone who is not a member of that church is logged and dropped. The provider's
+    message id makes a redelivered webhook a no-op.
     """
     keyword = consent.keyword_of(body)
     action = consent.KEYWORDS.get(keyword) if keyword else None
     sender, receiver = normalise(from_number), normalise(to_number)
-    if sender is None or receiver is None:
-        return InboundResult(handled=False)
-    line = await ChurchPhoneNumber.get_or_none(number=receiver)
+    line = await ChurchPhoneNumber.get_or_none(number=receiver) if receiver else None
     if line is None:
-        log.info("inbound text to unknown number %s dropped", receiver)
+        # Kept for operators (a number linked at the provider but not here, or removed),
+        # never attached to a church.
+        await phone_links.record_unrouted(
+            to_number=to_number, from_number=from_number, body=body, message_sid=message_sid
+        )
+        log.info("inbound text to a number no church has recorded for operators")
+        return InboundResult(handled=False)
+    if sender is None:
         return InboundResult(handled=False)
     reply = None
     if action == consent.KeywordAction.HELP:

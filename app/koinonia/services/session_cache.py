@@ -260,3 +260,14 @@ class RevocationListener:
                 last_ping = now
             if now - heard > SILENCE_LIMIT_SECONDS:
                 raise TimeoutError("session revocation subscription silent")
+
+
+async def revoke_user(
+    redis: Redis, listener: RevocationListener | None, user_id: object
+) -> list[str]:
+    """End every session of a user now: in Redis, in every process's cache (published), and
+    in this process at once, which also closes the user's WebSockets here."""
+    revoked = await sessions.revoke_user_sessions(redis, str(user_id))
+    if listener is not None:
+        listener.drop(revoked)
+    return revoked

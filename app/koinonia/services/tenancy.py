@@ -2,17 +2,21 @@
 
 Use in a route module::
 
-    from koinonia.services.tenancy import current_church_id, require_user
+    from koinonia.services.permissions import Permission
+    from koinonia.services.tenancy import current_church_id, require_permission
 
     @bp.get("/api/things/<uuid:thing_id>")
-    @require_user
+    @require_permission(Permission.VIEW)
     async def get_thing(thing_id):
         church_id = current_church_id()
         ...
 
 ``require_user`` accepts the session by ``Authorization: Bearer <token>`` or by the session
-cookie; ``require_role("owner", "admin")`` also checks the role; ``require_operator`` admits
-platform operators only. Unknown/expired sessions answer 401, wrong role 403. Websocket
+cookie; ``require_permission(Permission.X)`` also requires a church and a role that has the
+permission in ``services/permissions.py``'s table; ``require_operator`` admits platform
+operators only. Unknown/expired sessions answer 401, a missing permission 403. Each
+decorator marks the view with what it requires (``ACCESS_ATTRIBUTE``), which the tenancy
+test reads to walk every route against the table. Websocket
 handlers call ``authenticate_websocket()`` themselves. A session taken from the cookie also
 passes the CSRF check of ``services/csrf.py`` (403 ``csrf_rejected``); a bearer token does
 not need to.
@@ -32,6 +36,7 @@ from redis.exceptions import RedisError
 
 from koinonia.errors import Forbidden, ServiceUnavailable, Unauthorized
 from koinonia.services import csrf, session_cache
+from koinonia.services.permissions import Permission, allows
 from koinonia.services.sessions import SessionData
 from koinonia.state import get_state
 
@@ -39,6 +44,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 # Names of the security schemes declared on QuartSchema in app.py (OpenAPI document).
 SECURITY = [{"bearerAuth": []}, {"cookieAuth": []}]
+
+# Set on every view these decorators guard: a ``Permission``, or one of the two below.
+ACCESS_ATTRIBUTE = "koinonia_access"
+ANY_USER = "any-user"
+OPERATOR = "operator"
 
 
 @dataclass(frozen=True)
@@ -120,27 +130,39 @@ def current_church_id() -> uuid.UUID:
     return user.church_id
 
 
+def _guarded(wrapper: Callable[..., Any], access: str) -> F:
+    setattr(wrapper, ACCESS_ATTRIBUTE, access)
+    return security_scheme(SECURITY)(wrapper)  # type: ignore[no-any-return]
+
+
 def require_user(func: F) -> F:
+    """Any logged-in user, whatever their church or role (their own account's routes)."""
+
     @wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
         await authenticate_request()
         return await func(*args, **kwargs)
 
-    return security_scheme(SECURITY)(wrapper)  # type: ignore[return-value]
+    return _guarded(wrapper, ANY_USER)
 
 
-def require_role(*roles: str) -> Callable[[F], F]:
-    allowed: frozenset[str] = frozenset(str(r) for r in roles)
+def require_permission(permission: Permission) -> Callable[[F], F]:
+    """A user of a church whose role has ``permission`` (403 otherwise, operators included)."""
 
     def decorator(func: F) -> F:
         @wraps(func)
         async def wrapper(*args: Any, **kwargs: Any) -> Any:
             user = await authenticate_request()
-            if user.role not in allowed:
-                raise Forbidden("Your role does not allow this")
+            if user.church_id is None:
+                raise Forbidden("This account does not belong to a church")
+            if not allows(user.role, permission):
+                raise Forbidden(
+                    f"Your role ({user.role}) does not allow this ({permission})",
+                    details={"role": user.role, "permission": str(permission)},
+                )
             return await func(*args, **kwargs)
 
-        return security_scheme(SECURITY)(wrapper)  # type: ignore[return-value]
+        return _guarded(wrapper, permission)
 
     return decorator
 
@@ -153,4 +175,4 @@ def require_operator(func: F) -> F:
             raise Forbidden("Platform operators only")
         return await func(*args, **kwargs)
 
-    return security_scheme(SECURITY)(wrapper)  # type: ignore[return-value]
+    return _guarded(wrapper, OPERATOR)

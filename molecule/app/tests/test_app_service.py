@@ -42,6 +42,8 @@ def test_unit_is_hardened_and_restarts_on_failure(host, unit):
         "Restart",
         "EnvironmentFiles",
         "TimeoutStopUSec",
+        "SystemCallErrorNumber",
+        "KillMode",
     )
     assert props["User"] == "koinonia"
     assert props["NoNewPrivileges"] == "yes"
@@ -58,6 +60,9 @@ def test_unit_is_hardened_and_restarts_on_failure(host, unit):
     assert props["Restart"] == "on-failure"
     assert props["EnvironmentFiles"].startswith("/etc/koinonia/koinonia.env")
     assert props["TimeoutStopUSec"] not in ("", "infinity", "0")
+    # A filtered system call fails with EPERM; it does not kill the service with SIGSYS.
+    assert props["SystemCallErrorNumber"] in ("1", "EPERM")
+    assert props["KillMode"] == "mixed"
 
 
 @pytest.mark.parametrize("unit", UNITS)

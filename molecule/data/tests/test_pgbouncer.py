@@ -1,6 +1,7 @@
 """Checklist phase 2.1, step 1 "PgBouncer provisioning", on the database host."""
 
 import pytest
+from debian import postgresql_major, postgresql_unit
 from sandbox import assert_sandboxed
 
 testinfra_hosts = ["data-db"]
@@ -77,7 +78,7 @@ def test_create_log_directory_owned_by_pgbouncer(host):
 
 
 def test_postgresql_running_and_role_has_scram_password(host, cfg):
-    assert host.service("postgresql@15-main").is_running
+    assert host.service(postgresql_unit(host)).is_running
     user = cfg["koinonia_db_user"]
     query = f"SELECT rolpassword FROM pg_authid WHERE rolname = '{user}'"  # noqa: S608 (test constant)
     result = host.run("runuser -u postgres -- psql -XAtc %s", query)
@@ -88,7 +89,7 @@ def test_postgresql_running_and_role_has_scram_password(host, cfg):
 
 
 def test_pg_hba_admits_only_pgbouncer_hosts_and_local_superuser(host):
-    hba = host.file("/etc/postgresql/15/main/pg_hba.conf")
+    hba = host.file(f"/etc/postgresql/{postgresql_major(host)}/main/pg_hba.conf")
     rules = [
         line.split()
         for line in hba.content_string.splitlines()

@@ -2,6 +2,7 @@
 
 import pytest
 from conftest import other_host, with_env
+from debian import REDIS_MAJOR, debian_major
 
 testinfra_hosts = ["data-client"]
 
@@ -43,7 +44,8 @@ def test_app_user_can_queue_and_publish_job_updates(host, cfg):
         ).stdout.strip()
         == "0"
     )
-    assert "redis_version:7." in host.run(redis_cli("koinonia", password, "INFO", "server")).stdout
+    version = f"redis_version:{REDIS_MAJOR[debian_major(other_host('data-redis'))]}."
+    assert version in host.run(redis_cli("koinonia", password, "INFO", "server")).stdout
 
 
 @pytest.mark.parametrize(

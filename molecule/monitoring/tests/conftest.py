@@ -1,6 +1,11 @@
 """Shared helpers of the monitoring scenario's tests (run inside the containers)."""
 
 import json
+import pathlib
+import sys
+
+# The helpers shared by the scenarios (debian.py: what each release packages).
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "resources" / "tests"))
 
 
 def internal_ip(host):

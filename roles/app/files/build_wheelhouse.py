@@ -9,14 +9,17 @@ Run by roles/app (``run_once`` + ``delegate_to: localhost``). Prints one JSON ob
 * The release name is ``<version>-<first 12 hex of a SHA-256>`` over the application's source
   files and the requirements lock: the same code gives the same release, so a second deploy
   of unchanged code changes nothing on the hosts.
-* Dependencies: ``pip download --only-binary=:all: --no-deps -r <lock>`` for the TARGETS'
-  interpreter and platform (not the controller's), cached under ``<cache>/deps-<lock hash>``.
+* Dependencies: ``pip download --only-binary=:all: --no-deps --require-hashes -r <lock>`` for
+  the TARGETS' interpreter and platform (not the controller's), cached under
+  ``<cache>/deps-<lock hash>-py<version>``: a file whose SHA-256 is not in the lock fails here.
 * The application wheel: ``pip wheel --no-deps`` of a copy of the sources (the checkout is
   not written to), cached under ``<cache>/app-<source hash>``.
 * Before bundling, pip resolves ``<name>==<version>`` against the bundle alone, for the
   targets' platform, with ``--no-index``: a lock that no longer satisfies the application's
   dependencies fails HERE, on the controller, with pip's explanation.
-* The bundle ``<cache>/<release>.tar.gz`` (``wheels/*.whl``) is what is copied to the hosts.
+* The bundle ``<cache>/<release>-py<python version>.tar.gz`` is what is copied to the hosts:
+  ``wheels/*.whl`` and ``requirements.txt``, the lock without pip, which the hosts install with
+  ``--require-hashes`` before the app's own wheel (``--no-deps``).
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from __future__ import annotations
 import argparse
 import fcntl
 import hashlib
+import importlib.metadata
+import io
 import json
 import shutil
 import subprocess
@@ -86,6 +91,41 @@ def _run(cmd: list[str], what: str) -> None:
         _fail(f"{what} failed (exit {proc.returncode}): {' '.join(cmd)}\n{tail}")
 
 
+def _build_isolation(source: Path) -> list[str]:
+    """``--no-build-isolation`` when this Python already has what [build-system] requires (no
+    download per build); otherwise pip builds in an isolated environment of its own. An older
+    setuptools than the floor (Debian 12's 66 cannot read the SPDX license string) must not be
+    used just because it is there."""
+    try:
+        from packaging.requirements import Requirement
+    except ImportError:
+        return []
+    build = tomllib.loads((source / "pyproject.toml").read_text())["build-system"]
+    for line in build.get("requires", []):
+        requirement = Requirement(line)
+        try:
+            installed = importlib.metadata.version(requirement.name)
+        except importlib.metadata.PackageNotFoundError:
+            return []
+        if not requirement.specifier.contains(installed, prereleases=True):
+            return []
+    return ["--no-build-isolation"]
+
+
+def _without(lock_text: str, name: str) -> str:
+    """The lock (pip's requirements format, continuation lines included) minus one package."""
+    entries, current = [], ""
+    for line in lock_text.splitlines():
+        if line.lstrip().startswith("#") or not line.strip():
+            continue
+        current += line.rstrip("\\").strip() + " "
+        if not line.rstrip().endswith("\\"):
+            entries.append(current.strip())
+            current = ""
+    keep = [e for e in entries if not e.lower().startswith(f"{name}==")]
+    return "\n".join(keep) + "\n"
+
+
 def _target_args(args: argparse.Namespace) -> list[str]:
     out = ["--only-binary=:all:", "--python-version", args.python_version]
     out += ["--implementation", args.implementation]
@@ -137,6 +177,7 @@ def main() -> None:
                 "download",
                 "--quiet",
                 "--no-deps",
+                "--require-hashes",
                 *_target_args(args),
                 "-d",
                 str(tmp),
@@ -157,14 +198,7 @@ def main() -> None:
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(path, dest)
             out = Path(work) / "wheel"
-            isolation = []
-            try:
-                import setuptools  # noqa: F401
-                import wheel  # noqa: F401
-
-                isolation = ["--no-build-isolation"]
-            except ImportError:
-                pass
+            isolation = _build_isolation(source)
             _run(
                 [*pip, "wheel", "--quiet", "--no-deps", *isolation, "-w", str(out), str(staging)],
                 "building the application wheel",
@@ -172,7 +206,7 @@ def main() -> None:
             out.rename(appdir)
         changed = True
 
-    bundle = cache / f"{release}.tar.gz"
+    bundle = cache / f"{release}-py{args.python_version}.tar.gz"
     if not bundle.is_file():
         with tempfile.TemporaryDirectory(prefix=".check-", dir=cache) as target:
             _run(
@@ -196,9 +230,13 @@ def main() -> None:
                 "up to date with pyproject.toml? see roles/app/README.md)",
             )
         tmp_bundle = bundle.with_suffix(".tmp")
+        requirements = _without(args.lock.read_text(), "pip").encode()
         with tarfile.open(tmp_bundle, "w:gz") as tar:
             for wheel_file in sorted([*deps.glob("*.whl"), *appdir.glob("*.whl")]):
                 tar.add(wheel_file, arcname=f"wheels/{wheel_file.name}")
+            info = tarfile.TarInfo("requirements.txt")
+            info.size, info.mode = len(requirements), 0o644
+            tar.addfile(info, io.BytesIO(requirements))
         tmp_bundle.rename(bundle)
         changed = True
 

@@ -42,9 +42,16 @@ class SmsProvider(Protocol):
     absence_is_evidence: bool
 
     async def send(
-        self, to: str, body: str, idempotency_key: str, status_callback_url: str | None = None
+        self,
+        to: str,
+        body: str,
+        idempotency_key: str,
+        status_callback_url: str | None = None,
+        from_number: str | None = None,
     ) -> str:
         """Send ``body`` to ``to`` (E.164) and return the provider's message id.
+
+        ``from_number``: the church's own linked number; None sends from the platform's.
 
         ``idempotency_key`` names the delivery (``delivery-<id>``). It is NOT relied on to drop
         repeats: we found no documentation that Twilio honours one on outbound messages, so
@@ -60,8 +67,9 @@ class SmsProvider(Protocol):
         provider has one: the evidence that settles an ``unknown`` delivery."""
         ...
 
-    async def link_number(self, number: str, inbound_url: str) -> None:
-        """Point the provider's inbound SMS webhook of ``number`` at ``inbound_url``."""
+    async def link_number(self, number: str, inbound_url: str, status_url: str) -> None:
+        """Point ``number``'s inbound SMS webhook at ``inbound_url`` and its status callback
+        at ``status_url``."""
         ...
 
     async def aclose(self) -> None: ...

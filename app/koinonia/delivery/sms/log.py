@@ -42,12 +42,18 @@ class LogProvider:
         self.redis = redis
 
     async def send(
-        self, to: str, body: str, idempotency_key: str, status_callback_url: str | None = None
+        self,
+        to: str,
+        body: str,
+        idempotency_key: str,
+        status_callback_url: str | None = None,
+        from_number: str | None = None,
     ) -> str:
         message_id = "LOG" + uuid.uuid4().hex
         record = {
             "id": message_id,
             "to": to,
+            "from": from_number,
             "body": body,
             "idempotencyKey": idempotency_key,
             "at": time.time(),
@@ -74,8 +80,12 @@ class LogProvider:
         """How many calls carried this key (within the last 24 h)."""
         return int(await self.redis.get(CALLS_KEY_PREFIX + idempotency_key) or 0)
 
-    async def link_number(self, number: str, inbound_url: str) -> None:
-        await self.redis.hset(LINKED_NUMBERS_KEY, number, inbound_url)
+    async def link_number(self, number: str, inbound_url: str, status_url: str) -> None:
+        await self.redis.hset(
+            LINKED_NUMBERS_KEY,
+            number,
+            json.dumps({"smsUrl": inbound_url, "statusCallback": status_url}),
+        )
         log.info("sms (log provider) linked a number to %s", inbound_url)
 
     async def sent(self) -> list[dict[str, Any]]:

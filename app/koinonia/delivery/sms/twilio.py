@@ -87,9 +87,14 @@ class TwilioProvider:
         )
 
     async def send(
-        self, to: str, body: str, idempotency_key: str, status_callback_url: str | None = None
+        self,
+        to: str,
+        body: str,
+        idempotency_key: str,
+        status_callback_url: str | None = None,
+        from_number: str | None = None,
     ) -> str:
-        form = {"To": to, "From": self.from_number, "Body": body}
+        form = {"To": to, "From": from_number or self.from_number, "Body": body}
         callback = status_callback_url or self.status_callback_url
         if callback:
             form["StatusCallback"] = callback
@@ -137,14 +142,17 @@ class TwilioProvider:
                 return str(message["sid"])
         return None
 
-    async def link_number(self, number: str, inbound_url: str) -> None:
-        """Set the number's SmsUrl: find its IncomingPhoneNumber sid, then update it."""
+    async def link_number(self, number: str, inbound_url: str, status_url: str) -> None:
+        """Point the number's webhooks at us: find its IncomingPhoneNumber by PhoneNumber
+        (``GET .../IncomingPhoneNumbers.json``), then update that resource
+        (``POST .../IncomingPhoneNumbers/{Sid}.json``) with SmsUrl and StatusCallback."""
         base = self.messages_url.rsplit("/", 1)[0]
         try:
             found = await self.client.get(
                 f"{base}/IncomingPhoneNumbers.json",
                 params={"PhoneNumber": number},
                 auth=self._auth,
+                headers={"Accept": "application/json"},
             )
             if found.status_code != 200:
                 raise _error(found)
@@ -153,11 +161,19 @@ class TwilioProvider:
                 raise PermanentSmsError(f"{number} is not a number of this Twilio account")
             updated = await self.client.post(
                 f"{base}/IncomingPhoneNumbers/{numbers[0]['sid']}.json",
-                data={"SmsUrl": inbound_url, "SmsMethod": "POST"},
+                data={
+                    "SmsUrl": inbound_url,
+                    "SmsMethod": "POST",
+                    "StatusCallback": status_url,
+                    "StatusCallbackMethod": "POST",
+                },
                 auth=self._auth,
+                headers={"Accept": "application/json"},
             )
         except httpx.HTTPError as exc:
             raise TransientSmsError(f"twilio unreachable: {exc.__class__.__name__}") from exc
+        except (ValueError, KeyError, TypeError) as exc:  # an answer not shaped as documented
+            raise UnknownOutcomeSmsError(f"twilio answered unexpectedly: {exc}") from exc
         if updated.status_code not in (200, 201):
             raise _error(updated)
 

@@ -3,6 +3,7 @@ readiness answers 503 on every app server while the database is away and 200 aga
 itself, no request hangs past its timeout, no worker dies, no POST is lost or duplicated
 (a failed one is sent again with its Idempotency-Key, as a client would)."""
 
+from debian import postgresql_unit
 from stackclient import wait_for
 
 from .conftest import (
@@ -19,8 +20,6 @@ from .conftest import (
     unit,
     wait_ready_everywhere,
 )
-
-POSTGRESQL = "postgresql@15-main"
 
 
 def workers(apps) -> dict[str, tuple[str, str]]:
@@ -48,7 +47,7 @@ def test_3_pgbouncer_and_postgresql_restarts_turn_readiness_503_and_recover_alon
 
         phases["postgresql"] = load.settle()
         readiness_while_away = {}
-        db.check_output("systemctl stop %s", POSTGRESQL)
+        db.check_output("systemctl stop %s", postgresql_unit(db))
         try:
             for name in APPS:
                 wait_for(
@@ -58,7 +57,7 @@ def test_3_pgbouncer_and_postgresql_restarts_turn_readiness_503_and_recover_alon
                 )
                 readiness_while_away[name] = 503
         finally:
-            db.check_output("systemctl start %s", POSTGRESQL)
+            db.check_output("systemctl start %s", postgresql_unit(db))
         print(f"readiness while PostgreSQL was stopped: {readiness_while_away}")
         # Back by itself: nobody touches the app servers.
         wait_ready_everywhere(apps)
