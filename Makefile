@@ -24,7 +24,7 @@ host_python_scripts    = $(shell grep -rlI --exclude='*.py' '^\#!/usr/bin/\(env 
 stage_lint-ruff        := ruff check . $(host_python_scripts) && ruff format --check . $(host_python_scripts)
 stage_lint-shell       := shellcheck scripts/*.sh scripts/stage scripts/stage-table roles/postgresql/files/koinonia-postgresql-check-config
 stage_lint-lua         := luacheck --no-color roles/nginx/files/lua
-stage_argument-specs   := python scripts/check-argument-specs.py
+stage_argument-specs   := python scripts/check-argument-specs.py && python scripts/role-readme-tables.py --check
 stage_lint-ansible     := ansible-lint --profile production
 stage_alert-rules      := scripts/test-alert-rules.sh
 stage_app-tests        := pytest app/tests -q --durations=10
