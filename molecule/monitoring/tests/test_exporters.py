@@ -71,11 +71,11 @@ def test_pgbouncer_exporter_reports_what_the_alert_rules_read(host):
     assert value(metrics, "pgbouncer_databases_pool_size", name="koinonia") == 20
     assert value(metrics, "pgbouncer_config_max_client_connections") == 100
     assert value(metrics, "pgbouncer_used_clients") >= 1  # the exporter's own connection
-    for name in (
+    for metric in (
         "pgbouncer_stats_queries_duration_seconds_total",
         "pgbouncer_stats_queries_pooled_total",
     ):
-        assert value(metrics, name, database="pgbouncer") >= 0  # the exporter's own queries
+        assert value(metrics, metric, database="pgbouncer") >= 0  # the exporter's own queries
 
 
 @pytest.mark.parametrize(
