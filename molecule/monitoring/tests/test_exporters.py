@@ -35,14 +35,14 @@ def samples(host, port):
     }
 
 
-def value(metrics, name, **labels):
-    """The value of the one sample called name whose labels include these."""
+def value(metrics, metric, **labels):
+    """The value of the one sample of that metric whose labels include these."""
     found = [
         v
         for (n, items), v in metrics.items()
-        if n == name and labels.items() <= dict(items).items()
+        if n == metric and labels.items() <= dict(items).items()
     ]
-    assert len(found) == 1, f"{name}{labels}: {len(found)} samples"
+    assert len(found) == 1, f"{metric}{labels}: {len(found)} samples"
     return found[0]
 
 
