@@ -24,19 +24,21 @@ host_python_scripts    = $(shell grep -rlI --exclude='*.py' '^\#!/usr/bin/\(env 
 stage_lint-ruff        := ruff check . $(host_python_scripts) && ruff format --check . $(host_python_scripts)
 stage_lint-shell       := shellcheck scripts/*.sh scripts/stage scripts/stage-table roles/postgresql/files/koinonia-postgresql-check-config
 stage_lint-lua         := luacheck --no-color roles/nginx/files/lua
-stage_argument-specs   := python scripts/check-argument-specs.py
+stage_changelog        := antsibull-changelog lint
+stage_argument-specs   := python scripts/check-argument-specs.py && python scripts/role-readme-tables.py --check
 stage_lint-ansible     := ansible-lint --profile production
 stage_alert-rules      := scripts/test-alert-rules.sh
 stage_app-tests        := pytest app/tests -q --durations=10
 stage_bench-smoke      := python bench/app_http.py --smoke && python bench/run.py --smoke
 stage_collection-build := scripts/test-collection.sh
-CHECK_STAGES := lint-ruff lint-shell lint-lua argument-specs lint-ansible alert-rules app-tests bench-smoke \
-  collection-build
+stage_ansible-core-oldest := scripts/test-ansible-core-oldest.sh
+CHECK_STAGES := lint-ruff lint-shell lint-lua changelog argument-specs lint-ansible alert-rules app-tests bench-smoke \
+  collection-build ansible-core-oldest
 # Longest first, so the longest stage does not start last (scripts/run-stages orders by the
 # last run's times instead when .cache/stage-history has them). Unlisted stages go first.
 TEST_ORDER := molecule-default molecule-operations molecule-app molecule-monitoring \
   molecule-data app-tests lint-ansible molecule-loadbalancer molecule-firewall bench-smoke \
-  collection-build alert-rules argument-specs lint-ruff lint-shell lint-lua
+  collection-build ansible-core-oldest alert-rules argument-specs lint-ruff lint-shell lint-lua changelog
 longest_first = $(filter-out $(TEST_ORDER),$(1)) $(filter $(1),$(TEST_ORDER))
 stage_command = $(if $(filter molecule-%,$(1)),molecule test -s $(1:molecule-%=%),$(stage_$(1)))
 # $(call run_stages,NAMES): those stages through scripts/run-stages, TEST_JOBS at a time.
@@ -81,7 +83,7 @@ lock: venv ## Regenerate the app's locks with hashes, one per target Python (rol
 
 .PHONY: lint
 lint: ## ruff, shellcheck, luacheck, ansible-lint (production profile) and every role's argument specs
-	@$(call run_stages,lint-ruff lint-shell lint-lua argument-specs lint-ansible)
+	@$(call run_stages,lint-ruff lint-shell lint-lua changelog argument-specs lint-ansible)
 
 .PHONY: test-alert-rules
 test-alert-rules: ## promtool check + test of the monitoring role's alert rules on synthetic series

@@ -6,7 +6,7 @@ export DEBIAN_FRONTEND=noninteractive
 
 # Servers the service's tests start on loopback, debootstrap for the base image,
 # wrk and pgbench (postgresql-contrib) for the benchmarks, apt-cacher-ng for the containers,
-# shellcheck and lua-check (luacheck) for make lint.
+# lua-check (luacheck) and the shell linter for make lint.
 packages=(debootstrap postgresql-15 postgresql-contrib pgbouncer redis-server
           wrk python3-venv curl ca-certificates apt-cacher-ng shellcheck lua-check)
 docker_answers() { timeout 10 docker info >/dev/null 2>&1; }
