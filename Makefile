@@ -98,8 +98,9 @@ bench-app: ## The service's req/s and p50/p95/p99 per route next to a bare Quart
 	@$(STAGE) bench-app python bench/app_http.py
 
 .PHONY: bench
-bench: ## Every benchmark against the `make up` stack (HTTP, cache, queue, PgBouncer, scale-out, deploy) -> BENCHMARKS.md
+bench: ## Every benchmark against the `make up` stack (HTTP, cache, queue, PgBouncer, scale-out, deploy) -> BENCHMARKS.md, then the member import
 	@$(STAGE) bench python bench/run.py --write
+	@$(STAGE) bench-member-import python bench/import_members.py
 
 .PHONY: bench-smoke
 bench-smoke: ## The benchmarks in their smallest mode, so they cannot rot (part of make test)
