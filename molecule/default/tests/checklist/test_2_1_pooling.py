@@ -33,7 +33,7 @@ def test_2_1_the_app_caches_prepared_statements_where_pgbouncer_keeps_them(owner
         env = docker_host(app).check_output(
             "grep ^KOINONIA_DB_STATEMENT_CACHE_SIZE= /etc/koinonia/koinonia.env"
         )
-        assert env == f"KOINONIA_DB_STATEMENT_CACHE_SIZE={STATEMENT_CACHE[release]}"
+        assert env == f'KOINONIA_DB_STATEMENT_CACHE_SIZE="{STATEMENT_CACHE[release]}"'
     before = pgbouncer_stats(db)
     for _ in range(30):
         # A read that always reaches the database (the member lists are cached in Redis).
