@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any, ClassVar
 
-from quart import Quart, Request
+from quart import Request
 from quart_schema import QuartSchema
 
 from koinonia import db
@@ -19,12 +19,13 @@ from koinonia.logging import install_request_logging
 from koinonia.metrics import bp as metrics_bp
 from koinonia.metrics import install_metrics
 from koinonia.openapi import KoinoniaOpenAPIProvider
-from koinonia.redis import create_redis
 from koinonia.responses import OrjsonProvider, install_response_conversion
-from koinonia.services.cache import CacheService
-from koinonia.services.session_cache import RevocationListener, SessionCache
 from koinonia.settings import Settings, load_settings
-from koinonia.state import EXTENSION_KEY, AppState
+from koinonia.stores.cache import CacheService
+from koinonia.stores.client import create_redis
+from koinonia.stores.session_cache import RevocationListener, SessionCache
+from koinonia.web import resources
+from koinonia.web.state import AppState, KoinoniaApp
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +53,12 @@ class KoinoniaRequest(Request):
             return None if silent else self.on_json_loading_failed(error)
 
 
-def create_app(settings: Settings | None = None) -> Quart:
+def create_app(settings: Settings | None = None) -> KoinoniaApp:
     settings = settings or load_settings()
     from koinonia.routes import BLUEPRINTS
     from koinonia.routes.member_import import IMPORT_PATH
 
-    app = Quart("koinonia", static_folder=None)
+    app = KoinoniaApp("koinonia", static_folder=None)
     app.request_class = type(
         "KoinoniaRequest",
         (KoinoniaRequest,),
@@ -87,7 +88,7 @@ def create_app(settings: Settings | None = None) -> Quart:
     app.json = OrjsonProvider(app, default=app.json.default)
 
     state = AppState(settings=settings)
-    app.extensions[EXTENSION_KEY] = state
+    app.koinonia = state
     metrics = install_metrics(app, settings.release)
     install_request_logging(app, access_log=settings.access_log)
     register_error_handlers(app)
@@ -103,14 +104,17 @@ def create_app(settings: Settings | None = None) -> Quart:
             settings.session_cache_seconds, settings.session_ttl_seconds
         )
         state.revocations = RevocationListener(
-            create_redis(settings, reconnect=False), state.session_cache
+            create_redis(settings, reconnect=False), state.session_cache, state.cache.local
         )
         state.revocations.start()
+        await resources.start(state, metrics)
         log.info("koinonia started")
 
     @app.after_serving
     async def _close_resources() -> None:
         state.shutting_down = True
+        # The queue and the event subscription first: they use the Redis client closed below.
+        await resources.stop(state)
         if state.cache is not None:
             await state.cache.stop()
         if state.revocations is not None:
@@ -130,7 +134,7 @@ def create_app(settings: Settings | None = None) -> Quart:
     return app
 
 
-def asgi_app() -> Quart:
+def asgi_app() -> KoinoniaApp:
     """Entry point for Hypercorn (``koinonia.app:asgi_app()``): settings from the environment."""
     from koinonia.logging import configure_logging
 

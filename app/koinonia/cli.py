@@ -12,10 +12,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
-import json
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
+
+import orjson
 
 from koinonia.settings import Settings, SettingsError, load_settings
 
@@ -78,7 +79,7 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 
     configure_logging(settings.log_level)
     applied = asyncio.run(run_migrations(settings, lock_timeout=args.lock_timeout))
-    print(json.dumps({"applied": applied}))
+    print(orjson.dumps({"applied": applied}).decode())
     return 0
 
 
@@ -99,7 +100,7 @@ def cmd_create_operator(settings: Settings, args: argparse.Namespace) -> int:
         return await create_user(email=args.email, password=password, church=None, is_operator=True)
 
     user = asyncio.run(_with_db(settings, create))
-    print(json.dumps({"operatorId": str(user.id), "email": user.email}))
+    print(orjson.dumps({"operatorId": str(user.id), "email": user.email}).decode())
     return 0
 
 
@@ -118,7 +119,7 @@ def cmd_create_church(settings: Settings, args: argparse.Namespace) -> int:
         )
 
     church, user = asyncio.run(_with_db(settings, create))
-    print(json.dumps({"churchId": str(church.id), "ownerId": str(user.id)}))
+    print(orjson.dumps({"churchId": str(church.id), "ownerId": str(user.id)}).decode())
     return 0
 
 
@@ -126,8 +127,8 @@ def cmd_revoke_sessions(settings: Settings, args: argparse.Namespace) -> int:
     """Log everyone out: delete every session in Redis (after a secret rotation or a breach)."""
     from redis.exceptions import RedisError
 
-    from koinonia.redis import create_redis
-    from koinonia.services.sessions import revoke_all_sessions
+    from koinonia.stores.client import create_redis
+    from koinonia.stores.sessions import revoke_all_sessions
 
     async def revoke() -> int:
         redis = create_redis(settings)
@@ -140,7 +141,7 @@ def cmd_revoke_sessions(settings: Settings, args: argparse.Namespace) -> int:
         revoked = asyncio.run(revoke())
     except (RedisError, OSError) as exc:
         return _fail(f"redis unreachable or refused the login (KOINONIA_REDIS_URL): {exc}")
-    print(json.dumps({"revokedSessions": revoked}))
+    print(orjson.dumps({"revokedSessions": revoked}).decode())
     return 0
 
 
@@ -149,7 +150,7 @@ async def run_checks(settings: Settings) -> list[str]:
     from tortoise.migrations.api import plan
 
     from koinonia.db import close_db, init_db, ping_db, tortoise_config
-    from koinonia.redis import create_redis, ping_redis
+    from koinonia.stores.client import create_redis, ping_redis
 
     problems: list[str] = []
     timeout = max(settings.health_check_timeout, 3.0)

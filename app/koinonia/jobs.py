@@ -17,19 +17,33 @@ from redis.asyncio import Redis
 from saq import CronJob, Worker
 from saq.job import Job, Status
 from saq.queue.redis import RedisQueue
+from saq.types import Context
 
 from koinonia.db import close_db, init_db
 from koinonia.delivery import send_message, store
 from koinonia.delivery.jobs import send_deliveries, settle_in_doubt
 from koinonia.delivery.sms import SmsProvider, build_provider
-from koinonia.locks import LockService
 from koinonia.metrics import WorkerMetrics, start_worker_metrics_server
-from koinonia.redis import create_redis
 from koinonia.services import phone_links, recurring, scheduled
 from koinonia.services import queue as queue_service
 from koinonia.settings import Settings
+from koinonia.stores.client import create_redis
+from koinonia.stores.locks import LockService
 
 log = logging.getLogger(__name__)
+
+
+class WorkerContext(Context, total=False):
+    """SAQ's job context with what ``build_worker``'s start-up puts in it."""
+
+    settings: Settings
+    metrics: WorkerMetrics
+    db: Any
+    redis: Redis
+    provider: SmsProvider
+    locks: LockService
+    sender: send_message.Sender
+
 
 RECURRING_CRON = "* * * * *"
 PHONE_LINK_CRON = "*/5 * * * *"
@@ -82,7 +96,7 @@ async def run_once_per_cycle(
     return True
 
 
-async def recurring_messages(ctx: dict[str, Any]) -> dict[str, Any]:
+async def recurring_messages(ctx: WorkerContext) -> dict[str, Any]:
     locks: LockService = ctx["locks"]
     sent: list[str] = []
 
@@ -100,7 +114,7 @@ async def recurring_messages(ctx: dict[str, Any]) -> dict[str, Any]:
     return {"ran": ran, "messages": sent}
 
 
-async def scheduled_messages(ctx: dict[str, Any]) -> dict[str, Any]:
+async def scheduled_messages(ctx: WorkerContext) -> dict[str, Any]:
     """Send the scheduled messages that are due (services/scheduled.py: each once)."""
     locks: LockService = ctx["locks"]
     sent: list[str] = []
@@ -114,7 +128,7 @@ async def scheduled_messages(ctx: dict[str, Any]) -> dict[str, Any]:
     return {"ran": ran, "messages": sent}
 
 
-async def phone_link_recovery(ctx: dict[str, Any]) -> dict[str, Any]:
+async def phone_link_recovery(ctx: WorkerContext) -> dict[str, Any]:
     locks: LockService = ctx["locks"]
     outcome: dict[str, int] = {}
 
@@ -127,13 +141,13 @@ async def phone_link_recovery(ctx: dict[str, Any]) -> dict[str, Any]:
     return {"ran": ran, **outcome}
 
 
-async def link_phone_number(ctx: dict[str, Any], *, number_id: str) -> dict[str, Any]:
+async def link_phone_number(ctx: WorkerContext, *, number_id: str) -> dict[str, Any]:
     """Link a number just added (``services/phone_links.py``); the cron retries a failure."""
     status = await phone_links.link_by_id(ctx["provider"], uuid.UUID(number_id), ctx["settings"])
     return {"status": status}
 
 
-async def requeue_stalled_deliveries(ctx: dict[str, Any]) -> dict[str, Any]:
+async def requeue_stalled_deliveries(ctx: WorkerContext) -> dict[str, Any]:
     """Enqueue deliveries still ``queued`` long after they were due.
 
     That happens when Redis failed between the database commit and the enqueue (the API
@@ -174,7 +188,7 @@ async def requeue_stalled_deliveries(ctx: dict[str, Any]) -> dict[str, Any]:
     return {"ran": ran, **outcome}
 
 
-async def settle_deliveries_in_doubt(ctx: dict[str, Any]) -> dict[str, Any]:
+async def settle_deliveries_in_doubt(ctx: WorkerContext) -> dict[str, Any]:
     """Stale claims to ``unknown``, and ``unknown`` settled by the provider's evidence."""
     locks: LockService = ctx["locks"]
     outcome: dict[str, int] = {}
@@ -197,7 +211,7 @@ async def settle_deliveries_in_doubt(ctx: dict[str, Any]) -> dict[str, Any]:
 # --- worker ----------------------------------------------------------------------------------
 
 
-async def after_process(ctx: dict[str, Any]) -> None:
+async def after_process(ctx: WorkerContext) -> None:
     job: Job | None = ctx.get("job")
     if job is None:
         return
@@ -245,7 +259,7 @@ def build_worker(
     """
     worker_metrics = metrics or WorkerMetrics()
 
-    async def startup(ctx: dict[str, Any]) -> None:
+    async def startup(ctx: WorkerContext) -> None:
         ctx["settings"] = settings
         ctx["queue"] = queue
         ctx["metrics"] = worker_metrics
@@ -263,7 +277,7 @@ def build_worker(
             queue_service.QueueHeadroom(queue.redis, settings.queue_memory_high_watermark),
         )
 
-    async def shutdown(ctx: dict[str, Any]) -> None:
+    async def shutdown(ctx: WorkerContext) -> None:
         if not manage_resources:
             return
         await ctx["provider"].aclose()

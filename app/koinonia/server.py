@@ -64,7 +64,7 @@ def _loop_factory(settings: Settings):  # type: ignore[no-untyped-def]
 
 
 async def _shutdown_trigger(app: Any, settings: Settings, shutdown_event: EventType | None) -> None:
-    from koinonia.state import get_state
+    from koinonia.web.state import get_state
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

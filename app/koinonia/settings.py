@@ -148,6 +148,13 @@ class Settings(BaseSettings):
     # --- cache ----------------------------------------------------------------------------
     cache_analytics_ttl_seconds: int = Field(default=300, ge=1)
     cache_members_ttl_seconds: int = Field(default=1_800, ge=1)
+    cache_local_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        le=30,
+        description="Longest a process serves its own copy of a cached page (0: never). "
+        "Version bumps evict it at once through Redis pub/sub; this bounds a missed one.",
+    )
 
     # --- jobs and SMS (used by the messaging half) ----------------------------------------
     queue_name: str = "koinonia-sms"

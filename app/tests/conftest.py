@@ -36,7 +36,7 @@ from koinonia.app import create_app
 from koinonia.db import run_migrations
 from koinonia.metrics import get_metrics
 from koinonia.settings import Settings
-from koinonia.state import get_state
+from koinonia.web.state import get_state
 
 # The messaging fixtures (a local fake Twilio, SAQ workers, webhook settings) live in their
 # own module; importing them here makes them available to every test module by name.
@@ -214,9 +214,9 @@ def spare_redis(tmp_path) -> Iterator[RedisServer]:
 @contextlib.asynccontextmanager
 async def app_using_redis(app: Quart, url: str) -> AsyncIterator[Quart]:
     """Point the running app's Redis client (sessions, cache, health) at ``url`` for a block."""
-    from koinonia.redis import create_redis
-    from koinonia.services.cache import CacheService
-    from koinonia.services.session_cache import RevocationListener, SessionCache
+    from koinonia.stores.cache import CacheService
+    from koinonia.stores.client import create_redis
+    from koinonia.stores.session_cache import RevocationListener, SessionCache
 
     state = get_state(app)
     saved = (state.redis, state.cache, state.session_cache, state.revocations)
@@ -226,7 +226,7 @@ async def app_using_redis(app: Quart, url: str) -> AsyncIterator[Quart]:
     # Sessions cached and revoked through that Redis too, as a process using it would.
     state.session_cache = SessionCache(settings.session_cache_seconds, settings.session_ttl_seconds)
     state.revocations = RevocationListener(
-        create_redis(settings, reconnect=False), state.session_cache
+        create_redis(settings, reconnect=False), state.session_cache, state.cache.local
     )
     state.revocations.start()
     try:

@@ -43,7 +43,7 @@ from koinonia.delivery.sms import LogProvider, TwilioProvider, compute_signature
 from koinonia.jobs import build_worker
 from koinonia.models.messaging import ChurchPhoneNumber, LinkStatus
 from koinonia.services.queue import SEND_DELIVERIES, create_queue
-from koinonia.state import get_state
+from koinonia.web.state import get_state
 
 ACCOUNT_SID = "AC00000000000000000000000000000001"
 AUTH_TOKEN = "test-auth-token-0123456789abcdef"

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 from saq.job import Status
 
-from koinonia.services.resources import LOCKS
-from koinonia.state import get_state
+from koinonia.web.state import get_state
 from tests.messaging_fixtures import create_member, enqueue_failing_job
 
 ADMIN_ROUTES = [
@@ -76,7 +75,7 @@ async def test_clear_failed_forgets_failed_jobs(client, operator, make_worker):
 
 
 async def test_locks_listed_and_force_released(app, client, operator):
-    locks = get_state(app).extras[LOCKS]
+    locks = get_state(app).locks
     held = await locks.acquire("admin-test-lock", ttl_ms=60_000)
     assert held is not None
 

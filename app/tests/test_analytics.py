@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from koinonia.services.cache import ANALYTICS, cache_key, version_key, versioned_key
+from koinonia.stores.cache import ANALYTICS, cache_key, version_key, versioned_key
 
 
 async def test_summary_counts_members_and_opt_ins(client, church_a, redis):

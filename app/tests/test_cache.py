@@ -8,8 +8,8 @@ import json
 import uuid
 
 from koinonia.services import analytics, members
-from koinonia.services.cache import ANALYTICS, MEMBERS, cache_key, version_key, versioned_key
-from koinonia.state import get_state
+from koinonia.stores.cache import ANALYTICS, MEMBERS, cache_key, version_key, versioned_key
+from koinonia.web.state import get_state
 from tests.conftest import app_using_redis
 from tests.messaging_fixtures import church_number, post_webhook
 

@@ -7,8 +7,7 @@ import uuid
 import pytest
 
 from koinonia.delivery.sms import LogProvider
-from koinonia.services import resources
-from koinonia.state import get_state
+from koinonia.web.state import get_state
 from tests.messaging_fixtures import (
     church_number,
     create_member,
@@ -117,7 +116,7 @@ async def test_reply_retried_with_the_same_idempotency_key_texts_once(
 
 
 async def test_reply_is_refused_while_the_queue_is_full(app, client, church_a, conversation, redis):
-    headroom = get_state(app).extras[resources.HEADROOM]
+    headroom = get_state(app).queue_headroom
     headroom.interval = 0  # read Redis's memory on every request of this test
     url = f"/api/conversations/{conversation['id']}/messages"
     try:

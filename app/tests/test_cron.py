@@ -19,7 +19,6 @@ from koinonia.jobs import (
     requeue_stalled_deliveries,
     run_once_per_cycle,
 )
-from koinonia.locks import LockService
 from koinonia.models.messaging import (
     ChurchPhoneNumber,
     Delivery,
@@ -28,6 +27,7 @@ from koinonia.models.messaging import (
     Message,
     RecurringMessage,
 )
+from koinonia.stores.locks import LockService
 from tests.messaging_fixtures import (
     create_group,
     create_member,

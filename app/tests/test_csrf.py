@@ -9,7 +9,7 @@ from quart.testing import WebsocketResponseError
 
 from koinonia.models.core import Member, User
 from koinonia.settings import SettingsError, load_settings
-from koinonia.state import get_state
+from koinonia.web.state import get_state
 
 OWN = "http://localhost:3000"  # origin of the test settings' public_base_url
 EVIL = "https://evil.example.org"

@@ -11,7 +11,7 @@ from datetime import datetime
 import psycopg
 from quart import Quart
 
-from koinonia.state import get_state
+from koinonia.web.state import get_state
 from tests.conftest import app_using_redis
 from tests.servers import DB_NAME, DB_PASSWORD, DB_USER
 

@@ -9,7 +9,7 @@ import uuid
 import pytest
 from redis.asyncio import Redis
 
-from koinonia.locks import LockService
+from koinonia.stores.locks import LockService
 
 
 @pytest.fixture
@@ -129,7 +129,7 @@ async def test_with_lock_skips_and_logs_when_held_elsewhere(
     async def work() -> None:
         calls.append(1)
 
-    with caplog.at_level(logging.INFO, logger="koinonia.locks"):
+    with caplog.at_level(logging.INFO, logger="koinonia.stores.locks"):
         outcome = await locks.with_lock("recurring", work)
 
     assert not outcome.ran

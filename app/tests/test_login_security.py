@@ -10,9 +10,9 @@ import uuid
 
 import pytest
 
-from koinonia.services import sessions
 from koinonia.services.auth import login_failures_key
-from koinonia.state import get_state
+from koinonia.stores import sessions
+from koinonia.web.state import get_state
 from tests.conftest import app_using_redis, register_church
 
 LOGIN = "/api/auth/login"

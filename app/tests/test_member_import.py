@@ -12,7 +12,7 @@ import pytest
 from koinonia.models.core import ConsentEvent, Member
 from koinonia.routes.member_import import IMPORT_PATH
 from koinonia.services import member_import
-from koinonia.state import get_state
+from koinonia.web.state import get_state
 
 IMPORT = "/api/members/import"
 _numbers = itertools.count(1000)

@@ -10,8 +10,7 @@ from koinonia.delivery import messaging
 from koinonia.delivery.sms import LogProvider
 from koinonia.models.core import Member
 from koinonia.models.messaging import Delivery, Message
-from koinonia.services import resources
-from koinonia.state import get_state
+from koinonia.web.state import get_state
 from tests.messaging_fixtures import create_group, create_member, redis_near_its_memory_limit
 
 
@@ -173,7 +172,7 @@ async def test_a_full_queue_refuses_new_messages_with_503_and_records_nothing(
     member = await create_member(client, church_a.headers)
     body = {"content": "while full", "targetType": "members", "targetIds": [member["id"]]}
     key = str(uuid.uuid4())
-    headroom = get_state(app).extras[resources.HEADROOM]
+    headroom = get_state(app).queue_headroom
     headroom.interval = 0  # read Redis's memory on every request of this test
     messages_before = await Message.filter(church_id=church_a.church_id).count()
     try:

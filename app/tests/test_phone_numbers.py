@@ -9,8 +9,8 @@ import pytest
 from redis.asyncio import Redis
 
 from koinonia.jobs import phone_link_recovery
-from koinonia.locks import LockService
 from koinonia.models.messaging import Conversation, UnroutedInboundSms
+from koinonia.stores.locks import LockService
 from tests.messaging_fixtures import (
     ACCOUNT_PATH,
     BASIC_AUTH,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from koinonia.redis import create_redis
+from koinonia.stores.client import create_redis
 
 
 async def test_a_burst_larger_than_the_pool_waits_for_connections_instead_of_failing(

@@ -13,9 +13,9 @@ import pytest
 from koinonia.delivery import send_message
 from koinonia.delivery.sms import LogProvider
 from koinonia.jobs import scheduled_messages
-from koinonia.locks import LockService
 from koinonia.models.messaging import Message, ScheduledMessage, ScheduledStatus
 from koinonia.services import scheduled
+from koinonia.stores.locks import LockService
 from tests.messaging_fixtures import create_member
 
 CHICAGO = ZoneInfo("America/Chicago")

@@ -16,9 +16,10 @@ from quart.testing.connections import WebsocketDisconnectError
 from redis.asyncio import Redis
 
 from koinonia.routes.ws import SESSION_REVOKED_CLOSE_CODE
-from koinonia.services import auth, session_cache, sessions
-from koinonia.services.session_cache import RevocationListener
-from koinonia.state import get_state
+from koinonia.services import auth
+from koinonia.stores import session_cache, sessions
+from koinonia.stores.session_cache import RevocationListener
+from koinonia.web.state import get_state
 from tests.conftest import app_using_redis, register_church
 
 

@@ -267,7 +267,7 @@ async def _until_a_query_waits_for_a_lock(limit: int = 500) -> None:
 async def test_a_login_that_read_the_old_role_gets_a_session_with_the_new_one(
     app, client, church_a, monkeypatch
 ):
-    from koinonia.services import sessions
+    from koinonia.stores import sessions
 
     admin = await church_user(app, church_a.church_id, "admin")
     reached, release = asyncio.Event(), asyncio.Event()

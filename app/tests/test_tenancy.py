@@ -12,8 +12,8 @@ import pytest
 from koinonia.app import create_app
 from koinonia.models.core import Role
 from koinonia.services.permissions import ROLE_PERMISSIONS, Permission
-from koinonia.services.tenancy import ACCESS_ATTRIBUTE, ANY_USER, OPERATOR
 from koinonia.settings import Settings
+from koinonia.web.tenancy import ACCESS_ATTRIBUTE, ANY_USER, OPERATOR
 from tests.conftest import church_user, log_in, register_church
 from tests.messaging_fixtures import church_number, new_phone, post_webhook
 

@@ -9,7 +9,7 @@ import pytest
 from koinonia.delivery.sms import compute_signature
 from koinonia.models.core import Member
 from koinonia.models.messaging import ConversationMessage, Delivery, DeliveryStatus
-from koinonia.services import webhook_replay
+from koinonia.stores import replay_claims
 from tests.messaging_fixtures import (
     AUTH_TOKEN,
     PUBLIC_BASE_URL,
@@ -209,7 +209,7 @@ async def test_replay_after_the_replay_window_still_changes_nothing(client, chur
 
     # Once Redis has forgotten the callback, the database still knows its MessageSid: an old
     # STOP does not flip the opt-in the member has set since.
-    async for key in redis.scan_iter(match=webhook_replay.SEEN_PREFIX + "*"):
+    async for key in redis.scan_iter(match=replay_claims.SEEN_PREFIX + "*"):
         await redis.delete(key)
     assert (await post_webhook(client, INBOUND, stop)).status_code == 200
 
@@ -269,11 +269,11 @@ async def test_replayed_status_callback_is_not_applied_again(
 async def test_a_failed_handling_releases_the_claim_for_the_providers_retry(redis):
     signature = "sig-" + uuid.uuid4().hex
     with pytest.raises(RuntimeError):
-        async with webhook_replay.claim_once(redis, signature, 60) as new:
+        async with replay_claims.claim_once(redis, signature, 60) as new:
             assert new
             raise RuntimeError("database down")
-    async with webhook_replay.claim_once(redis, signature, 60) as new:
+    async with replay_claims.claim_once(redis, signature, 60) as new:
         assert new  # the retry is handled
-    async with webhook_replay.claim_once(redis, signature, 60) as new:
+    async with replay_claims.claim_once(redis, signature, 60) as new:
         assert not new  # and only once
-    assert 0 < await redis.ttl(webhook_replay.seen_key(signature)) <= 60
+    assert 0 < await redis.ttl(replay_claims.seen_key(signature)) <= 60

@@ -25,11 +25,11 @@ from koinonia.jobs import (
     recurring_messages,
     settle_deliveries_in_doubt,
 )
-from koinonia.locks import LockService
 from koinonia.metrics import WorkerMetrics, start_worker_metrics_server
 from koinonia.models.messaging import Delivery
 from koinonia.services.queue import delivery_job_key
 from koinonia.settings import Settings
+from koinonia.stores.locks import LockService
 from tests.messaging_fixtures import create_member, enqueue_failing_job
 from tests.servers import free_port
 

@@ -9,7 +9,7 @@ import uuid
 import pytest
 from quart.testing import WebsocketResponseError
 
-from koinonia.services import events
+from koinonia.stores import events
 from tests.messaging_fixtures import church_number, create_member, post_webhook, text_member
 
 

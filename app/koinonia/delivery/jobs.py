@@ -33,9 +33,9 @@ from koinonia.delivery.sms import (
     TransientSmsError,
 )
 from koinonia.models.messaging import DeliveryStatus
-from koinonia.services import events
 from koinonia.services import queue as queue_service
 from koinonia.settings import Settings
+from koinonia.stores import events
 
 log = logging.getLogger(__name__)
 

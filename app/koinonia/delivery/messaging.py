@@ -31,7 +31,7 @@ from koinonia.models.messaging import (
     MessageStatus,
     TargetType,
 )
-from koinonia.services import events
+from koinonia.stores import events
 
 log = logging.getLogger(__name__)
 

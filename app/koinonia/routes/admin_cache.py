@@ -7,9 +7,9 @@ from quart_schema import tag
 from redis.exceptions import RedisError
 
 from koinonia.errors import ServiceUnavailable
-from koinonia.services.cache import CacheService
-from koinonia.services.tenancy import require_operator
-from koinonia.state import get_state
+from koinonia.stores.cache import CacheService
+from koinonia.web.state import get_state
+from koinonia.web.tenancy import require_operator
 
 bp = Blueprint("admin_cache", __name__, url_prefix="/api/admin/cache")
 

@@ -15,9 +15,9 @@ from koinonia.delivery import operations as delivery_operations
 from koinonia.errors import BadRequest, NotFound, ServiceUnavailable
 from koinonia.schemas import ApiModel
 from koinonia.services import queue as queue_service
-from koinonia.services import resources
-from koinonia.services.tenancy import require_operator
-from koinonia.state import get_state
+from koinonia.web import resources
+from koinonia.web.state import get_state
+from koinonia.web.tenancy import require_operator
 
 bp = Blueprint("admin_queue", __name__, url_prefix="/api/admin")
 

@@ -10,8 +10,8 @@ from koinonia.responses import json_response
 from koinonia.schemas import ApiModel
 from koinonia.services import analytics
 from koinonia.services.permissions import Permission
-from koinonia.services.tenancy import current_church_id, require_permission
-from koinonia.state import get_state
+from koinonia.web.state import get_state
+from koinonia.web.tenancy import current_church_id, require_permission
 
 bp = Blueprint("analytics", __name__, url_prefix="/api/analytics")
 

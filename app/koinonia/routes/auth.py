@@ -9,10 +9,11 @@ from quart_schema import tag, validate_request
 from koinonia.errors import Unauthorized
 from koinonia.models.core import User
 from koinonia.schemas import ApiModel
-from koinonia.services import auth, sessions, staff
-from koinonia.services.csrf import reject_foreign_origin
-from koinonia.services.tenancy import current_user, require_user
-from koinonia.state import AppState, get_state
+from koinonia.services import auth, staff
+from koinonia.stores import sessions
+from koinonia.web.csrf import reject_foreign_origin
+from koinonia.web.state import AppState, get_state
+from koinonia.web.tenancy import current_user, require_user
 
 bp = Blueprint("auth", __name__, url_prefix="/api/auth")
 

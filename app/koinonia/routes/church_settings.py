@@ -10,7 +10,7 @@ from koinonia.schemas import ApiModel
 from koinonia.services import church_settings
 from koinonia.services.consent import MAX_HELP_TEXT
 from koinonia.services.permissions import Permission
-from koinonia.services.tenancy import current_church_id, require_permission
+from koinonia.web.tenancy import current_church_id, require_permission
 
 bp = Blueprint("church_settings", __name__, url_prefix="/api/church/settings")
 

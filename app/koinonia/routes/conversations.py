@@ -11,9 +11,10 @@ from quart_schema import tag, validate_querystring, validate_request
 
 from koinonia.routes.messages import idempotency_key
 from koinonia.schemas import ApiModel
-from koinonia.services import conversations, resources
+from koinonia.services import conversations
 from koinonia.services.permissions import Permission
-from koinonia.services.tenancy import current_church_id, current_user, require_permission
+from koinonia.web import resources
+from koinonia.web.tenancy import current_church_id, current_user, require_permission
 
 bp = Blueprint("conversations", __name__, url_prefix="/api/conversations")
 

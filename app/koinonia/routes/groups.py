@@ -11,7 +11,7 @@ from quart_schema import tag, validate_request
 from koinonia.schemas import ApiModel
 from koinonia.services import groups
 from koinonia.services.permissions import Permission
-from koinonia.services.tenancy import current_church_id, require_permission
+from koinonia.web.tenancy import current_church_id, require_permission
 
 bp = Blueprint("groups", __name__, url_prefix="/api/groups")
 

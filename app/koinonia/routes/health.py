@@ -15,9 +15,9 @@ from quart import Blueprint
 from quart_schema import document_response, tag
 
 from koinonia import db
-from koinonia.redis import ping_redis
 from koinonia.schemas import ApiModel
-from koinonia.state import get_state
+from koinonia.stores.client import ping_redis
+from koinonia.web.state import get_state
 
 bp = Blueprint("health", __name__)
 log = logging.getLogger(__name__)

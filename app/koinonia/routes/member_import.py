@@ -17,8 +17,8 @@ from koinonia.openapi import document_request_media
 from koinonia.schemas import ApiModel
 from koinonia.services import member_import
 from koinonia.services.permissions import Permission
-from koinonia.services.tenancy import current_church_id, current_user, require_permission
-from koinonia.state import get_state
+from koinonia.web.state import get_state
+from koinonia.web.tenancy import current_church_id, current_user, require_permission
 
 bp = Blueprint("member_import", __name__, url_prefix="/api/members")
 

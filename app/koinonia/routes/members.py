@@ -14,8 +14,8 @@ from koinonia.responses import json_response
 from koinonia.schemas import ApiModel
 from koinonia.services import consent, members
 from koinonia.services.permissions import Permission
-from koinonia.services.tenancy import current_church_id, current_user, require_permission
-from koinonia.state import get_state
+from koinonia.web.state import get_state
+from koinonia.web.tenancy import current_church_id, current_user, require_permission
 
 bp = Blueprint("members", __name__, url_prefix="/api/members")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 from pydantic import Field, model_validator
@@ -12,28 +11,16 @@ from quart_schema import tag, validate_querystring, validate_request
 
 from koinonia.delivery import messaging, send_message
 from koinonia.errors import BadRequest
-from koinonia.metrics import get_metrics
 from koinonia.models.messaging import TargetType
 from koinonia.schemas import ApiModel
-from koinonia.services import resources
 from koinonia.services.permissions import Permission
-from koinonia.services.tenancy import current_church_id, current_user, require_permission
-from koinonia.state import get_state
+from koinonia.web import resources
+from koinonia.web.tenancy import current_church_id, current_user, require_permission
 
 bp = Blueprint("messages", __name__, url_prefix="/api/messages")
 
 MAX_CONTENT = 1600  # Twilio's limit for one message body (it splits into segments itself)
 IDEMPOTENCY_HEADER = "Idempotency-Key"
-
-
-@bp.while_app_serving
-async def _messaging_resources() -> AsyncIterator[None]:
-    # "while serving" starts after the app's own start-up (Redis is open) and ends before its
-    # shutdown closes Redis, so the queue and the event subscription close first.
-    state = get_state()
-    await resources.start(state, get_metrics())
-    yield
-    await resources.stop(state)
 
 
 class Target(ApiModel):

@@ -13,9 +13,10 @@ from quart_schema import document_response, tag, validate_querystring, validate_
 
 from koinonia.models.messaging import LinkStatus
 from koinonia.schemas import ApiModel
-from koinonia.services import phone_links, resources
+from koinonia.services import phone_links
 from koinonia.services.permissions import Permission
-from koinonia.services.tenancy import current_church_id, require_operator, require_permission
+from koinonia.web import resources
+from koinonia.web.tenancy import current_church_id, require_operator, require_permission
 
 bp = Blueprint("phone_numbers", __name__, url_prefix="/api/phone-numbers")
 admin_bp = Blueprint("admin_phone_numbers", __name__, url_prefix="/api/admin")

@@ -14,7 +14,7 @@ from koinonia.routes.messages import MAX_CONTENT, Target
 from koinonia.schemas import ApiModel
 from koinonia.services import recurring
 from koinonia.services.permissions import Permission
-from koinonia.services.tenancy import current_church_id, current_user, require_permission
+from koinonia.web.tenancy import current_church_id, current_user, require_permission
 
 bp = Blueprint("recurring", __name__, url_prefix="/api/recurring-messages")
 

@@ -15,7 +15,7 @@ from koinonia.routes.messages import MAX_CONTENT, Target
 from koinonia.schemas import ApiModel
 from koinonia.services import scheduled
 from koinonia.services.permissions import Permission
-from koinonia.services.tenancy import current_church_id, current_user, require_permission
+from koinonia.web.tenancy import current_church_id, current_user, require_permission
 
 bp = Blueprint("scheduled", __name__, url_prefix="/api/scheduled-messages")
 

@@ -14,8 +14,8 @@ from koinonia.models.core import Role
 from koinonia.schemas import ApiModel
 from koinonia.services import staff
 from koinonia.services.permissions import Permission
-from koinonia.services.tenancy import current_church_id, current_user, require_permission
-from koinonia.state import get_state
+from koinonia.web.state import get_state
+from koinonia.web.tenancy import current_church_id, current_user, require_permission
 
 bp = Blueprint("staff", __name__, url_prefix="/api/staff")
 

@@ -3,7 +3,7 @@
 Every request must carry a valid ``X-Twilio-Signature`` for the public URL it was sent to;
 anything unsigned or badly signed is refused with 403 before it is read any further. A
 signed callback is handled once: its replay is acknowledged and ignored
-(``services/webhook_replay.py`` says why).
+(``stores/replay_claims.py`` says why).
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from quart_schema import DataSource, document_headers, document_request, tag
 from koinonia.delivery import messaging
 from koinonia.delivery.sms.signature import SIGNATURE_HEADER, compute_signature, validate_signature
 from koinonia.errors import BadRequest, Forbidden
-from koinonia.services import conversations, webhook_replay
-from koinonia.state import get_state
+from koinonia.services import conversations
+from koinonia.stores import replay_claims
+from koinonia.web.state import get_state
 
 bp = Blueprint("webhooks", __name__, url_prefix="/api/webhooks/sms")
 
@@ -93,7 +94,7 @@ async def inbound() -> Response:
     form, signature = await _signed_form()
     _required(form, "From", "To")
     state = get_state()
-    async with webhook_replay.claim_once(
+    async with replay_claims.claim_once(
         state.redis, signature, state.settings.webhook_replay_ttl_seconds
     ) as new:
         reply = None
@@ -104,6 +105,7 @@ async def inbound() -> Response:
                 body=form.get("Body", ""),
                 message_sid=form.get("MessageSid") or form.get("SmsSid"),
                 redis=state.redis,
+                page_cache=state.cache,
             )
             reply = result.reply
     return Response(twiml(reply), status=200, content_type="text/xml")
@@ -118,7 +120,7 @@ async def status() -> Response:
     form, signature = await _signed_form()
     _required(form, "MessageSid", "MessageStatus")
     state = get_state()
-    async with webhook_replay.claim_once(
+    async with replay_claims.claim_once(
         state.redis, signature, state.settings.webhook_replay_ttl_seconds
     ) as new:
         if new:

@@ -18,9 +18,10 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from koinonia.errors import ApiError, Forbidden, error_response
-from koinonia.services import resources, sessions
-from koinonia.services.tenancy import authenticate_websocket
-from koinonia.state import get_state
+from koinonia.stores import sessions
+from koinonia.web import resources
+from koinonia.web.state import get_state
+from koinonia.web.tenancy import authenticate_websocket
 
 bp = Blueprint("ws", __name__)
 

@@ -11,7 +11,7 @@ from tortoise.functions import Count
 from koinonia.models.core import Member
 from koinonia.models.messaging import Delivery, Message
 from koinonia.responses import json_bytes
-from koinonia.services.cache import ANALYTICS, CacheService, cache_key
+from koinonia.stores.cache import ANALYTICS, CacheService, cache_key
 
 
 async def _by_status(model: Any, church_id: uuid.UUID, since: datetime) -> dict[str, int]:

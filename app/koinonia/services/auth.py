@@ -28,8 +28,8 @@ from tortoise.transactions import in_transaction
 
 from koinonia.errors import Conflict, RateLimited, ServiceUnavailable, Unauthorized
 from koinonia.models.core import Church, Role, User
-from koinonia.services import sessions
-from koinonia.services.sessions import SessionData
+from koinonia.stores import sessions
+from koinonia.stores.sessions import SessionData
 
 T = TypeVar("T")
 

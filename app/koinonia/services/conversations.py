@@ -24,7 +24,8 @@ from koinonia.models.messaging import (
     Direction,
     TargetType,
 )
-from koinonia.services import cache, consent, events, phone_links
+from koinonia.services import consent, phone_links
+from koinonia.stores import cache, events
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,13 @@ async def _conversation_for(church_id: uuid.UUID, member_id: uuid.UUID) -> Conve
 
 
 async def handle_inbound(
-    *, from_number: str, to_number: str, body: str, message_sid: str | None, redis: Redis | None
+    *,
+    from_number: str,
+    to_number: str,
+    body: str,
+    message_sid: str | None,
+    redis: Redis | None,
+    page_cache: cache.CacheService | None = None,
 ) -> InboundResult:
     """Record an inbound text in the member's conversation. The carriers' keywords come
     first: STOP (and synonyms) opts the member out, START opts in, HELP/INFO is answered with
@@ -65,7 +72,8 @@ async def handle_inbound(
 
     A text to a number no church has is recorded for operators (``UnroutedInboundSms``);
     one from someone who is not a member of that church is logged and dropped. The provider's
-    message id makes a redelivered webhook a no-op.
+    message id makes a redelivered webhook a no-op. ``page_cache``: this process's, so that
+    an opt-in change drops its copies at once rather than when the bump's message comes.
     """
     keyword = consent.keyword_of(body)
     action = consent.KEYWORDS.get(keyword) if keyword else None
@@ -122,9 +130,12 @@ async def handle_inbound(
         log.info("inbound message %s already recorded", message_sid)
         return InboundResult(handled=True, conversation_id=conversation.id, reply=reply)
 
-    if opt_change is not None and redis is not None:
+    if opt_change is not None:
         # The member list and the analytics show the opt-in: their cached pages are stale.
-        await cache.bump_versions(redis, line.church_id, cache.MEMBERS, cache.ANALYTICS)
+        if page_cache is not None:
+            await page_cache.invalidate_church(line.church_id, cache.MEMBERS, cache.ANALYTICS)
+        elif redis is not None:
+            await cache.bump_versions(redis, line.church_id, cache.MEMBERS, cache.ANALYTICS)
     if redis is not None:
         await events.publish(
             redis,

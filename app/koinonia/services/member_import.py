@@ -33,7 +33,7 @@ from koinonia.db import CONNECTION_NAME
 from koinonia.errors import ApiError, BadRequest
 from koinonia.schemas import ApiModel
 from koinonia.services import members
-from koinonia.services.cache import CacheService
+from koinonia.stores.cache import CacheService
 
 log = logging.getLogger(__name__)
 

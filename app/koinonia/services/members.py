@@ -17,7 +17,7 @@ from koinonia.errors import Conflict, NotFound, ValidationFailed
 from koinonia.models.core import ConsentSource, Member
 from koinonia.responses import json_bytes
 from koinonia.services import consent
-from koinonia.services.cache import MEMBERS, CacheService, cache_key
+from koinonia.stores.cache import MEMBERS, CacheService, cache_key
 
 MAX_PAGE_SIZE = 100
 

@@ -28,9 +28,10 @@ from tortoise.transactions import in_transaction
 
 from koinonia.errors import Conflict, Forbidden, NotFound, ServiceUnavailable
 from koinonia.models.core import Church, Role, StaffInvite, User
-from koinonia.services import auth, session_cache
+from koinonia.services import auth
 from koinonia.services.permissions import Permission, allows
-from koinonia.services.session_cache import RevocationListener
+from koinonia.stores import session_cache
+from koinonia.stores.session_cache import RevocationListener
 
 
 class LastOwner(Conflict):

@@ -17,9 +17,9 @@ import pytest
 from conftest import other_host, with_env
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from koinonia.redis import create_redis
 from koinonia.services.queue import create_queue
 from koinonia.settings import Settings
+from koinonia.stores.client import create_redis
 
 testinfra_hosts = ["data-client"]
 

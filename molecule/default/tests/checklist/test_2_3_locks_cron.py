@@ -132,8 +132,8 @@ def test_2_3_recurring_cron_cycle_runs_exactly_once_across_three_workers(
 
 LONG_JOB = r"""
 import asyncio, pathlib, sys
-from koinonia.locks import LockService
-from koinonia.redis import create_redis
+from koinonia.stores.locks import LockService
+from koinonia.stores.client import create_redis
 from koinonia.settings import load_settings
 
 async def main(name, seconds, mode):

@@ -20,6 +20,17 @@ one round trip (version and entry read by one Lua script).
 
 Values are stored as encoded JSON and a hit is handed back as that text, so a route can
 answer it without decoding and re-encoding (``koinonia.responses.json_response``).
+
+Each process also keeps its own copy of the pages it served last (``LocalPages``), under the
+version it read them at, so a warm process answers a hit with no Redis round trip at all.
+It learns of a bump without asking Redis: ``bump_versions`` publishes the new version on the
+invalidation channel (in the same Lua script as the INCR), and the process's subscriber
+(``session_cache.RevocationListener``, which already listens there for session revocations)
+hands it to ``LocalPages.bumped``; the process that wrote drops its copy at once. The same
+rules as the session cache hold: the copy is used only while that subscription is up
+(cleared when it drops, and again once it is back), a load that began before a bump it heard
+of never stores what it read, and no copy is served more than ``cache_local_seconds``
+(default 5, at most 30) after it was read from Redis, the bound on a message that never came.
 """
 
 from __future__ import annotations
@@ -31,12 +42,14 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from koinonia.responses import json_bytes
+from koinonia.stores.sessions import REVOCATION_CHANNEL
 
 if TYPE_CHECKING:
     from koinonia.metrics import Metrics
@@ -52,6 +65,10 @@ MEMBERS = "members"
 FAMILIES = (ANALYTICS, MEMBERS)
 RESULTS = ("hit", "miss", "error")
 COUNTER_FLUSH_SECONDS = 1.0
+# Version bumps go out on the channel every process already subscribes to for session
+# revocations (one subscription per process, and the one channel the Redis role's ACL grants
+# for it); their messages are JSON objects, the revocations' a list or "*".
+VERSION_CHANNEL = REVOCATION_CHANNEL
 
 
 # KEYS: the family's version key. ARGV: the entry key without its version suffix. Returns
@@ -60,6 +77,21 @@ COUNTER_FLUSH_SECONDS = 1.0
 _LOOKUP_SCRIPT = """
 local version = redis.call('GET', KEYS[1]) or '0'
 return {version, redis.call('GET', ARGV[1] .. ':v' .. version)}
+"""
+
+
+# KEYS: the families' version keys. ARGV: the channel, the church id, then the families in the
+# order of KEYS. Increments each version and announces it, in one step: no process can read a
+# new version whose announcement is not already on its way. Returns the new versions.
+_BUMP_SCRIPT = """
+local versions = {}
+for i, key in ipairs(KEYS) do
+  local version = redis.call('INCR', key)
+  redis.call('PUBLISH', ARGV[1], '{"family":"' .. ARGV[i + 2] .. '","church":"' .. ARGV[2]
+    .. '","version":' .. version .. '}')
+  versions[i] = version
+end
+return versions
 """
 
 
@@ -76,27 +108,141 @@ def version_key(family: str, church_id: uuid.UUID | str) -> str:
     return f"{VERSION_PREFIX}{family}:{church_id}"
 
 
-async def bump_versions(redis: Redis, church_id: uuid.UUID | str, *families: str) -> None:
+async def bump_versions(redis: Redis, church_id: uuid.UUID | str, *families: str) -> dict[str, int]:
     """After a write: the church's cached pages of these families (default: all) are stale.
 
-    Call it after the write has committed. If Redis cannot be reached the bump is skipped
-    with a warning: the entries may then be stale until their TTL.
+    Call it after the write has committed. One round trip: the versions are incremented and
+    announced to every process (``VERSION_CHANNEL``); returns the new version per family.
+    If Redis cannot be reached the bump is skipped with a warning (and ``{}`` returned): the
+    entries may then be stale until their TTL.
     """
+    families = families or FAMILIES
     try:
-        async with redis.pipeline(transaction=False) as pipe:
-            for family in families or FAMILIES:
-                pipe.incr(version_key(family, church_id))
-            await pipe.execute()
+        versions = await redis.register_script(_BUMP_SCRIPT)(
+            keys=[version_key(family, church_id) for family in families],
+            args=[VERSION_CHANNEL, str(church_id), *families],
+        )
     except RedisError:
         log.warning(
             "cache version bump skipped: Redis unavailable; entries may be stale until their TTL",
             extra={"churchId": str(church_id)},
         )
+        return {}
+    return {family: int(version) for family, version in zip(families, versions, strict=True)}
+
+
+@dataclass(frozen=True, slots=True)
+class _LocalPage:
+    family: str
+    church_id: str
+    version: int
+    body: bytes
+    expires: float
+
+
+class LocalPages:
+    """This process's copy of the hottest pages: key -> (version, body), at most
+    ``max_entries`` of them, each served for at most ``max_age_seconds``, and only while
+    ``enabled`` (the invalidation subscription is up)."""
+
+    def __init__(
+        self,
+        max_age_seconds: float,
+        *,
+        max_entries: int = 512,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_age = max_age_seconds
+        self.max_entries = max_entries
+        self.clock = clock
+        self.enabled = False
+        self._pages: dict[str, _LocalPage] = {}
+        # (family, church id) -> the newest version announced while subscribed.
+        self._announced: dict[tuple[str, str], int] = {}
+        # Incremented by every clear: a load that began before one does not store.
+        self._epoch = 0
+
+    def __len__(self) -> int:
+        return len(self._pages)
+
+    def epoch(self) -> int:
+        return self._epoch
+
+    def get(self, key: str) -> bytes | None:
+        if not self.enabled:
+            return None
+        page = self._pages.get(key)
+        if page is None:
+            return None
+        if page.expires <= self.clock() or page.version < self._announced.get(
+            (page.family, page.church_id), 0
+        ):
+            del self._pages[key]
+            return None
+        return page.body
+
+    def put(
+        self,
+        family: str,
+        church_id: str,
+        key: str,
+        version: int,
+        body: str | bytes,
+        epoch: int,
+    ) -> None:
+        """Keep ``body``, read from Redis (or loaded) under ``version`` by a lookup that began
+        at ``epoch``; ignored if a clear or a newer version came in since."""
+        if (
+            not self.enabled
+            or self.max_age <= 0
+            or epoch != self._epoch
+            or version < self._announced.get((family, church_id), 0)
+        ):
+            return
+        if key not in self._pages and len(self._pages) >= self.max_entries:
+            # Oldest insertion first (dicts keep insertion order); a refetch costs one trip.
+            del self._pages[next(iter(self._pages))]
+        self._pages[key] = _LocalPage(
+            family,
+            church_id,
+            version,
+            body.encode() if isinstance(body, str) else body,
+            self.clock() + self.max_age,
+        )
+
+    def bumped(self, family: str, church_id: str, version: int) -> None:
+        """``version`` is now the family's current one for this church: older copies go."""
+        if len(self._announced) >= 10 * self.max_entries:
+            self.clear()  # bounded memory; forgetting costs misses, never a stale page
+        announced = (family, church_id)
+        if version > self._announced.get(announced, 0):
+            self._announced[announced] = version
+            stale = [
+                key
+                for key, page in self._pages.items()
+                if (page.family, page.church_id) == announced and page.version < version
+            ]
+            for key in stale:
+                del self._pages[key]
+
+    def clear(self) -> None:
+        self._epoch += 1
+        self._pages.clear()
+        self._announced.clear()
+
+    def disable(self) -> None:
+        self.enabled = False
+        self.clear()
+
+    def enable(self) -> None:
+        self.clear()
+        self.enabled = self.max_age > 0
 
 
 class CacheService:
     def __init__(self, redis: Redis, metrics: Metrics | None, settings: Settings) -> None:
         self.redis = redis
+        self.local = LocalPages(settings.cache_local_seconds)
         self.ttl = {
             ANALYTICS: settings.cache_analytics_ttl_seconds,
             MEMBERS: settings.cache_members_ttl_seconds,
@@ -163,16 +309,24 @@ class CacheService:
         """Return (encoded JSON, "hit"|"miss"|"error"); the loader's value must be JSON-able.
 
         ``key`` from ``cache_key``, of the same family and church. A hit is the stored text
-        itself: one Redis round trip, no decoding, no re-encoding.
+        itself, no decoding, no re-encoding: from this process's copy (no round trip) or
+        from Redis (one).
         """
+        local = self.local.get(key)
+        if local is not None:
+            self._observe(family, "hit")
+            return local, "hit"
+        epoch = self.local.epoch()
+        church = str(church_id)
         try:
-            version, raw = await self._lookup(keys=[version_key(family, church_id)], args=[key])
+            version, raw = await self._lookup(keys=[version_key(family, church)], args=[key])
         except RedisError:
             log.warning("cache unavailable; reading from the database", extra={"family": family})
             self._observe(family, "error")
             return json_bytes(await loader()), "error"
         if raw is not None:
             self._observe(family, "hit")
+            self.local.put(family, church, key, int(version), raw, epoch)
             return raw, "hit"
         self._observe(family, "miss")
         encoded = json_bytes(await loader())
@@ -182,10 +336,16 @@ class CacheService:
             await self.redis.set(versioned_key(key, version), encoded, ex=self.ttl[family])
         except RedisError:
             log.warning("cache write skipped: Redis unavailable", extra={"family": family})
+        else:
+            self.local.put(family, church, key, int(version), encoded, epoch)
         return encoded, "miss"
 
     async def invalidate_church(self, church_id: uuid.UUID | str, *families: str) -> None:
-        await bump_versions(self.redis, church_id, *families)
+        """Bump the versions, and drop this process's copies at once (the others hear it
+        on the channel)."""
+        church = str(church_id)
+        for family, version in (await bump_versions(self.redis, church, *families)).items():
+            self.local.bumped(family, church, version)
 
     async def stats(self) -> dict[str, Any]:
         await self.flush_counters()

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -32,7 +32,7 @@ def church_channel(church_id: uuid.UUID | str) -> str:
 async def publish(redis: Redis, church_id: uuid.UUID | str, event: dict[str, Any]) -> None:
     """Best effort: a missed live update is acceptable, failing the caller is not."""
     try:
-        await redis.publish(church_channel(church_id), json.dumps(event, default=str))
+        await redis.publish(church_channel(church_id), orjson.dumps(event, default=str))
     except RedisError:
         log.warning("could not publish %s event for church %s", event.get("type"), church_id)
 
@@ -73,8 +73,8 @@ class EventHub:
         if not queues:
             return
         try:
-            event = json.loads(data)
-        except ValueError:
+            event = orjson.loads(data)
+        except orjson.JSONDecodeError:
             return
         for queue in queues:
             if queue.full():  # a slow socket loses its oldest update, not the others' updates

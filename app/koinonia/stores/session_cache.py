@@ -13,6 +13,9 @@ Each process therefore keeps the sessions it looked up recently, and drops them:
 
 A lookup that started before an eviction does not store what it read (``_epoch``): it may
 have read the session just before it was revoked.
+
+The same subscription carries the cache's version bumps (``cache.bump_versions``) to the
+process's copy of the hottest pages (``cache.LocalPages``), under the same rules.
 """
 
 from __future__ import annotations
@@ -22,13 +25,17 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from koinonia.services import sessions
-from koinonia.services.sessions import SessionData
+from koinonia.stores import sessions
+from koinonia.stores.sessions import SessionData
+
+if TYPE_CHECKING:
+    from koinonia.stores.cache import LocalPages
 
 log = logging.getLogger(__name__)
 
@@ -127,15 +134,17 @@ async def lookup(redis: Redis, cache: SessionCache | None, token: str) -> Sessio
 
 class RevocationListener:
     """One subscription per process to the revocation channel: evicts cached sessions and
-    wakes the WebSockets of revoked sessions (``watch``).
+    wakes the WebSockets of revoked sessions (``watch``); drops the copies of ``pages`` made
+    stale by a version bump.
 
     ``redis`` is its own client, made with ``create_redis(..., reconnect=False)`` so that a
     lost connection surfaces here, and closed by ``stop``.
     """
 
-    def __init__(self, redis: Redis, cache: SessionCache) -> None:
+    def __init__(self, redis: Redis, cache: SessionCache, pages: LocalPages | None = None) -> None:
         self.redis = redis
         self.cache = cache
+        self.pages = pages
         self._task: asyncio.Task[None] | None = None
         self._watchers: dict[str, set[asyncio.Event]] = {}
         # Subscribed, so no revocation goes unnoticed: the cache is enabled only while so.
@@ -180,21 +189,33 @@ class RevocationListener:
     def _set_down(self) -> None:
         self.up = False
         self.cache.disable()
+        if self.pages is not None:
+            self.pages.disable()
         for watchers in self._watchers.values():
             for event in watchers:
                 event.set()
         self._notify()
 
     def revoked(self, message: str | bytes) -> None:
-        """A message of the revocation channel: a JSON list of session ids, or ``*``."""
+        """A message of the revocation channel: a JSON list of session ids, or ``*``; or a
+        cache version bump (a JSON object: family, church, version)."""
         text = message.decode() if isinstance(message, bytes) else message
         if text == sessions.REVOKE_ALL:
             self.drop(None)
             return
         try:
-            ids = [str(i) for i in orjson.loads(text)]
-        except (orjson.JSONDecodeError, TypeError):
-            log.warning("ignored a malformed session revocation message")
+            decoded = orjson.loads(text)
+            if isinstance(decoded, dict):
+                bump = (str(decoded["family"]), str(decoded["church"]), int(decoded["version"]))
+            else:
+                ids = [str(i) for i in decoded]
+        except (orjson.JSONDecodeError, TypeError, KeyError, ValueError):
+            log.warning("ignored a malformed message on the revocation channel")
+            return
+        if isinstance(decoded, dict):
+            if self.pages is not None:
+                self.pages.bumped(*bump)
+            self._notify()
             return
         self.drop(ids)
 
@@ -252,6 +273,8 @@ class RevocationListener:
                     # before (while nothing was listening) is dropped and the cache used.
                     self.up = True
                     self.cache.enable()
+                    if self.pages is not None:
+                        self.pages.enable()
                     self._notify()
                 elif kind == "message":
                     self.revoked(message["data"])

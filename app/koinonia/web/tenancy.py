@@ -3,7 +3,7 @@
 Use in a route module::
 
     from koinonia.services.permissions import Permission
-    from koinonia.services.tenancy import current_church_id, require_permission
+    from koinonia.web.tenancy import current_church_id, require_permission
 
     @bp.get("/api/things/<uuid:thing_id>")
     @require_permission(Permission.VIEW)
@@ -18,7 +18,7 @@ operators only. Unknown/expired sessions answer 401, a missing permission 403. E
 decorator marks the view with what it requires (``ACCESS_ATTRIBUTE``), which the tenancy
 test reads to walk every route against the table. Websocket
 handlers call ``authenticate_websocket()`` themselves. A session taken from the cookie also
-passes the CSRF check of ``services/csrf.py`` (403 ``csrf_rejected``); a bearer token does
+passes the CSRF check of ``web/csrf.py`` (403 ``csrf_rejected``); a bearer token does
 not need to.
 """
 
@@ -35,10 +35,11 @@ from quart_schema import security_scheme
 from redis.exceptions import RedisError
 
 from koinonia.errors import Forbidden, ServiceUnavailable, Unauthorized
-from koinonia.services import csrf, session_cache
 from koinonia.services.permissions import Permission, allows
-from koinonia.services.sessions import SessionData
-from koinonia.state import get_state
+from koinonia.stores import session_cache
+from koinonia.stores.sessions import SessionData
+from koinonia.web import csrf
+from koinonia.web.state import get_state
 
 F = TypeVar("F", bound=Callable[..., Any])
 

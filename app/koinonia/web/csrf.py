@@ -26,7 +26,7 @@ from quart import request
 
 from koinonia.errors import Forbidden
 from koinonia.settings import url_origin
-from koinonia.state import get_state
+from koinonia.web.state import get_state
 
 F = TypeVar("F", bound=Callable[..., Any])
 
