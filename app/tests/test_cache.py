@@ -1,5 +1,7 @@
 """Cache-aside: hits, misses, versioned invalidation on member change and STOP/START, a
-load racing a write, Redis-down degradation, and the operators' cache endpoints."""
+load racing a write, Redis-down degradation, the operators' cache endpoints, and each
+process's own copy of the hottest pages (no round trip when warm, never stale past a bump
+it heard of, bypassed while it cannot hear them)."""
 
 from __future__ import annotations
 
@@ -7,10 +9,19 @@ import asyncio
 import json
 import uuid
 
+from redis.asyncio import Redis
+
 from koinonia.services import analytics, members
-from koinonia.stores.cache import ANALYTICS, MEMBERS, cache_key, version_key, versioned_key
+from koinonia.stores.cache import (
+    ANALYTICS,
+    MEMBERS,
+    bump_versions,
+    cache_key,
+    version_key,
+    versioned_key,
+)
 from koinonia.web.state import get_state
-from tests.conftest import app_using_redis
+from tests.conftest import app_using_redis, register_church
 from tests.messaging_fixtures import church_number, post_webhook
 
 
@@ -218,3 +229,177 @@ async def test_stop_text_then_the_member_list_and_analytics_show_the_opt_out(
     ] == [False]
     summary = await client.get("/api/analytics/summary", headers=church_a.headers)
     assert (await summary.get_json())["members"]["optedIn"] == opted_in - 1
+
+
+# --- this process's copy of the hottest pages -----------------------------------------------
+
+
+async def _until(listener, condition) -> None:
+    """Wait (at most a second) for the invalidation subscriber to make ``condition`` true;
+    woken by each change it makes, no polling sleep."""
+
+    async def wait() -> None:
+        while not condition():
+            await listener.changed.wait()
+
+    await asyncio.wait_for(wait(), 1.0)
+
+
+async def _subscribed(app):
+    state = get_state(app)
+    await _until(state.revocations, lambda: state.revocations.up)
+    return state
+
+
+def _count_redis_calls(monkeypatch, state) -> list[str]:
+    """Every command the app's Redis client sends from now on (scripts included)."""
+    sent: list[str] = []
+    real = state.redis.execute_command
+
+    async def counted(*args, **kwargs):
+        sent.append(str(args[0]))
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(state.redis, "execute_command", counted)
+    return sent
+
+
+async def _written_elsewhere(redis, owner, n: int) -> str:
+    """Another app server adds a member: its own database write and its own Redis client
+    (so this process hears of it only through the channel)."""
+    church_id = _uuid(owner)
+    created = await members.create_member(
+        None, church_id, {"first_name": f"E{n}", "phone": f"+1 415 555 {n:04d}"}, "US", user_id=None
+    )
+    await bump_versions(redis, church_id)
+    return str(created.id)
+
+
+def _ids(body: dict) -> list[str]:
+    return [m["id"] for m in body["data"]]
+
+
+async def test_a_warm_process_answers_a_cached_page_with_no_redis_round_trip(
+    app, client, church_a, monkeypatch
+):
+    state = await _subscribed(app)
+    await _add_member(client, church_a, 20)
+    first = await client.get("/api/members", headers=church_a.headers)
+    sent = _count_redis_calls(monkeypatch, state)
+
+    warm = await client.get("/api/members", headers=church_a.headers)
+    assert warm.headers["X-Cache"] == "HIT"
+    assert await warm.get_json() == await first.get_json()
+    assert sent == []  # neither the session (session cache) nor the page (local copy)
+
+
+async def test_a_write_in_another_process_makes_the_next_read_fresh(app, client, church_a, redis):
+    state = await _subscribed(app)
+    await _add_member(client, church_a, 21)
+    await client.get("/api/members", headers=church_a.headers)
+    key = cache_key(MEMBERS, church_a.church_id, "first", 50)
+    assert state.cache.local.get(key) is not None
+
+    created = await _written_elsewhere(redis, church_a, 22)
+    # The bump's announcement evicts this process's copy: no stale page even within the bound.
+    await _until(state.revocations, lambda: state.cache.local.get(key) is None)
+    fresh = await client.get("/api/members", headers=church_a.headers)
+    assert fresh.headers["X-Cache"] == "MISS"
+    assert created in _ids(await fresh.get_json())
+
+
+async def test_a_page_read_from_redis_just_before_a_bump_is_not_kept_in_the_process(
+    app, client, church_a, redis, monkeypatch
+):
+    state = await _subscribed(app)
+    await _add_member(client, church_a, 23)
+    await client.get("/api/members", headers=church_a.headers)  # in Redis under the version
+    key = cache_key(MEMBERS, church_a.church_id, "first", 50)
+    state.cache.local.clear()
+    read, release = asyncio.Event(), asyncio.Event()
+    real_lookup = state.cache._lookup
+
+    async def lookup_then_pause(*args, **kwargs):
+        found = await real_lookup(*args, **kwargs)
+        if not read.is_set():  # the first lookup only
+            read.set()
+            await release.wait()
+        return found
+
+    monkeypatch.setattr(state.cache, "_lookup", lookup_then_pause)
+    # A lookup has read the page and its version from Redis, and pauses before keeping it...
+    stale = asyncio.create_task(client.get("/api/members", headers=church_a.headers))
+    await asyncio.wait_for(read.wait(), 5)
+    # ...while another server adds a member, and this process hears the bump.
+    version = int(await redis.get(version_key(MEMBERS, church_a.church_id)))
+    created = await _written_elsewhere(redis, church_a, 24)
+    announced = (MEMBERS, church_a.church_id)
+    await _until(
+        state.revocations, lambda: state.cache.local._announced.get(announced, 0) > version
+    )
+    release.set()
+    assert (await stale).headers["X-Cache"] == "HIT"  # valid when that request began
+    assert state.cache.local.get(key) is None  # but not kept
+
+    fresh = await client.get("/api/members", headers=church_a.headers)
+    assert created in _ids(await fresh.get_json())
+
+
+async def test_a_missed_bump_is_served_at_most_the_local_bound(
+    app, client, church_a, redis, monkeypatch
+):
+    state = await _subscribed(app)
+    now = [1_000.0]
+    monkeypatch.setattr(state.cache.local, "clock", lambda: now[0])
+    await _add_member(client, church_a, 25)
+    await client.get("/api/members", headers=church_a.headers)
+    # A write whose announcement never came (the version bumped behind the channel's back).
+    church_id = _uuid(church_a)
+    created = await members.create_member(
+        None, church_id, {"first_name": "M", "phone": "+1 415 555 0026"}, "US", user_id=None
+    )
+    await redis.incr(version_key(MEMBERS, church_a.church_id))
+
+    now[0] += state.settings.cache_local_seconds - 0.001
+    within = await client.get("/api/members", headers=church_a.headers)
+    assert str(created.id) not in _ids(await within.get_json())
+    now[0] += 0.002
+    past = await client.get("/api/members", headers=church_a.headers)
+    assert past.headers["X-Cache"] == "MISS"
+    assert str(created.id) in _ids(await past.get_json())
+
+
+async def test_without_the_subscription_local_pages_are_cleared_and_bypassed(
+    app, church_a, spare_redis, monkeypatch
+):
+    async with app_using_redis(app, spare_redis.url):
+        client = app.test_client()
+        owner = await register_church(app.test_client())
+        state = await _subscribed(app)
+        listener = state.revocations
+        key = cache_key(MEMBERS, owner.church_id, "first", 50)
+        await _add_member(client, owner, 27)
+        await client.get("/api/members", headers=owner.headers)
+        assert state.cache.local.get(key) is not None
+
+        resubscribe = asyncio.Event()
+        monkeypatch.setattr(listener, "_reconnect_delay", resubscribe.wait)
+        raw = Redis.from_url(spare_redis.url, decode_responses=True)
+        try:
+            await raw.client_kill_filter(_type="pubsub")
+            await _until(listener, lambda: not listener.up)
+            assert len(state.cache.local) == 0
+            # A bump announced while nobody listened is missed, yet no copy serves it.
+            created = await _written_elsewhere(raw, owner, 28)
+            after = await client.get("/api/members", headers=owner.headers)
+            assert created in _ids(await after.get_json())
+            again = await client.get("/api/members", headers=owner.headers)
+            assert again.headers["X-Cache"] == "HIT"  # from Redis: nothing kept in-process
+            assert len(state.cache.local) == 0
+
+            resubscribe.set()
+            await _until(listener, lambda: listener.up)
+            await client.get("/api/members", headers=owner.headers)
+            assert state.cache.local.get(key) is not None
+        finally:
+            await raw.aclose()
