@@ -89,7 +89,7 @@ def create_app(settings: Settings | None = None) -> KoinoniaApp:
 
     state = AppState(settings=settings)
     app.koinonia = state
-    metrics = install_metrics(app, settings.release)
+    metrics = state.metrics = install_metrics(app, settings.release)
     install_request_logging(app, access_log=settings.access_log)
     register_error_handlers(app)
 

@@ -38,14 +38,13 @@ from prometheus_client import (
     multiprocess,
     start_http_server,
 )
-from quart import Blueprint, Quart, Response, current_app, request
+from quart import Blueprint, Quart, Response, request
 
 from koinonia import db
 
 log = logging.getLogger(__name__)
 
 ScrapeHook = Callable[[], Awaitable[None]]
-EXTENSION_KEY = "koinonia.metrics"
 
 # When the current request started (set by the before-request hook; a context variable is
 # cheaper than ``g``, which goes through a proxy on every access).
@@ -129,7 +128,12 @@ class Metrics:
 
 
 def get_metrics(app: Quart | None = None) -> Metrics:
-    return (app or current_app).extensions[EXTENSION_KEY]  # type: ignore[no-any-return]
+    from koinonia.web.state import get_state
+
+    metrics = get_state(app).metrics
+    if metrics is None:
+        raise RuntimeError("metrics not installed (install_metrics)")
+    return metrics
 
 
 bp = Blueprint("metrics", __name__)
@@ -144,8 +148,8 @@ async def metrics_endpoint() -> Response:
 
 
 def install_metrics(app: Quart, release: str = "dev") -> Metrics:
+    """Per-request HTTP metrics on ``app``; the caller keeps the ``Metrics`` (``AppState``)."""
     metrics = Metrics(release)
-    app.extensions[EXTENSION_KEY] = metrics
     # The labelled children per (route, method, status), so a request skips ``labels()``
     # (label validation and a lock) twice: a few microseconds of every request's overhead.
     children: dict[tuple[str, str, int], tuple[Any, Any]] = {}

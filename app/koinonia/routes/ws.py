@@ -1,8 +1,8 @@
 """``/api/ws``: live events of the user's church (inbound texts, delivery status changes).
 
-Events come through Redis pub/sub (``services.events``), so a socket receives them whichever
+Events come through Redis pub/sub (``stores.events``), so a socket receives them whichever
 app server it landed on. The socket is closed (code 4401) when its session is revoked: at
-once through the revocation channel (``services.session_cache``), and in any case at the
+once through the revocation channel (``stores.session_cache``), and in any case at the
 next check against Redis, every ``session_cache_seconds``.
 """
 

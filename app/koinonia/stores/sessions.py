@@ -15,7 +15,7 @@ landed meanwhile.
 
 Every revocation is also published on ``REVOCATION_CHANNEL`` (the revoked session ids, or
 ``*`` for all), so each process drops the sessions from its in-process cache
-(``services.session_cache``) and closes their WebSockets.
+(``stores.session_cache``) and closes their WebSockets.
 """
 
 from __future__ import annotations

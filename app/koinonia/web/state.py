@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from saq.queue.redis import RedisQueue
     from tortoise.context import TortoiseContext
 
+    from koinonia.metrics import Metrics
     from koinonia.services.queue import QueueHeadroom
     from koinonia.settings import Settings
     from koinonia.stores.cache import CacheService
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 class AppState:
     settings: Settings
     started_at: float = field(default_factory=time.monotonic)
+    metrics: Metrics | None = None
     redis: Redis | None = None
     db: TortoiseContext | None = None
     cache: CacheService | None = None
