@@ -10,7 +10,9 @@ Load is bounded (duration and connections) and aimed only at 127.0.0.1.
 
 Writes a markdown table to stdout and both forms to .cache/bench/app_http.{md,json}.
 `--profile ROW` also samples one app worker with py-spy (dev extra) during the matching
-rows and writes flame graphs next to them: profile the worker under load, compare rows.
+rows, writes the folded stacks next to them (.cache/bench/profile-<n>.folded, for
+flamegraph tools) and prints where the samples were: profile the worker under load, compare
+rows. The machine's load average is printed with the figures: compare ratios from one run.
 """
 
 from __future__ import annotations
@@ -60,6 +62,31 @@ def start(stack: ExitStack, argv: list[str], env: dict[str, str]) -> subprocess.
     return proc
 
 
+def profile_summary(folded: Path, top: int = 15) -> str:
+    """The frames most samples were in (inclusive) and at the top of (self), in percent."""
+    inclusive: dict[str, int] = {}
+    own: dict[str, int] = {}
+    total = 0
+    for line in folded.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = stack.split(";")
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + n
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+    if not total:
+        return "no samples"
+
+    def listing(counts: dict[str, int]) -> list[str]:
+        ranked = sorted(counts.items(), key=lambda item: -item[1])[:top]
+        return [f"  {n / total:6.1%}  {frame}" for frame, n in ranked]
+
+    return "\n".join([f"{total} samples; inclusive:", *listing(inclusive), "self:", *listing(own)])
+
+
 def profile(server_pid: int, seconds: int, out: Path) -> subprocess.Popen:
     """Sample one worker of `koinonia serve` (its first child; itself with one worker)."""
     children = [
@@ -79,6 +106,8 @@ def profile(server_pid: int, seconds: int, out: Path) -> subprocess.Popen:
             str(seconds),
             "--rate",
             "250",
+            "--format",
+            "raw",
             "--output",
             str(out),
         ],
@@ -143,7 +172,7 @@ def main() -> int:
         "--profile",
         metavar="ROW",
         help="py-spy (dev extra) one app worker during the rows whose name contains ROW; "
-        "flame graphs go to .cache/bench/profile-<n>.svg",
+        "folded stacks go to .cache/bench/profile-<n>.folded, a summary to stderr",
     )
     parser.add_argument(
         "--smoke",
@@ -225,21 +254,32 @@ def main() -> int:
         round_trips = redis_round_trips(servers.redis.url, base + "/api/members", auth)
         print(f"Redis round trips per cached request: {round_trips:.2f}", file=sys.stderr)
         results = []
+        load_before = os.getloadavg()
         for number, (name, url, lua_env) in enumerate(rows):
             connections = int(lua_env.pop("CONNECTIONS", args.connections))
             spy = None
             if args.profile and args.profile in name and number > 0:
-                spy = profile(app.pid, args.seconds, OUT_DIR / f"profile-{number}.svg")
+                folded = OUT_DIR / f"profile-{number}.folded"
+                spy = profile(app.pid, args.seconds, folded)
             figures = wrk(url, args.seconds, connections, **lua_env)
             if spy is not None:
                 spy.wait()
+                print(f"py-spy, {name}:\n{profile_summary(folded)}", file=sys.stderr)
             results.append(
                 {"row": name, **figures}
                 | ({"connections": connections} if connections != args.connections else {})
             )
             print(f"measured {name}: {figures['rps']:.0f} req/s", file=sys.stderr)
 
+        load_after = os.getloadavg()
+
     ceiling = results[0]["rps"]
+    load = (
+        " / ".join(f"{a:.1f}" for a in load_before)
+        + " before, "
+        + " / ".join(f"{a:.1f}" for a in load_after)
+        + " after (1/5/15 min)"
+    )
     lines = [
         f"Workers: {args.workers} (Hypercorn, uvloop) · wrk -t2 -c{args.connections} "
         f"-d{args.seconds}s on the same {os.cpu_count()}-core machine · straight at the app, "
@@ -257,6 +297,7 @@ def main() -> int:
     lines += [
         "",
         f"Redis round trips per cached GET /api/members on a warm process: {round_trips:.2f}",
+        f"Load average: {load}",
     ]
     table = "\n".join(lines)
     print(table)
@@ -269,6 +310,7 @@ def main() -> int:
                 "seconds": args.seconds,
                 "connections": args.connections,
                 "redis_round_trips_per_cached_request": round_trips,
+                "load_average": {"before": load_before, "after": load_after},
                 "results": results,
             },
             indent=2,
