@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -62,7 +63,7 @@ def start(stack: ExitStack, argv: list[str], env: dict[str, str]) -> subprocess.
     return proc
 
 
-def profile_summary(folded: Path, top: int = 15) -> str:
+def profile_summary(folded: Path, top: int = 25) -> str:
     """The frames most samples were in (inclusive) and at the top of (self), in percent."""
     inclusive: dict[str, int] = {}
     own: dict[str, int] = {}
@@ -73,7 +74,8 @@ def profile_summary(folded: Path, top: int = 15) -> str:
             continue
         n = int(count)
         total += n
-        frames = stack.split(";")
+        # By function: py-spy names a frame "function (file:line)".
+        frames = [re.sub(r":\d+\)$", ")", frame) for frame in stack.split(";")]
         for frame in set(frames):
             inclusive[frame] = inclusive.get(frame, 0) + n
         own[frames[-1]] = own.get(frames[-1], 0) + n
@@ -81,7 +83,11 @@ def profile_summary(folded: Path, top: int = 15) -> str:
         return "no samples"
 
     def listing(counts: dict[str, int]) -> list[str]:
-        ranked = sorted(counts.items(), key=lambda item: -item[1])[:top]
+        # Frames in every sample (the process's entry points) say nothing.
+        ranked = sorted(
+            ((frame, n) for frame, n in counts.items() if n < total),
+            key=lambda item: -item[1],
+        )[:top]
         return [f"  {n / total:6.1%}  {frame}" for frame, n in ranked]
 
     return "\n".join([f"{total} samples; inclusive:", *listing(inclusive), "self:", *listing(own)])
