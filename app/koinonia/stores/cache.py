@@ -15,8 +15,9 @@ writes and version bumps are skipped with a warning, and the lookup is counted a
 
 Hit/miss counters are counted in the process and added to a Redis hash every
 ``COUNTER_FLUSH_SECONDS`` (and at shutdown), so ``/api/admin/cache/metrics`` shows totals
-across every app server, a second or so behind; they are also fed to Prometheus. A lookup is
-one round trip (version and entry read by one Lua script).
+across every app server, a second or so behind; they are also fed to Prometheus. A lookup
+that this process's copy cannot answer is one round trip (version and entry read by one Lua
+script).
 
 Values are stored as encoded JSON and a hit is handed back as that text, so a route can
 answer it without decoding and re-encoding (``koinonia.responses.json_response``).
