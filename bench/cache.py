@@ -2,7 +2,8 @@
 
 Runs on the queue section's loopback servers, for the church that holds its deliveries (the
 miss counts them). Each `days` value (1..N) is its own cache key, so the first request for
-it is a miss (PostgreSQL: four aggregate queries) and the second a hit (Redis GET); X-Cache
+it is a miss (PostgreSQL: four aggregate queries) and the second a hit (the app process's own
+copy, or one Redis round trip when another process served the miss); X-Cache
 on every answer confirms which. One keep-alive connection, one request at a time: the
 latency a caller sees, client overhead included for both.
 """
