@@ -11,7 +11,7 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
 from saq import CronJob, Worker
@@ -30,6 +30,9 @@ from koinonia.settings import Settings
 from koinonia.stores.client import create_redis
 from koinonia.stores.locks import LockService
 
+if TYPE_CHECKING:
+    from tortoise.context import TortoiseContext
+
 log = logging.getLogger(__name__)
 
 
@@ -38,7 +41,7 @@ class WorkerContext(Context, total=False):
 
     settings: Settings
     metrics: WorkerMetrics
-    db: Any
+    db: TortoiseContext
     redis: Redis
     provider: SmsProvider
     locks: LockService
