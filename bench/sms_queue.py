@@ -91,6 +91,45 @@ def sql_transactions(lb: Loopback) -> int:
     return int(row[0]) if row else 0
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_stats() -> dict[int, tuple[int, float]]:
+    """pid -> (parent pid, CPU seconds of the process and of the children it reaped)."""
+    stats = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:  # exited meanwhile
+            continue
+        # After the name: state, ppid, ..., utime (14th field), stime, cutime, cstime.
+        ppid, times = int(fields[1]), [int(v) for v in fields[11:15]]
+        stats[int(entry)] = (ppid, sum(times) / _TICK)
+    return stats
+
+
+def cpu_seconds(roots: dict[str, list[int]]) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by each group of processes: the processes,
+    their live descendants and the children they reaped (PostgreSQL's exited backends)."""
+    stats = _proc_stats()
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _cpu) in stats.items():
+        children.setdefault(ppid, []).append(pid)
+    totals = {}
+    for name, pids in roots.items():
+        seen, todo = set(), [p for p in pids if p in stats]
+        while todo:
+            pid = todo.pop()
+            if pid not in seen:
+                seen.add(pid)
+                todo += children.get(pid, [])
+        totals[name] = sum(stats[p][1] for p in seen)
+    return totals
+
+
 def one_run(
     lb: Loopback,
     token: str,
@@ -120,6 +159,15 @@ def one_run(
         )
         wait_for_port(port, timeout=60, proc=procs[-1])
     time.sleep(1)  # past the metrics server: the worker's dequeue loop is up
+    servers = lb.servers
+    processes = {
+        "api": [lb.app.pid],
+        "workers": [p.pid for p in procs],
+        "postgres": [servers.postgres.proc.pid],
+        "pgbouncer": [servers.pgbouncer.proc.pid],
+        "redis": [servers.redis.proc.pid],
+    }
+    cpu_before, bench_before = cpu_seconds(processes), os.times()
     since = datetime.now(UTC)
     started = time.monotonic()
     body = json.loads(message_body(group_id, "Bench: queue throughput"))
@@ -141,6 +189,12 @@ def one_run(
             raise BenchError("a `koinonia worker` exited during the queue run")
         time.sleep(0.2)
     elapsed = time.monotonic() - started
+    cpu_after, bench_after = cpu_seconds(processes), os.times()
+    cpu_used = {name: cpu_after[name] - cpu_before[name] for name in processes}
+    # The bench's own POSTs and polls (this process's threads).
+    cpu_used["bench"] = (bench_after.user + bench_after.system) - (
+        bench_before.user + bench_before.system
+    )
     last = last_sent_at(lb, since)
     db_elapsed = (last - since).total_seconds() if last else None
     lb.stop_job_workers()
@@ -163,7 +217,12 @@ def one_run(
         # Over the whole run (the POSTs, the workers, their housekeeping), per delivery.
         "redis_commands_per_delivery": round(redis_used / expected, 2),
         "sql_statements_per_delivery": round(sql_used / expected, 2),
+        # CPU time per delivery of each part, over the same interval: what the rate would
+        # be on idle cores, whatever else runs on the machine.
+        "cpu_ms_per_delivery": {k: round(1000 * v / expected, 3) for k, v in cpu_used.items()},
     }
+    service_ms = sum(v for k, v in result["cpu_ms_per_delivery"].items() if k != "bench")
+    result["cpu_bound_per_second"] = round((os.cpu_count() or 1) * 1000 / service_ms, 0)
     if provider != "log":
         result["ceiling_per_second"] = workers * concurrency / 0.2
         calls_after = fake_calls(env)

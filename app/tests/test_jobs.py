@@ -567,7 +567,7 @@ async def test_provider_timing_out_after_accepting_ends_unknown_and_is_not_calle
 
         assert await step.run_next()
         stored = await Delivery.get(id=delivery.id)
-        assert stored.status == DeliveryStatus.UNKNOWN and "ReadTimeout" in stored.last_error
+        assert stored.status == DeliveryStatus.UNKNOWN and "SocketTimeoutError" in stored.last_error
         answer.set()
 
         # No retry job; the lookup (Twilio's Messages list) finds the text.
