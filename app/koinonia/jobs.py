@@ -298,7 +298,7 @@ def build_worker(
 
 def worker_main(settings: Settings) -> None:
     """``koinonia worker``: run_worker on the event loop the settings name (``event_loop``:
-    uvloop by default, as the API; in the worker it halves the loop's own cost per send)."""
+    uvloop by default, as for the API)."""
     loop_factory = None
     if settings.event_loop == "uvloop":
         with contextlib.suppress(ImportError):
