@@ -1,19 +1,25 @@
 """A provider that takes DELAY seconds per call: answers Twilio's Messages.json like Twilio
 (201 with a sid) after sleeping, on 127.0.0.1:PORT. asyncio, so hundreds of calls can wait
-at once without a thread each. Run: python bench/fake_twilio.py PORT DELAY
+at once without a thread each. Run: python bench/fake_twilio.py PORT DELAY [--hang SECONDS]
+
+``--hang SECONDS`` plays a provider that accepts and then hangs: each send is recorded (the
+message exists, it is in the Messages list) at once, and its answer comes SECONDS later,
+past the client's timeout (the fault of molecule/default/tests/faults/test_8). Standard
+library only, so it runs with any python3 (the stack's containers have no pip).
 
 Like Twilio, every POST it accepts is a new message: it does not drop a repeat that carries
 the same I-Twilio-Idempotency-Token. It counts every call, per token (the delivery), and
 answers ``GET /calls`` with the totals: calls, deliveries called, calls beyond a delivery's
 first (``repeated``: each one a second text to someone). ``GET .../Messages.json?To=``
-lists what it accepted for that number, like Twilio's Messages list."""
+lists what it accepted for that number, like Twilio's Messages list. ``GET /calls?per=delivery``
+adds the calls per token (``perDelivery``)."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import itertools
 import json
-import sys
 import time
 from collections import Counter
 from email.utils import formatdate
@@ -27,11 +33,14 @@ accepted_by_number: dict[str, list[dict]] = {}
 def _answer(method: str, target: str, headers: dict[str, str], body: bytes) -> tuple[str, dict]:
     url = urlsplit(target)
     if method == "GET" and url.path == "/calls":
-        return "200 OK", {
+        totals = {
             "calls": sum(calls_per_token.values()),
             "deliveries": len(calls_per_token),
             "repeated": sum(n - 1 for n in calls_per_token.values()),
         }
+        if parse_qs(url.query).get("per") == ["delivery"]:
+            totals["perDelivery"] = dict(calls_per_token)
+        return "200 OK", totals
     if method == "GET" and url.path.endswith("/Messages.json"):
         to = parse_qs(url.query).get("To", [""])[0]
         return "200 OK", {"messages": list(reversed(accepted_by_number.get(to, [])))}
@@ -48,7 +57,9 @@ def _answer(method: str, target: str, headers: dict[str, str], body: bytes) -> t
     return "201 Created", message
 
 
-async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float) -> None:
+async def handle(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float, hang: float
+) -> None:
     try:
         while True:
             head = await reader.readuntil(b"\r\n\r\n")
@@ -63,6 +74,8 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, del
             if method == "POST":
                 await asyncio.sleep(delay)
             status, answer = _answer(method, target, headers, body)
+            if method == "POST" and hang:
+                await asyncio.sleep(hang)  # accepted; the answer comes too late
             payload = json.dumps(answer).encode()
             writer.write(
                 f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n".encode()
@@ -78,13 +91,20 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, del
         writer.close()
 
 
-async def main(port: int, delay: float) -> None:
+async def main(port: int, delay: float, hang: float = 0.0) -> None:
     server = await asyncio.start_server(
-        lambda r, w: handle(r, w, delay), "127.0.0.1", port, backlog=1024
+        lambda r, w: handle(r, w, delay, hang), "127.0.0.1", port, backlog=1024
     )
     async with server:
         await server.serve_forever()
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1]), float(sys.argv[2])))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("port", type=int)
+    parser.add_argument("delay", type=float, help="seconds before a send is accepted")
+    parser.add_argument(
+        "--hang", type=float, default=0.0, help="seconds between accepting a send and answering"
+    )
+    args = parser.parse_args()
+    asyncio.run(main(args.port, args.delay, args.hang))

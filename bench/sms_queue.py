@@ -26,7 +26,19 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from datetime import UTC, datetime
 
-from bench.common import ROOT, BenchError, Section, api, log, message_body, seed_church, table
+from bench.common import (
+    ROOT,
+    BenchError,
+    Section,
+    api,
+    fmt,
+    loadavg,
+    log,
+    message_body,
+    pct,
+    seed_church,
+    table,
+)
 from bench.loopback import Loopback, free_port, wait_for_port
 
 ACCOUNT_SID = "AC00000000000000000000000000000001"
@@ -91,6 +103,45 @@ def sql_transactions(lb: Loopback) -> int:
     return int(row[0]) if row else 0
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_stats() -> dict[int, tuple[int, float]]:
+    """pid -> (parent pid, CPU seconds of the process and of the children it reaped)."""
+    stats = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:  # exited meanwhile
+            continue
+        # After the name: state, ppid, ..., utime (14th field), stime, cutime, cstime.
+        ppid, times = int(fields[1]), [int(v) for v in fields[11:15]]
+        stats[int(entry)] = (ppid, sum(times) / _TICK)
+    return stats
+
+
+def cpu_seconds(roots: dict[str, list[int]]) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by each group of processes: the processes,
+    their live descendants and the children they reaped (PostgreSQL's exited backends)."""
+    stats = _proc_stats()
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _cpu) in stats.items():
+        children.setdefault(ppid, []).append(pid)
+    totals = {}
+    for name, pids in roots.items():
+        seen, todo = set(), [p for p in pids if p in stats]
+        while todo:
+            pid = todo.pop()
+            if pid not in seen:
+                seen.add(pid)
+                todo += children.get(pid, [])
+        totals[name] = sum(stats[p][1] for p in seen)
+    return totals
+
+
 def one_run(
     lb: Loopback,
     token: str,
@@ -101,6 +152,7 @@ def one_run(
     provider: str,
     env: dict[str, str],
     timeout: float,
+    provider_pids: list[int] | None = None,
 ) -> dict:
     messages = max(1, deliveries // 100)
     # ``concurrency`` provider calls per worker: jobs of at most one chunk's sends each.
@@ -120,6 +172,18 @@ def one_run(
         )
         wait_for_port(port, timeout=60, proc=procs[-1])
     time.sleep(1)  # past the metrics server: the worker's dequeue loop is up
+    servers = lb.servers
+    processes = {
+        "api": [lb.app.pid],
+        "workers": [p.pid for p in procs],
+        "postgres": [servers.postgres.proc.pid],
+        "pgbouncer": [servers.pgbouncer.proc.pid],
+        "redis": [servers.redis.proc.pid],
+    }
+    if provider != "log" and provider_pids:
+        processes["provider"] = provider_pids  # the stand-in (bench/fake_twilio.py)
+    cpu_before, bench_before = cpu_seconds(processes), os.times()
+    load_before = loadavg()
     since = datetime.now(UTC)
     started = time.monotonic()
     body = json.loads(message_body(group_id, "Bench: queue throughput"))
@@ -141,6 +205,12 @@ def one_run(
             raise BenchError("a `koinonia worker` exited during the queue run")
         time.sleep(0.2)
     elapsed = time.monotonic() - started
+    cpu_after, bench_after = cpu_seconds(processes), os.times()
+    cpu_used = {name: cpu_after[name] - cpu_before[name] for name in processes}
+    # The bench's own POSTs and polls (this process's threads).
+    cpu_used["bench"] = (bench_after.user + bench_after.system) - (
+        bench_before.user + bench_before.system
+    )
     last = last_sent_at(lb, since)
     db_elapsed = (last - since).total_seconds() if last else None
     lb.stop_job_workers()
@@ -148,6 +218,7 @@ def one_run(
     redis_used, sql_used = redis_commands(lb) - redis_before, sql_transactions(lb) - sql_before
     sent = counts.get("sent", 0) + counts.get("delivered", 0)
     result = {
+        "loadavg_before": load_before,
         "provider": provider,
         "workers": workers,
         "concurrency": concurrency,
@@ -163,7 +234,15 @@ def one_run(
         # Over the whole run (the POSTs, the workers, their housekeeping), per delivery.
         "redis_commands_per_delivery": round(redis_used / expected, 2),
         "sql_statements_per_delivery": round(sql_used / expected, 2),
+        # CPU time per delivery of each part, over the same interval: what the rate would
+        # be on idle cores, whatever else runs on the machine.
+        "cpu_ms_per_delivery": {k: round(1000 * v / expected, 3) for k, v in cpu_used.items()},
     }
+    # The service's own parts: not the bench's client, not the provider's stand-in.
+    service_ms = sum(
+        v for k, v in result["cpu_ms_per_delivery"].items() if k not in ("bench", "provider")
+    )
+    result["cpu_bound_per_second"] = round((os.cpu_count() or 1) * 1000 / service_ms, 0)
     if provider != "log":
         result["ceiling_per_second"] = workers * concurrency / 0.2
         calls_after = fake_calls(env)
@@ -174,6 +253,79 @@ def one_run(
         f"({sent}/{expected} sent in {result['seconds']} s)"
     )
     return result
+
+
+GROUP_SIZES = (100, 1_000, 10_000)
+GROUP_POSTS = 3  # messages per group size, one after the other
+
+
+def add_members(lb: Loopback, group_id: str, count: int, tag: str) -> None:
+    """``count`` opted-in members in the group's church and in the group, in one statement
+    (as a church's import would leave them; the API's one-by-one POSTs would take minutes)."""
+    import psycopg
+
+    with psycopg.connect(lb.servers.postgres.superuser_dsn("koinonia")) as conn:
+        conn.execute(
+            """
+            WITH g AS (SELECT id, church_id FROM member_group WHERE id = %(group)s),
+            m AS (
+              INSERT INTO member (id, church_id, first_name, last_name, phone, opt_in_sms,
+                                  created_at, updated_at)
+              SELECT gen_random_uuid(), g.church_id, 'Bulk' || i, %(tag)s,
+                     '+1' || (2020000000 + %(offset)s + i)::text, true, now(), now()
+              FROM g, generate_series(0, %(count)s - 1) AS i
+              RETURNING id
+            )
+            INSERT INTO group_membership (id, group_id, member_id, created_at)
+            SELECT gen_random_uuid(), g.id, m.id, now() FROM g, m
+            """,
+            # Numbers of their own: each size starts at itself (100.., 1,000.., 10,000..).
+            {"group": group_id, "tag": tag, "count": count, "offset": count},
+        )
+
+
+def group_size_rows(lb: Loopback, token: str, timeout: float, sizes=GROUP_SIZES) -> list[dict]:
+    """POST /api/messages to groups of growing size, 2 workers (log provider) running:
+    each POST's latency (the recipients query, one insert of every delivery, the enqueue of
+    one job per 100), and the time from the POST until every delivery is `sent`."""
+    rows = []
+    procs = []
+    for _ in range(2):
+        port = free_port()
+        procs += lb.start_job_workers(1, KOINONIA_WORKER_METRICS_BIND=f"127.0.0.1:{port}")
+        wait_for_port(port, timeout=60, proc=procs[-1])
+    time.sleep(1)
+    for size in sizes:
+        group = api(lb.base, "POST", "/api/groups", {"name": f"Size {size}"}, token)
+        add_members(lb, group["id"], size, f"size{size}")
+        body = json.loads(message_body(group["id"], f"Bench: a group of {size}"))
+        latencies, sent_after = [], []
+        for _ in range(GROUP_POSTS):
+            since = datetime.now(UTC)
+            started = time.monotonic()
+            message = api(lb.base, "POST", "/api/messages", body, token)
+            latencies.append(time.monotonic() - started)
+            while time.monotonic() - started < timeout:
+                counts = count_by_status(lb, since)
+                if counts.get("sent", 0) + counts.get("failed", 0) >= size:
+                    break
+                time.sleep(0.05)
+            last = last_sent_at(lb, since)
+            sent_after.append((last - since).total_seconds() if last else None)
+            if message["recipientCount"] != size:
+                raise BenchError(f"a group of {size} recorded {message['recipientCount']}")
+        rows.append(
+            {
+                "group": size,
+                "posts": GROUP_POSTS,
+                "enqueue_ms": [round(1000 * x, 1) for x in latencies],
+                "all_sent_seconds": [round(x, 2) if x else None for x in sent_after],
+                "unfinished": size - count_by_status(lb, since).get("sent", 0),
+            }
+        )
+        log(f"group of {size}: POST {rows[-1]['enqueue_ms']} ms, all sent {sent_after} s")
+    lb.stop_job_workers()
+    return rows
 
 
 def run(args, stack: ExitStack) -> tuple[Section, Loopback, str]:
@@ -200,9 +352,10 @@ def run(args, stack: ExitStack) -> tuple[Section, Loopback, str]:
         [("log", 1, 10, deliveries, {}), ("200 ms", 1, 10, slow, twilio_env)]
         if args.smoke
         else [
-            ("log", 1, 10, deliveries, {}),
+            ("log", 1, 100, deliveries, {}),
             ("log", 2, 10, deliveries, {}),
-            ("log", 4, 10, deliveries, {}),
+            ("log", 2, 100, deliveries, {}),
+            ("log", 4, 100, deliveries, {}),
             ("200 ms", 2, 10, slow, twilio_env),
             ("200 ms", 2, 50, slow, twilio_env),
             ("200 ms", 2, 200, slow, twilio_env),
@@ -210,8 +363,12 @@ def run(args, stack: ExitStack) -> tuple[Section, Loopback, str]:
     )
     for provider, workers, concurrency, count, env in plan:
         section.rows.append(
-            one_run(lb, token, group_id, count, workers, concurrency, provider, env, timeout)
+            one_run(
+                lb, token, group_id, count, workers, concurrency, provider, env, timeout, [fake.pid]
+            )
         )
+    sizes = GROUP_SIZES[:2] if args.smoke else GROUP_SIZES
+    section.extra["group_sizes"] = group_size_rows(lb, token, timeout, sizes)
     section.notes += [
         "Loopback: PostgreSQL 15, PgBouncer (transaction pooling) and Redis from "
         "app/tests/servers.py; one `koinonia serve` for the POSTs; the workers are "
@@ -220,12 +377,64 @@ def run(args, stack: ExitStack) -> tuple[Section, Loopback, str]:
         "200 ms provider: bench/fake_twilio.py (asyncio) answers Twilio's Messages.json after "
         "200 ms; the ceiling is workers x concurrency ÷ 0.2 s.",
         f"The machine has {os.cpu_count()} cores shared by the API, the workers, PostgreSQL, "
-        "PgBouncer and Redis.",
+        "PgBouncer and Redis (and, when others run, by them: see each row's load).",
+        "Service CPU ms/delivery: CPU time (user + system, /proc) of the API, the workers, "
+        "PostgreSQL (with its exited backends), PgBouncer and Redis over the row, per "
+        "delivery; not the bench's client nor the provider stand-in. CPU-bound/s: what that "
+        f"cost allows on {os.cpu_count()} idle cores, whatever the load was.",
+        "Log rows: concurrency/worker is the sends in flight per worker (one job of 100 at a "
+        "time, or one of 10); the log provider writes the calls waiting together in one "
+        "MULTI/EXEC, so fewer in flight means more, smaller writes.",
     ]
     return section.finish(), lb, token
 
 
 def markdown(section: Section) -> list[str]:
+    return [*queue_table(section), "", *group_table(section)]
+
+
+def group_table(section: Section) -> list[str]:
+    rows = section.extra.get("group_sizes") or []
+    if not rows:
+        return []
+    return [
+        f"POST /api/messages to one group, {GROUP_POSTS} messages in turn per size, 2 workers "
+        "(log provider, 10 jobs x 50 sends each: the settings' defaults): the POST's latency "
+        "(recipients query, one insert of every delivery, one job per 100 enqueued) and the "
+        "time from the POST to the last delivery's `sent_at`.",
+        "",
+        *table(
+            [
+                "group members",
+                "POST ms (each)",
+                "all sent after, s (each)",
+                "deliveries/s (best)",
+                "unfinished",
+            ],
+            [
+                [
+                    r["group"],
+                    " / ".join(fmt(x) for x in r["enqueue_ms"]),
+                    " / ".join(fmt(x) for x in r["all_sent_seconds"]),
+                    round(r["group"] / min(x for x in r["all_sent_seconds"] if x), 1)
+                    if any(r["all_sent_seconds"])
+                    else None,
+                    r["unfinished"],
+                ]
+                for r in rows
+            ],
+        ),
+    ]
+
+
+def _ceiling(row: dict) -> str | None:
+    if not row.get("ceiling_per_second"):
+        return None
+    reached = pct(row["per_second"] / row["ceiling_per_second"])
+    return f"{fmt(row['ceiling_per_second'])} ({reached})"
+
+
+def queue_table(section: Section) -> list[str]:
     return table(
         [
             "provider",
@@ -236,12 +445,15 @@ def markdown(section: Section) -> list[str]:
             "failed+unfinished",
             "seconds",
             "deliveries/s",
-            "ceiling/s",
+            "ceiling/s (reached)",
             "provider calls",
             "repeated calls",
             "unknown",
             "Redis cmds/delivery",
             "SQL stmts/delivery",
+            "service CPU ms/delivery",
+            "CPU-bound/s",
+            "load (1 min)",
         ],
         [
             [
@@ -253,12 +465,23 @@ def markdown(section: Section) -> list[str]:
                 r["failed"] + r["unfinished"],
                 r["seconds"],
                 r["per_second"],
-                r.get("ceiling_per_second"),
+                _ceiling(r),
                 r.get("calls"),
                 r.get("repeated"),
                 r.get("unknown"),
                 r.get("redis_commands_per_delivery"),
                 r.get("sql_statements_per_delivery"),
+                r.get("cpu_ms_per_delivery")
+                and round(
+                    sum(
+                        v
+                        for k, v in r["cpu_ms_per_delivery"].items()
+                        if k not in ("bench", "provider")
+                    ),
+                    3,
+                ),
+                r.get("cpu_bound_per_second"),
+                (r.get("loadavg_before") or [None])[0],
             ]
             for r in section.rows
         ],

@@ -65,11 +65,11 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
-    from koinonia.jobs import run_worker
+    from koinonia.jobs import worker_main
     from koinonia.logging import configure_logging
 
     configure_logging(settings.log_level)
-    asyncio.run(run_worker(settings))
+    worker_main(settings)
     return 0
 
 

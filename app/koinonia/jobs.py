@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -309,6 +311,19 @@ def build_worker(
     }
     options.update(worker_options)
     return GracefulWorker(queue, functions=[send_deliveries, link_phone_number], **options)
+
+
+def worker_main(settings: Settings) -> None:
+    """``koinonia worker``: run_worker on the event loop the settings name (``event_loop``:
+    uvloop by default, as for the API)."""
+    loop_factory = None
+    if settings.event_loop == "uvloop":
+        with contextlib.suppress(ImportError):
+            import uvloop
+
+            loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(run_worker(settings))
 
 
 async def run_worker(settings: Settings) -> None:

@@ -1,7 +1,7 @@
 """Fixtures for the messaging tests: a local HTTP server that plays Twilio, and helpers.
 
 The fake Twilio is a real HTTP server on loopback (stdlib ``ThreadingHTTPServer`` in a thread),
-so the provider's requests go through httpx and a socket exactly as they would to Twilio.  It
+so the provider's requests go through aiohttp and a socket exactly as they would to Twilio.  It
 records every request (method, path, headers, form fields) for the tests to check, and answers
 from a script of responses the test sets.
 

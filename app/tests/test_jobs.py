@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
 import threading
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -39,6 +42,7 @@ from koinonia.services.queue import (
     delivery_job_key,
     enqueue_deliveries,
 )
+from koinonia.state import get_state
 from tests.messaging_fixtures import (
     ACCOUNT_SID,
     AUTH_TOKEN,
@@ -439,6 +443,112 @@ async def test_killed_worker_with_twilio_ends_unknown_then_sent_by_callback_neve
     assert [r for r in fake_twilio.requests if r.method == "POST"][1:] == []
 
 
+APP_DIR = Path(__file__).resolve().parents[1]
+
+
+async def _worker_process(app, fake_twilio) -> asyncio.subprocess.Process:
+    """``koinonia worker`` as deployed: its own process, on the app's queue, sending through
+    Twilio's API (the fake Twilio) so that it can be killed with SIGKILL mid-call."""
+    settings = get_state(app).settings
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KOINONIA_")}
+    env.update(
+        PYTHONPATH=str(APP_DIR),
+        KOINONIA_DATABASE_URL=settings.database_url.get_secret_value(),
+        KOINONIA_REDIS_URL=settings.redis_url.get_secret_value(),
+        KOINONIA_QUEUE_NAME=settings.queue_name,
+        KOINONIA_SMS_PROVIDER="twilio",
+        KOINONIA_TWILIO_ACCOUNT_SID=ACCOUNT_SID,
+        KOINONIA_TWILIO_AUTH_TOKEN=AUTH_TOKEN,
+        KOINONIA_TWILIO_FROM_NUMBER=FROM_NUMBER,
+        KOINONIA_TWILIO_BASE_URL=fake_twilio.base_url,
+        KOINONIA_LOG_LEVEL="WARNING",
+    )
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "koinonia.cli",
+        "worker",
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+@pytest.mark.parametrize("evidence", ["status callback", "lookup"])
+async def test_worker_killed_during_the_provider_call_ends_unknown_then_sent_never_called_again(
+    client,
+    church_a,
+    app,
+    make_worker,
+    twilio_provider,
+    fake_twilio,
+    settings,
+    redis,
+    webhook_settings,
+    evidence,
+):
+    step = await make_worker(twilio_provider)  # empties the queue; runs only when stepped
+    members = 2
+    arrived: list[str] = []
+    all_in_flight, answer = threading.Event(), threading.Event()
+
+    def accepted_then_hold(request) -> None:
+        # Twilio has created the message; its answer waits until the worker is dead.
+        arrived.append(request.headers.get("i-twilio-idempotency-token", ""))
+        if len(arrived) == members:
+            all_in_flight.set()
+        answer.wait(60)
+
+    fake_twilio.before_answer = accepted_then_hold
+    worker = await _worker_process(app, fake_twilio)
+    try:
+        _body, deliveries = await _message(client, church_a.headers, members=members)
+        in_flight = await asyncio.to_thread(all_in_flight.wait, 120)
+        if not in_flight and worker.returncode is None:
+            worker.kill()
+        assert in_flight, (await worker.communicate())[1].decode(errors="replace")[-2000:]
+        worker.kill()  # SIGKILL: nothing of the worker runs after this
+        await worker.wait()
+    finally:
+        answer.set()
+        if worker.returncode is None:
+            worker.kill()
+            await worker.wait()
+    keys = {delivery_idempotency_key(d.id) for d in deliveries}
+    assert set(arrived) == keys
+
+    # Whatever SAQ does with the dead worker's job (its sweep re-queues it once silent past
+    # its heartbeat), a run of the chunk claims nothing: the rows are ``sending``.
+    await step.run_until_idle()
+    rerun = await send_deliveries(step.worker.context, delivery_ids=[str(d.id) for d in deliveries])
+    assert rerun["claimed"] == 0
+
+    # Once no job can hold the claim any more, the deliveries are ``unknown`` ...
+    later = datetime.now(UTC) + stale_claim_age(settings) + timedelta(seconds=1)
+    await store.mark_stale_claims_unknown(later - stale_claim_age(settings), later)
+    ids = [d.id for d in deliveries]
+    assert {d.status for d in await Delivery.filter(id__in=ids)} == {DeliveryStatus.UNKNOWN}
+    # ... and evidence, never a second call, makes them ``sent``.
+    sids = {m["to"]: m["sid"] for m in fake_twilio.accepted}
+    if evidence == "status callback":
+        for d in deliveries:
+            response = await post_webhook(
+                client,
+                f"/api/webhooks/sms/status?deliveryId={d.id}",
+                {"MessageSid": sids[d.phone], "MessageStatus": "sent"},
+            )
+            assert response.status_code == 204
+    else:
+        outcome = await settle_in_doubt(settings, twilio_provider, step.queue, redis, now=later)
+        assert outcome["found"] >= members
+    stored = await Delivery.filter(id__in=ids)
+    assert {d.status for d in stored} == {DeliveryStatus.SENT}
+    assert {d.phone: d.provider_message_id for d in stored} == sids
+    assert await step.run_until_idle() == 0
+    assert fake_twilio.calls_per_delivery() == dict.fromkeys(keys, 1)
+
+
 async def test_provider_timing_out_after_accepting_ends_unknown_and_is_not_called_again(
     client, church_a, make_worker, fake_twilio, settings, redis
 ):
@@ -457,7 +567,7 @@ async def test_provider_timing_out_after_accepting_ends_unknown_and_is_not_calle
 
         assert await step.run_next()
         stored = await Delivery.get(id=delivery.id)
-        assert stored.status == DeliveryStatus.UNKNOWN and "ReadTimeout" in stored.last_error
+        assert stored.status == DeliveryStatus.UNKNOWN and "SocketTimeoutError" in stored.last_error
         answer.set()
 
         # No retry job; the lookup (Twilio's Messages list) finds the text.

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import threading
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from koinonia.delivery.sms import (
+    LogProvider,
     PermanentSmsError,
     TransientSmsError,
     TwilioProvider,
@@ -19,6 +24,7 @@ from koinonia.delivery.sms import (
     validate_signature,
 )
 from tests.messaging_fixtures import ACCOUNT_SID, AUTH_TOKEN, FROM_NUMBER, FakeTwilio
+from tests.servers import free_port
 
 CALLBACK = "https://sms.example.org/api/webhooks/sms/status"
 
@@ -235,3 +241,35 @@ async def test_linking_with_wrong_credentials_is_refused_as_twilio_does(fake_twi
 
     assert raised.value.code == 20003
     assert fake_twilio.number("+15551230009")["sms_url"] == ""  # nothing changed
+
+
+# --- the log provider: a stand-in that counts every call ---------------------------------
+
+
+async def test_log_provider_counts_every_call_even_concurrent_calls_with_one_key(redis):
+    # Concurrent calls are written in one batch; a repeat inside the batch is still a call.
+    provider = LogProvider(redis)
+    key = f"delivery-{uuid.uuid4()}"
+    ids = await asyncio.gather(*(provider.send("+14155550100", "hi", key) for _ in range(5)))
+    ids.append(await provider.send("+14155550100", "hi", key))
+
+    assert len(set(ids)) == 6  # six texts, as a real provider would send
+    assert await provider.calls(key) == 6
+    assert await provider.find_sent("+14155550100", "hi", key, datetime.now(UTC)) == ids[-1]
+    recorded = [r for r in await provider.sent() if r["idempotencyKey"] == key]
+    assert [r["id"] for r in recorded] == ids
+
+
+async def test_log_provider_write_that_fails_fails_every_call_of_its_batch():
+    # Nothing listens on the port: the batch's write fails, so every call in it raises (the
+    # job makes each ``unknown``) and no count or message id is left as false evidence.
+    unreachable = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=1)
+    provider = LogProvider(unreachable)
+    key = f"delivery-{uuid.uuid4()}"
+    try:
+        results = await asyncio.gather(
+            *(provider.send("+14155550100", "hi", key) for _ in range(3)), return_exceptions=True
+        )
+    finally:
+        await unreachable.aclose()
+    assert [type(r) for r in results] == [RedisConnectionError] * 3

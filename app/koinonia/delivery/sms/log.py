@@ -5,9 +5,18 @@ with no deduplication by idempotency key (a real provider texts twice when calle
 counting its records counts provider calls:
 
 - the Redis list ``sms:log`` (newest last, capped at 10,000): one JSON record per call;
-- the counter ``sms:log:calls:<idempotency key>`` (24 h): calls per delivery, uncapped by the
-  list's trimming. It is written in the same transaction as the record, which makes its
+- the hash ``sms:log:calls:<UTC day>`` (kept 2 days): calls per idempotency key (per
+  delivery), one HINCRBY per call, uncapped by the list's trimming;
+- the hash ``sms:log:last:<UTC day>``: the message id of each key's latest call, what
+  ``find_sent`` answers. It is written in the same transaction as the count, which makes its
   absence proof that no call was accepted (``absence_is_evidence``).
+
+Calls that arrive together (a chunk's concurrent sends) are written together: one MULTI/EXEC
+pipeline, one round trip, for every call waiting when the previous one finished. Each call
+returns only once its own record is committed, and a failed write fails every call in it
+(each then ``unknown``, as any provider error the provider did not classify). So a batch is
+only a cheaper way of writing the same per-call records: n calls cost n + 7 commands
+instead of 7n.
 
 Phone numbers and message bodies are personal data: they are in the Redis record (that is
 what the stand-in is for) but never in the log.
@@ -15,11 +24,13 @@ what the stand-in is for) but never in the log.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
 import uuid
-from datetime import datetime
+from collections import Counter
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from redis.asyncio import Redis
@@ -31,7 +42,14 @@ CALLS_KEY_PREFIX = "sms:log:calls:"
 LAST_ID_KEY_PREFIX = "sms:log:last:"
 LINKED_NUMBERS_KEY = "sms:log:linked"
 MAX_RECORDED = 10_000
-CALLS_TTL_SECONDS = 24 * 3600
+# Each day's hashes live two days: a call is counted for at least 24 h after it was made.
+DAY_TTL_SECONDS = 2 * 24 * 3600
+
+
+def day_keys(prefix: str, now: datetime | None = None) -> list[str]:
+    """Today's and yesterday's (UTC) hash of ``prefix``: where the last 24 h of calls are."""
+    today = (now or datetime.now(UTC)).date()
+    return [f"{prefix}{day.isoformat()}" for day in (today, today - timedelta(days=1))]
 
 
 class LogProvider:
@@ -40,6 +58,8 @@ class LogProvider:
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
+        self._waiting: list[tuple[dict[str, Any], asyncio.Future[str]]] = []
+        self._writer: asyncio.Task[None] | None = None
 
     async def send(
         self,
@@ -49,36 +69,75 @@ class LogProvider:
         status_callback_url: str | None = None,
         from_number: str | None = None,
     ) -> str:
-        message_id = "LOG" + uuid.uuid4().hex
         record = {
-            "id": message_id,
+            "id": "LOG" + uuid.uuid4().hex,
             "to": to,
             "from": from_number,
             "body": body,
             "idempotencyKey": idempotency_key,
             "at": time.time(),
         }
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.rpush(SENT_LIST_KEY, json.dumps(record))
-            pipe.ltrim(SENT_LIST_KEY, -MAX_RECORDED, -1)
-            pipe.incr(CALLS_KEY_PREFIX + idempotency_key)
-            pipe.expire(CALLS_KEY_PREFIX + idempotency_key, CALLS_TTL_SECONDS)
-            pipe.set(LAST_ID_KEY_PREFIX + idempotency_key, message_id, ex=CALLS_TTL_SECONDS)
-            await pipe.execute()
+        recorded: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._waiting.append((record, recorded))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_waiting(), name="sms-log-writer")
+        # Shielded: a cancelled send leaves its call to be written (it may be already), so
+        # it is recorded exactly when it crossed; the caller treats it as in flight.
+        message_id = await asyncio.shield(recorded)
         log.debug("sms (log provider) %s recorded as %s", idempotency_key, message_id)
         return message_id
+
+    async def _write_waiting(self) -> None:
+        """Write every waiting call, batch after batch, until none waits."""
+        while self._waiting:
+            batch, self._waiting = self._waiting, []
+            try:
+                await self._write([record for record, _ in batch])
+            except BaseException as exc:  # every call of the batch shares the write's fate
+                failure = (
+                    exc
+                    if isinstance(exc, Exception)
+                    else RuntimeError("the log provider stopped while writing")
+                )
+                for _, recorded in batch:
+                    if not recorded.done():
+                        recorded.set_exception(failure)
+                if not isinstance(exc, Exception):
+                    raise
+            else:
+                for record, recorded in batch:
+                    if not recorded.done():
+                        recorded.set_result(record["id"])
+
+    async def _write(self, records: list[dict[str, Any]]) -> None:
+        calls_key, last_key = (day_keys(p)[0] for p in (CALLS_KEY_PREFIX, LAST_ID_KEY_PREFIX))
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.rpush(SENT_LIST_KEY, *(json.dumps(r) for r in records))
+            pipe.ltrim(SENT_LIST_KEY, -MAX_RECORDED, -1)
+            for key, calls in Counter(r["idempotencyKey"] for r in records).items():
+                pipe.hincrby(calls_key, key, calls)
+            pipe.hset(last_key, mapping={r["idempotencyKey"]: r["id"] for r in records})
+            pipe.expire(calls_key, DAY_TTL_SECONDS)
+            pipe.expire(last_key, DAY_TTL_SECONDS)
+            await pipe.execute()
 
     async def find_sent(
         self, to: str, body: str, idempotency_key: str, since: datetime
     ) -> str | None:
-        found = await self.redis.get(LAST_ID_KEY_PREFIX + idempotency_key)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key in day_keys(LAST_ID_KEY_PREFIX):
+                pipe.hget(key, idempotency_key)
+            found = next((f for f in await pipe.execute() if f is not None), None)
         if found is None:
             return None
         return found.decode() if isinstance(found, bytes) else str(found)
 
     async def calls(self, idempotency_key: str) -> int:
-        """How many calls carried this key (within the last 24 h)."""
-        return int(await self.redis.get(CALLS_KEY_PREFIX + idempotency_key) or 0)
+        """How many calls carried this key (at least the last 24 h of them)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key in day_keys(CALLS_KEY_PREFIX):
+                pipe.hget(key, idempotency_key)
+            return sum(int(n or 0) for n in await pipe.execute())
 
     async def link_number(self, number: str, inbound_url: str, status_url: str) -> None:
         await self.redis.hset(
@@ -93,4 +152,6 @@ class LogProvider:
         return [json.loads(item) for item in await self.redis.lrange(SENT_LIST_KEY, 0, -1)]
 
     async def aclose(self) -> None:
-        """The Redis client belongs to the caller."""
+        """The Redis client belongs to the caller; calls still waiting are written first."""
+        if self._writer is not None and not self._writer.done():
+            await asyncio.shield(self._writer)

@@ -6,9 +6,9 @@ molecule.yml and the stack base it links (molecule/resources/stack/inventory.yml
 is one source of truth.
 
 "Sent exactly once" is observed where the SMS leaves the platform: the log provider
-(app/koinonia/delivery/sms/log.py) counts EVERY call it receives, per delivery, in
-``sms:log:calls:delivery-<id>`` (no deduplication: a second call is a second text, as with
-Twilio). A delivery is lost when it never ends ``sent`` with a call, duplicated by every
+(app/koinonia/delivery/sms/log.py) counts EVERY call it receives, per delivery, in the
+field ``delivery-<id>`` of the day's hash ``sms:log:calls:<UTC date>`` (no deduplication: a
+second call is a second text, as with Twilio). A delivery is lost when it never ends ``sent`` with a call, duplicated by every
 call beyond its first, unknown-left-unresolved when it is still ``unknown`` at the end.
 """
 
@@ -25,6 +25,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import yaml
@@ -295,18 +296,24 @@ def request_outcome(db, load: ChaosLoad, retried: list[tuple[str, int]]) -> Outc
     return Outcome("requests", report.sent, report.sent - report.failed, lost, duplicated)
 
 
-CALLS_KEY = "sms:log:calls:delivery-"  # app/koinonia/delivery/sms/log.py: calls per delivery
-CALLS_BATCH = 1000  # ids per MGET: one redis-cli argument list stays well under ARG_MAX
+# app/koinonia/delivery/sms/log.py: calls per delivery, in one hash per UTC day
+CALLS_KEY_PREFIX = "sms:log:calls:"
+CALLS_BATCH = 1000  # ids per HMGET: one redis-cli argument list stays well under ARG_MAX
 
 
 def provider_calls(redis, delivery_ids: list[str]) -> Counter:
-    """Calls the log provider received, per delivery id (its uncapped per-delivery counter)."""
+    """Calls the log provider received, per delivery id (its uncapped per-delivery counts,
+    today's and yesterday's: a run crossing midnight counts on both days)."""
+    today = datetime.now(UTC).date()
+    days = [CALLS_KEY_PREFIX + d.isoformat() for d in (today, today - timedelta(days=1))]
     calls: Counter = Counter()
     for start in range(0, len(delivery_ids), CALLS_BATCH):
         batch = delivery_ids[start : start + CALLS_BATCH]
-        out = redis_cli(redis, "MGET", *(CALLS_KEY + str(uuid.UUID(d)) for d in batch))
-        for delivery_id, value in zip(batch, out.splitlines(), strict=True):
-            calls[delivery_id] = int(value) if value.strip().isdigit() else 0
+        fields = [f"delivery-{uuid.UUID(d)}" for d in batch]
+        for day in days:
+            out = redis_cli(redis, "HMGET", day, *fields)
+            for delivery_id, value in zip(batch, out.splitlines(), strict=True):
+                calls[delivery_id] += int(value) if value.strip().isdigit() else 0
     return calls
 
 
