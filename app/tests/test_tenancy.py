@@ -264,6 +264,7 @@ async def test_other_church_gets_404_on_every_id_route(
 UNGUARDED = {
     "/openapi.json": "the API document",
     "/docs": "the API document's page",
+    "/docs/static/<name>": "the docs page's scripts and style sheet",
     "/metrics": "Prometheus scrape, kept off the public site by NGINX",
     "/health": "health checks",
     "/health/detailed": "health checks",
