@@ -91,9 +91,7 @@ async def test_docs_page_csp_allows_exactly_the_scripts_and_styles_it_names(clie
 async def test_each_docs_response_has_its_own_nonce(client):
     first, _ = await _page(client)
     second, _ = await _page(client)
-    assert (
-        first.headers["Content-Security-Policy"] != second.headers["Content-Security-Policy"]
-    )
+    assert first.headers["Content-Security-Policy"] != second.headers["Content-Security-Policy"]
 
 
 async def test_every_asset_the_page_names_is_served_from_the_package(client):
