@@ -6,9 +6,11 @@ export DEBIAN_FRONTEND=noninteractive
 
 # Servers the service's tests start on loopback, debootstrap for the base image,
 # wrk and pgbench (postgresql-contrib) for the benchmarks, apt-cacher-ng for the containers,
-# lua-check (luacheck) and the shell linter for make lint.
+# lua-check (luacheck) and the shell linter for make lint, chromium (and a font for its
+# screenshots) for the docs page test in a real browser (molecule/default).
 packages=(debootstrap postgresql-15 postgresql-contrib pgbouncer redis-server
-          wrk python3-venv curl ca-certificates apt-cacher-ng shellcheck lua-check)
+          wrk python3-venv curl ca-certificates apt-cacher-ng shellcheck lua-check
+          chromium fonts-liberation)
 docker_answers() { timeout 10 docker info >/dev/null 2>&1; }
 docker_answers || command -v dockerd >/dev/null || packages+=(docker.io)
 

@@ -14,6 +14,7 @@ from quart import Request
 from quart_schema import QuartSchema
 
 from koinonia import db
+from koinonia.docs import bp as docs_bp
 from koinonia.errors import register_error_handlers
 from koinonia.logging import install_request_logging
 from koinonia.metrics import bp as metrics_bp
@@ -72,7 +73,8 @@ def create_app(settings: Settings | None = None) -> KoinoniaApp:
     QuartSchema(
         app,
         openapi_path="/openapi.json",
-        swagger_ui_path="/docs",
+        # The docs page is koinonia.docs: Swagger UI served from its wheel, not a CDN.
+        swagger_ui_path=None,
         redoc_ui_path=None,
         scalar_ui_path=None,
         info={"title": "Koinonia API", "version": "1.0.0"},
@@ -129,6 +131,7 @@ def create_app(settings: Settings | None = None) -> KoinoniaApp:
         log.info("koinonia stopped")
 
     app.register_blueprint(metrics_bp)
+    app.register_blueprint(docs_bp)
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
     return app

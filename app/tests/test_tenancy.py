@@ -107,6 +107,7 @@ async def test_operator_without_church_cannot_use_church_routes(client, operator
 # with a parameter must be listed in ``PARAM_RESOURCES`` below or this test fails.
 NOT_CHURCH_DATA = {
     "/api/admin/locks/<path:name>": "platform operators only (church admins get 403)",
+    "/docs/static/<name>": "the docs page's scripts and style sheet, the same for everyone",
 }
 
 # Path parameter -> which church-A resource it names.
@@ -264,6 +265,7 @@ async def test_other_church_gets_404_on_every_id_route(
 UNGUARDED = {
     "/openapi.json": "the API document",
     "/docs": "the API document's page",
+    "/docs/static/<name>": "the docs page's scripts and style sheet",
     "/metrics": "Prometheus scrape, kept off the public site by NGINX",
     "/health": "health checks",
     "/health/detailed": "health checks",

@@ -5,11 +5,13 @@ GET  /health            200 {"status": "ok"}
 GET  /health/ready      200, or 503 while /run/lbtest/not-ready exists (tests flip it)
 GET  /metrics           200 (must never be reachable through the public listener)
 GET  /api/...           200, echoes the proxy headers it received as JSON
-POST /api/...           200, same echo
+POST /api/...           200, same echo (PUT, PATCH, DELETE, OPTIONS too)
 ANY  /api/test/crash    counts the hit, then drops the connection without an answer
 GET  /api/test/slow     answers after 3 s on lb-app1, at once elsewhere (least connections)
 ANY  /api/test/unavailable  503 on lb-app1 (as an app server cut off from Redis answers),
                         the usual echo elsewhere
+GET  /docs              an HTML page with its own Content-Security-Policy (as the real docs
+                        page has), none with ?no-csp
 GET  /_lbtest/hits      the per-path hit counters (asked directly on :3000 by the tests)
 POST /_lbtest/reset     clears the counters
 Every answer carries X-Served-By: <hostname>, as the real app is asked to.
@@ -24,6 +26,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 HOSTNAME = socket.gethostname()
 NOT_READY_FLAG = "/run/lbtest/not-ready"
+DOCS_CSP = "default-src 'none'; script-src 'nonce-lbtest'; style-src 'nonce-lbtest'"
 HITS: dict[str, int] = {}
 LOCK = threading.Lock()
 
@@ -64,6 +67,16 @@ class Handler(BaseHTTPRequestHandler):
             },
         )
 
+    def _docs_page(self):
+        data = b"<!DOCTYPE html><title>docs</title>"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        if "no-csp" not in self.path:
+            self.send_header("Content-Security-Policy", DOCS_CSP)
+        self.end_headers()
+        self.wfile.write(data)
+
     def _handle(self):
         path = self.path.split("?")[0]
         if self.command == "POST":
@@ -95,13 +108,15 @@ class Handler(BaseHTTPRequestHandler):
             )
         if path == "/api/test/slow" and HOSTNAME == "lb-app1":
             time.sleep(3)
+        if path == "/docs":
+            return self._docs_page()
         if path.startswith("/api/"):
             return self._echo()
         return self._send(
             404, {"error": {"code": "not_found", "message": "not found", "details": {}}}
         )
 
-    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = _handle
 
 
 if __name__ == "__main__":

@@ -1,0 +1,131 @@
+"""The API's docs page, as a new user meets it: Debian's Chromium, headless, opens
+https://<balancer>/docs, Swagger UI renders from the service's own assets under the page's
+Content-Security-Policy (nothing blocked, nothing from elsewhere), and the page lists every
+operation of /openapi.json. The screenshot is kept in .cache/docs-page.png for a person to see.
+
+--virtual-time-budget makes Chromium wait for the page: virtual time stands still while a
+fetch is pending (the bundle, the document) and runs the page's timers, so the DOM is dumped
+once Swagger UI has rendered, however slow the machine is.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import shutil
+import subprocess
+from html.parser import HTMLParser
+
+import pytest
+
+from .conftest import HTTPS_PORT, LB_VARS, https
+
+REPO = pathlib.Path(__file__).resolve().parents[4]
+SCREENSHOT = REPO / ".cache" / "docs-page.png"
+DOCS_URL = f"https://127.0.0.1:{HTTPS_PORT}/docs"
+METHODS = {"get", "put", "post", "delete", "options", "head", "patch"}
+DEFAULT_CSP = LB_VARS.get(
+    "nginx_content_security_policy",
+    "default-src 'none'; frame-ancestors 'self'; base-uri 'none'; form-action 'none'",
+)
+
+
+class _Operations(HTMLParser):
+    """(METHOD, path) of every operation Swagger UI rendered."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: set[tuple[str, str]] = set()
+        self._method: str | None = None
+        self._in_method = False
+
+    def handle_starttag(self, tag, attrs):
+        classes = (dict(attrs).get("class") or "").split()
+        if "opblock-summary-method" in classes:
+            self._in_method = True
+        elif "opblock-summary-path" in classes and self._method:
+            self.found.add((self._method, dict(attrs)["data-path"]))
+
+    def handle_data(self, data):
+        if self._in_method:
+            self._method = data.strip().upper()
+            self._in_method = False
+
+
+def _chromium(profile: pathlib.Path, *args: str) -> subprocess.CompletedProcess:
+    chromium = shutil.which("chromium")
+    assert chromium, "Debian's chromium is missing: scripts/setup-host.sh installs it"
+    return subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",  # root on the CI machine
+            "--disable-gpu",
+            "--no-proxy-server",
+            "--ignore-certificate-errors",  # the scenario's certificate is self-signed
+            f"--user-data-dir={profile}",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--virtual-time-budget=30000",
+            *args,
+            DOCS_URL,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+
+
+def _console_errors(stderr: str) -> list[str]:
+    return [
+        line
+        for line in stderr.splitlines()
+        if "CONSOLE" in line
+        and ("Content Security Policy" in line or "Refused" in line or "Failed to load" in line)
+    ]
+
+
+@pytest.fixture(scope="module")
+def documented_operations():
+    r = https("GET", "/openapi.json")
+    assert r.status == 200, r
+    return {
+        (method.upper(), path)
+        for path, item in r.json()["paths"].items()
+        for method in item
+        if method in METHODS
+    }
+
+
+def test_docs_page_lists_every_operation_in_a_real_browser(tmp_path, documented_operations):
+    run = _chromium(tmp_path / "profile", "--dump-dom")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert _console_errors(run.stderr) == []
+    rendered = _Operations()
+    rendered.feed(run.stdout)
+    assert len(documented_operations) > 20
+    assert rendered.found == documented_operations, (
+        sorted(documented_operations - rendered.found),
+        sorted(rendered.found - documented_operations),
+    )
+
+
+def test_docs_page_screenshot_is_kept_for_a_person(tmp_path):
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    SCREENSHOT.unlink(missing_ok=True)
+    run = _chromium(tmp_path / "profile", f"--screenshot={SCREENSHOT}", "--window-size=1280,2000")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert _console_errors(run.stderr) == []
+    assert SCREENSHOT.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_docs_page_policy_is_the_apps_and_the_api_keeps_default_src_none():
+    page = https("GET", "/docs", headers={"Accept": "text/html"})
+    assert page.status == 200
+    policies = [v for k, v in page.header_list if k.lower() == "content-security-policy"]
+    assert len(policies) == 1
+    assert "script-src 'nonce-" in policies[0] and "default-src 'none'" in policies[0]
+    for path in ("/openapi.json", "/docs/static/swagger-ui-bundle.js", "/health"):
+        r = https("GET", path)
+        assert r.status == 200, path
+        assert r.headers["content-security-policy"] == DEFAULT_CSP, path
