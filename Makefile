@@ -22,7 +22,8 @@ DEBIAN     ?= 13
 # Python deployed to hosts without a .py name is found by its shebang.
 host_python_scripts    = $(shell grep -rlI --exclude='*.py' '^\#!/usr/bin/\(env \)\?python3' roles scripts)
 stage_lint-ruff        := ruff check . $(host_python_scripts) && ruff format --check . $(host_python_scripts)
-stage_lint-shell       := shellcheck scripts/*.sh scripts/stage scripts/stage-table roles/postgresql/files/koinonia-postgresql-check-config
+stage_lint-shell       := shellcheck scripts/*.sh scripts/stage scripts/stage-table roles/postgresql/files/koinonia-postgresql-check-config \
+  roles/pgbouncer/files/koinonia-pgbouncer-check-config roles/redis/files/koinonia-redis-check-config
 stage_lint-lua         := luacheck --no-color roles/nginx/files/lua
 stage_changelog        := antsibull-changelog lint
 stage_argument-specs   := python scripts/check-argument-specs.py && python scripts/role-readme-tables.py --check
@@ -32,13 +33,14 @@ stage_app-tests        := pytest app/tests -q --durations=10
 stage_bench-smoke      := python bench/app_http.py --smoke && python bench/run.py --smoke
 stage_collection-build := scripts/test-collection.sh
 stage_ansible-core-oldest := scripts/test-ansible-core-oldest.sh
+stage_ansible-test-sanity := scripts/test-sanity.sh
 CHECK_STAGES := lint-ruff lint-shell lint-lua changelog argument-specs lint-ansible alert-rules app-tests bench-smoke \
-  collection-build ansible-core-oldest
+  collection-build ansible-core-oldest ansible-test-sanity
 # Longest first, so the longest stage does not start last (scripts/run-stages orders by the
 # last run's times instead when .cache/stage-history has them). Unlisted stages go first.
 TEST_ORDER := molecule-default molecule-operations molecule-app molecule-monitoring \
   molecule-data app-tests lint-ansible molecule-loadbalancer molecule-firewall bench-smoke \
-  collection-build ansible-core-oldest alert-rules argument-specs lint-ruff lint-shell lint-lua changelog
+  collection-build ansible-core-oldest ansible-test-sanity alert-rules argument-specs lint-ruff lint-shell lint-lua changelog
 longest_first = $(filter-out $(TEST_ORDER),$(1)) $(filter $(1),$(TEST_ORDER))
 stage_command = $(if $(filter molecule-%,$(1)),molecule test -s $(1:molecule-%=%),$(stage_$(1)))
 # $(call run_stages,NAMES): those stages through scripts/run-stages, TEST_JOBS at a time.

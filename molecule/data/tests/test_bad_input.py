@@ -7,12 +7,17 @@ import re
 import subprocess
 
 import pytest
+from conftest import other_host
 from debian import postgresql_major, postgresql_unit
 
 testinfra_hosts = ["data-db"]
 
 SCENARIO_DIR = pathlib.Path(__file__).resolve().parent.parent
 PROJECT_DIR = SCENARIO_DIR.parent.parent
+
+
+# Where the configuration checks start their throwaway server (koinonia-*-check-config).
+CHECK_DIRS = "/tmp/koinonia-*-check.*"
 
 
 def state(host):
@@ -30,7 +35,24 @@ def state(host):
         host.run("systemctl show -p MainPID --value %s", unit).stdout.strip()
         for unit in ("pgbouncer", postgresql_unit(host))
     ]
-    return sums, pids
+    # A reload keeps the PID: PgBouncer logs every SIGHUP it gets.
+    reloads = host.run("grep -c 'got SIGHUP' /var/log/pgbouncer/pgbouncer.log").stdout.strip()
+    return sums, pids, reloads, server_processes(host, "pgbouncer")
+
+
+def redis_state(host):
+    """What a Redis run would touch: its config files and its processes."""
+    files = ["/etc/redis/redis.conf", "/etc/redis/users.acl"]
+    sums = {path: (host.file(path).sha256sum, host.file(path).mtime) for path in files}
+    pid = host.run("systemctl show -p MainPID --value redis-server").stdout.strip()
+    return sums, pid, server_processes(host, "redis-server")
+
+
+def server_processes(host, name):
+    """Every process of that program, and what a configuration check left behind."""
+    pids = host.run("pgrep -x %s", name).stdout.split()
+    leftovers = host.run(f"ls -d {CHECK_DIRS}").stdout.split()
+    return sorted(pids), leftovers
 
 
 @pytest.mark.parametrize(
@@ -95,6 +117,53 @@ def test_a_postgresql_setting_the_server_refuses_fails_with_its_message_and_touc
     assert state(host) == before
 
 
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"query_timeout": "lots"}, 'invalid value "lots" for parameter query_timeout'),
+        ({"no_such_setting": "1"}, "unknown parameter: pgbouncer/no_such_setting"),
+    ],
+    ids=["value-pgbouncer-refuses", "parameter-pgbouncer-does-not-know"],
+)
+def test_a_pgbouncer_setting_the_pooler_refuses_fails_with_its_message_and_touches_nothing(
+    host, settings, message
+):
+    before = state(host)
+    output = run_role_failing({"pgbouncer_extra_settings": settings})
+    # PgBouncer's message, from its start-up on the candidate pgbouncer.ini (validate:).
+    assert "failed to validate" in output, output[-3000:]
+    assert message in output.replace('\\"', '"'), output[-3000:]
+    assert state(host) == before
+
+
+@pytest.mark.parametrize(
+    ("settings", "messages"),
+    [
+        (
+            {"lazyfree-lazy-user-del": "maybe"},
+            ["FATAL CONFIG FILE ERROR", ">>> 'lazyfree-lazy-user-del maybe'", "'yes' or 'no'"],
+        ),
+        # Redis 7.0 says "Bad directive", 8.0 "Unresolved Configuration(s)"; both quote it.
+        ({"no-such-directive": "1"}, [">>> 'no-such-directive 1'"]),
+    ],
+    ids=["value-redis-refuses", "directive-redis-does-not-know"],
+)
+def test_a_redis_setting_the_server_refuses_fails_with_its_message_and_touches_nothing(
+    settings, messages
+):
+    redis = other_host("data-redis")
+    before = redis_state(redis)
+    output = run_role_failing(
+        {"redis_extra_config": settings, "koinonia_bad_input_hosts": "redis"},
+        role="redis",
+        hostname="data-redis",
+    )
+    assert "failed to validate" in output, output[-3000:]
+    for message in messages:
+        assert message in output.replace('\\"', '"'), output[-3000:]
+    assert redis_state(redis) == before
+
+
 def test_an_unsupported_debian_is_refused_by_the_first_task_and_changes_nothing(host):
     # The host says it is Debian 11, where Ansible reads it (/etc/os-release, /etc/debian_version).
     before = state(host)
@@ -119,9 +188,9 @@ def test_an_unsupported_debian_is_refused_by_the_first_task_and_changes_nothing(
     assert state(host) == before
 
 
-def run_role_failing(extra_vars, role="pgbouncer"):
-    """Run bad_input.yml (a role of the database host) with extra_vars; it must fail on
-    data-db having changed nothing. Returns its output on one line."""
+def run_role_failing(extra_vars, role="pgbouncer", hostname="data-db"):
+    """Run bad_input.yml (a role, by default on the database host) with extra_vars; it must
+    fail on that host having changed nothing. Returns its output on one line."""
     env = dict(
         os.environ,
         ANSIBLE_ROLES_PATH=str(PROJECT_DIR / "roles"),
@@ -138,7 +207,9 @@ def run_role_failing(extra_vars, role="pgbouncer"):
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
     output = " ".join((run.stdout + run.stderr).split())
     assert run.returncode != 0, output
-    recap = re.search(r"data-db\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=0\s+failed=1", output)
+    recap = re.search(
+        rf"{hostname}\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=0\s+failed=1", output
+    )
     assert recap, output[-3000:]
     assert recap.group(2) == "0"
     return output
