@@ -4,6 +4,8 @@ import json
 import pathlib
 import sys
 
+import testinfra
+
 # The helpers shared by the scenarios (debian.py: what each release packages).
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "resources" / "tests"))
 
@@ -30,3 +32,15 @@ def api(host, path):
 def listeners(host, port):
     out = host.check_output("ss -Hltn 'sport = :%s'", str(port))
     return sorted(line.split()[3] for line in out.splitlines() if line.strip())
+
+
+def container(name):
+    """Another host of the scenario, for a test of one host that acts on the other."""
+    return testinfra.get_host(f"docker://{name}")
+
+
+def received(host, path):
+    """What a test receiver (prepare.yml) has recorded so far: one JSON document a line."""
+    if not host.file(path).exists:
+        return []
+    return [json.loads(line) for line in host.file(path).content_string.splitlines() if line]
