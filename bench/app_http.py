@@ -13,6 +13,9 @@ Writes a markdown table to stdout and both forms to .cache/bench/app_http.{md,js
 rows, writes the folded stacks next to them (.cache/bench/profile-<n>.folded, for
 flamegraph tools) and prints where the samples were: profile the worker under load, compare
 rows. The machine's load average is printed with the figures: compare ratios from one run.
+Each row also says how much CPU the server spent per request (its processes' user + system
+time over the row): on a shared machine req/s follows the other work, CPU per request much
+less. `--rounds N` repeats hello-world, /health and cached members back to back N times.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import json
 import os
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -61,6 +65,33 @@ def start(stack: ExitStack, argv: list[str], env: dict[str, str]) -> subprocess.
 
     stack.callback(stop)
     return proc
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a server process and its live workers (/proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    pending = [str(pid)]
+    while pending:
+        current = pending.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rpartition(")")[2].split()
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+        pending += children
+    return total
+
+
+def measured(server: subprocess.Popen, url: str, seconds: float, connections: int, **env: str):
+    """wrk's figures, plus the server's CPU microseconds per request: unlike req/s, that
+    hardly moves when other work shares the machine."""
+    before = tree_cpu_seconds(server.pid)
+    figures = wrk(url, seconds, connections, **env)
+    used = tree_cpu_seconds(server.pid) - before
+    figures["server_cpu_us_per_request"] = used / max(figures["requests"], 1) * 1e6
+    return figures
 
 
 def profile_summary(folded: Path, top: int = 25) -> str:
@@ -181,6 +212,13 @@ def main() -> int:
         "folded stacks go to .cache/bench/profile-<n>.folded, a summary to stderr",
     )
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="then N more rounds of hello-world, /health and cached members back to back; "
+        "prints the median of each round's ratios (steadier on a shared machine)",
+    )
+    parser.add_argument(
         "--smoke",
         action="store_true",
         help="1 s per row, 8 connections: proves the bench runs (make test)",
@@ -267,7 +305,8 @@ def main() -> int:
             if args.profile and args.profile in name and number > 0:
                 folded = OUT_DIR / f"profile-{number}.folded"
                 spy = profile(app.pid, args.seconds, folded)
-            figures = wrk(url, args.seconds, connections, **lua_env)
+            server = hello if number == 0 else app
+            figures = measured(server, url, args.seconds, connections, **lua_env)
             if spy is not None:
                 spy.wait()
                 print(f"py-spy, {name}:\n{profile_summary(folded)}", file=sys.stderr)
@@ -277,6 +316,23 @@ def main() -> int:
             )
             print(f"measured {name}: {figures['rps']:.0f} req/s", file=sys.stderr)
 
+        # On a shared machine the load moves between rows; ratios taken from rows run back
+        # to back, round after round, and their median say more than one sequence does.
+        paired: list[dict[str, float]] = []
+        for _ in range(args.rounds if args.rounds > 1 else 0):
+            ceiling = measured(hello, rows[0][1], args.seconds, args.connections)
+            health = measured(app, rows[1][1], args.seconds, args.connections)
+            cached = measured(app, rows[2][1], args.seconds, args.connections, **rows[2][2])
+            cpu = "server_cpu_us_per_request"
+            paired.append(
+                {
+                    "health": health["rps"] / ceiling["rps"],
+                    "cached_members": cached["rps"] / ceiling["rps"],
+                    "health_by_cpu": ceiling[cpu] / health[cpu],
+                    "cached_members_by_cpu": ceiling[cpu] / cached[cpu],
+                }
+            )
+            print(f"round {len(paired)}: {paired[-1]}", file=sys.stderr)
         load_after = os.getloadavg()
 
     ceiling = results[0]["rps"]
@@ -291,20 +347,33 @@ def main() -> int:
         f"-d{args.seconds}s on the same {os.cpu_count()}-core machine · straight at the app, "
         "no balancer",
         "",
-        "| row | req/s | p50 ms | p95 ms | p99 ms | non-2xx | socket errors | of ceiling |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| row | req/s | p50 ms | p95 ms | p99 ms | non-2xx | socket errors | of ceiling "
+        "| server CPU µs/req | of ceiling by CPU |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
+    ceiling_cpu = results[0]["server_cpu_us_per_request"]
     for r in results:
+        cpu = r["server_cpu_us_per_request"]
         lines.append(
             f"| {r['row']} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | "
             f"{r['p99_ms']:.2f} | {r['non_2xx']} | {r['socket_errors']} | "
-            f"{r['rps'] / ceiling:.0%} |"
+            f"{r['rps'] / ceiling:.0%} | {cpu:.0f} | {ceiling_cpu / cpu:.0%} |"
         )
     lines += [
         "",
         f"Redis round trips per cached GET /api/members on a warm process: {round_trips:.2f}",
         f"Load average: {load}",
     ]
+    if paired:
+        lines.append(
+            f"Paired rounds ({len(paired)}, each hello-world, /health, cached members back to "
+            "back): median /health "
+            f"{statistics.median(r['health'] for r in paired):.0%}, median cached members "
+            f"{statistics.median(r['cached_members'] for r in paired):.0%} of the hello-world; "
+            "by server CPU per request: /health "
+            f"{statistics.median(r['health_by_cpu'] for r in paired):.0%}, cached members "
+            f"{statistics.median(r['cached_members_by_cpu'] for r in paired):.0%}"
+        )
     table = "\n".join(lines)
     print(table)
     OUT_DIR.mkdir(parents=True, exist_ok=True)
@@ -317,6 +386,7 @@ def main() -> int:
                 "connections": args.connections,
                 "redis_round_trips_per_cached_request": round_trips,
                 "load_average": {"before": load_before, "after": load_after},
+                "paired_rounds": paired,
                 "results": results,
             },
             indent=2,
