@@ -42,7 +42,7 @@ from koinonia.services.queue import (
     delivery_job_key,
     enqueue_deliveries,
 )
-from koinonia.state import get_state
+from koinonia.web.state import get_state
 from tests.messaging_fixtures import (
     ACCOUNT_SID,
     AUTH_TOKEN,
