@@ -57,6 +57,9 @@ def main() -> None:
         authenticator=authenticator,
         auth_required=True,
         auth_require_tls=False,
+        # aiosmtpd's LOGIN challenge is "User Name", which Alertmanager's LOGIN client does
+        # not take (it wants "Username:", as Postfix and Dovecot send): PLAIN only.
+        auth_exclude_mechanism=["LOGIN"],
     )
     controller.start()
     threading.Event().wait()

@@ -3,6 +3,7 @@ notifies a webhook receiver on mon-target and a mailbox through a smart host tha
 SMTP AUTH (test receivers, prepare.yml). Stopping the app target fires its alert at both;
 starting it again resolves it at both."""
 
+import pathlib
 import time
 
 from conftest import api, container, internal_ip, listeners, received
@@ -12,6 +13,7 @@ testinfra_hosts = ["mon-prom"]
 
 WEBHOOK_LOG = "/var/lib/montest/receiver/webhook.jsonl"
 MAIL_LOG = "/var/lib/montest/receiver/mail.jsonl"
+RULES_DIR = pathlib.Path(__file__).resolve().parents[3] / "roles" / "monitoring" / "files" / "rules"
 CONFIG = "/etc/prometheus/alertmanager.yml"
 PASSWORD_FILE = "/etc/prometheus/alertmanager-smtp-password"
 SMTP_PASSWORD = "montest-smtp-secret-0123"  # molecule.yml's
@@ -48,6 +50,21 @@ def test_smtp_password_is_only_in_its_own_file(host):
     assert secret.content_string == SMTP_PASSWORD
     assert SMTP_PASSWORD not in host.file(CONFIG).content_string
     assert SMTP_PASSWORD not in host.check_output("ps -eo args")
+
+
+def test_alert_for_setting_replaces_only_the_named_alerts_wait(host):
+    rules = {
+        rule["name"]: rule
+        for group in api(host, "/api/v1/rules?type=alert")["groups"]
+        for rule in group["rules"]
+    }
+    assert rules["MonitoringTargetDown"]["duration"] == 10  # molecule.yml's, not the file's 2m
+    assert rules["ExporterCannotReachService"]["duration"] == 120  # as files/rules/targets.yml
+    deployed = host.file("/etc/prometheus/rules/koinonia-targets.yml").content_string
+    assert "monitoring_prometheus_alert_for sets the `for:` of MonitoringTargetDown" in deployed
+    # A file with no alert named is deployed byte for byte as promtool tests it.
+    tested = (RULES_DIR / "app.yml").read_text()
+    assert host.file("/etc/prometheus/rules/koinonia-app.yml").content_string == tested
 
 
 def app_down_alerts(posts, status):
