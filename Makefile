@@ -73,10 +73,11 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 .PHONY: lock
-lock: venv ## Regenerate the app's locks with hashes, one per target Python (roles/app/files/requirements-py*.lock)
+lock: venv ## Regenerate the app's locks with hashes, one per target Python (roles/app/files/requirements-py*.lock), keeping existing pins
 	@for target in 3.11:3.11.2:x86_64-manylinux_2_36 3.13:3.13.5:x86_64-manylinux_2_40; do \
 	  IFS=: read -r minor python platform <<< "$$target"; lock=roles/app/files/requirements-py$$minor.lock; \
 	  sed -n 's/^\(pip==[^ ]*\).*/\1/p' $$lock > $$lock.pip; \
+	  grep -v '^#' $$lock > $$lock.body; \
 	  uv pip compile pyproject.toml $$lock.pip --python-version $$python --python-platform $$platform \
 	    --no-python-downloads --generate-hashes --no-header --no-annotate --quiet --output-file $$lock.body; \
 	  { sed -n '/^#/p' $$lock; cat $$lock.body; } > $$lock.new; rm $$lock.pip $$lock.body; \
