@@ -38,7 +38,7 @@ CHECK_STAGES := lint-ruff lint-shell lint-lua changelog argument-specs lint-ansi
   collection-build ansible-core-oldest ansible-test-sanity
 # Longest first, so the longest stage does not start last (scripts/run-stages orders by the
 # last run's times instead when .cache/stage-history has them). Unlisted stages go first.
-TEST_ORDER := molecule-default molecule-operations molecule-app molecule-monitoring \
+TEST_ORDER := molecule-default molecule-operations molecule-app molecule-ha-database molecule-monitoring \
   molecule-data app-tests lint-ansible molecule-loadbalancer molecule-firewall bench-smoke \
   collection-build ansible-core-oldest ansible-test-sanity alert-rules argument-specs lint-ruff lint-shell lint-lua changelog
 longest_first = $(filter-out $(TEST_ORDER),$(1)) $(filter $(1),$(TEST_ORDER))

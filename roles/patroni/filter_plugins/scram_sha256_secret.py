@@ -1,0 +1,1 @@
+../../../plugins/filter/scram_sha256_secret.py
