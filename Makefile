@@ -38,9 +38,9 @@ CHECK_STAGES := lint-ruff lint-shell lint-lua changelog argument-specs lint-ansi
   collection-build ansible-core-oldest ansible-test-sanity
 # Longest first, so the longest stage does not start last (scripts/run-stages orders by the
 # last run's times instead when .cache/stage-history has them). Unlisted stages go first.
-TEST_ORDER := molecule-default molecule-operations molecule-app molecule-ha-database molecule-monitoring \
-  molecule-data app-tests lint-ansible molecule-loadbalancer molecule-firewall bench-smoke \
-  collection-build ansible-core-oldest ansible-test-sanity alert-rules argument-specs lint-ruff lint-shell lint-lua changelog
+TEST_ORDER := molecule-operations molecule-default molecule-data molecule-app molecule-monitoring \
+  molecule-loadbalancer molecule-ha-database app-tests molecule-firewall ansible-test-sanity lint-ansible \
+  bench-smoke collection-build ansible-core-oldest alert-rules argument-specs lint-ruff lint-shell lint-lua changelog
 longest_first = $(filter-out $(TEST_ORDER),$(1)) $(filter $(1),$(TEST_ORDER))
 # Role scenarios whose servers differ most between the releases (PostgreSQL 15/17, PgBouncer
 # 1.18/1.24, Redis 7/8; our PgBouncer exporter vs Debian's; nginx and its Lua module) run on
