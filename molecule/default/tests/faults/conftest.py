@@ -301,6 +301,13 @@ CALLS_KEY_PREFIX = "sms:log:calls:"
 CALLS_BATCH = 1000  # ids per HMGET: one redis-cli argument list stays well under ARG_MAX
 
 
+HGET_OR_ZERO = (
+    "local out = {} "
+    "for i, field in ipairs(ARGV) do out[i] = redis.call('HGET', KEYS[1], field) or '0' end "
+    "return out"
+)
+
+
 def provider_calls(redis, delivery_ids: list[str]) -> Counter:
     """Calls the log provider received, per delivery id (its uncapped per-delivery counts,
     today's and yesterday's: a run crossing midnight counts on both days)."""
@@ -311,9 +318,11 @@ def provider_calls(redis, delivery_ids: list[str]) -> Counter:
         batch = delivery_ids[start : start + CALLS_BATCH]
         fields = [f"delivery-{uuid.UUID(d)}" for d in batch]
         for day in days:
-            out = redis_cli(redis, "HMGET", day, *fields)
+            # HMGET prints a missing field as an empty line, and the trailing ones are lost
+            # when the output is stripped: a script answers 0 for them instead.
+            out = redis_cli(redis, "EVAL", HGET_OR_ZERO, "1", day, *fields)
             for delivery_id, value in zip(batch, out.splitlines(), strict=True):
-                calls[delivery_id] += int(value) if value.strip().isdigit() else 0
+                calls[delivery_id] += int(value)
     return calls
 
 

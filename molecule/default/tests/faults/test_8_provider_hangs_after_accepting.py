@@ -48,7 +48,9 @@ SENT_DEADLINE = 180  # both chunks through their timeouts, with a loaded machine
 
 def stand_in_calls(host) -> dict:
     """The stand-in's counts: calls, deliveries, repeated, perDelivery (token -> calls)."""
-    out = host.check_output("curl -s --max-time 5 'http://127.0.0.1:%s/calls?per=delivery'", PORT)
+    out = host.check_output(
+        "curl -s --max-time 5 'http://127.0.0.1:%s/calls?per=delivery'", str(PORT)
+    )
     return json.loads(out)
 
 
