@@ -16,7 +16,9 @@ from .conftest import (
     unit_pids,
 )
 
-MEMBERS, MESSAGES = 1000, 2
+# 10,000 deliveries: one worker sends a few thousand a second, so fewer are all sent before
+# the test has read the queue once and the kill would land after the run, not in it.
+MEMBERS, MESSAGES = 1000, 10
 ACTIVE = "saq:koinonia-sms:active"  # SAQ's list of the job ids being processed
 # A killed job misses its heartbeat (20 s) and is swept at the next sweep (every 10 s).
 SWEEP_DEADLINE = 20 + 10 + 60
