@@ -50,6 +50,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from koinonia.responses import json_bytes
+from koinonia.stores.local_copy import LocalCopy
 from koinonia.stores.sessions import REVOCATION_CHANNEL
 
 if TYPE_CHECKING:
@@ -141,10 +142,9 @@ class _LocalPage:
     expires: float
 
 
-class LocalPages:
-    """This process's copy of the hottest pages: key -> (version, body), at most
-    ``max_entries`` of them, each served for at most ``max_age_seconds``, and only while
-    ``enabled`` (the invalidation subscription is up)."""
+class LocalPages(LocalCopy[_LocalPage]):
+    """This process's copy of the hottest pages: key -> (version, body), a ``LocalCopy``
+    that also drops a page once a newer version of its family is announced."""
 
     def __init__(
         self,
@@ -153,32 +153,20 @@ class LocalPages:
         max_entries: int = 512,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.max_age = max_age_seconds
-        self.max_entries = max_entries
-        self.clock = clock
-        self.enabled = False
-        self._pages: dict[str, _LocalPage] = {}
+        super().__init__(max_age_seconds, max_entries=max_entries, clock=clock)
         # (family, church id) -> the newest version announced while subscribed.
         self._announced: dict[tuple[str, str], int] = {}
-        # Incremented by every clear: a load that began before one does not store.
-        self._epoch = 0
-
-    def __len__(self) -> int:
-        return len(self._pages)
-
-    def epoch(self) -> int:
-        return self._epoch
 
     def get(self, key: str) -> bytes | None:
         if not self.enabled:
             return None
-        page = self._pages.get(key)
+        page = self._entries.get(key)
         if page is None:
             return None
         if page.expires <= self.clock() or page.version < self._announced.get(
             (page.family, page.church_id), 0
         ):
-            del self._pages[key]
+            del self._entries[key]
             return None
         return page.body
 
@@ -193,22 +181,17 @@ class LocalPages:
     ) -> None:
         """Keep ``body``, read from Redis (or loaded) under ``version`` by a lookup that began
         at ``epoch``; ignored if a clear or a newer version came in since."""
-        if (
-            not self.enabled
-            or self.max_age <= 0
-            or epoch != self._epoch
-            or version < self._announced.get((family, church_id), 0)
-        ):
+        if not self.accepts(epoch) or version < self._announced.get((family, church_id), 0):
             return
-        if key not in self._pages and len(self._pages) >= self.max_entries:
-            # Oldest insertion first (dicts keep insertion order); a refetch costs one trip.
-            del self._pages[next(iter(self._pages))]
-        self._pages[key] = _LocalPage(
-            family,
-            church_id,
-            version,
-            body.encode() if isinstance(body, str) else body,
-            self.clock() + self.max_age,
+        self._store(
+            key,
+            _LocalPage(
+                family,
+                church_id,
+                version,
+                body.encode() if isinstance(body, str) else body,
+                self.clock() + self.max_age,
+            ),
         )
 
     def bumped(self, family: str, church_id: str, version: int) -> None:
@@ -220,24 +203,15 @@ class LocalPages:
             self._announced[announced] = version
             stale = [
                 key
-                for key, page in self._pages.items()
+                for key, page in self._entries.items()
                 if (page.family, page.church_id) == announced and page.version < version
             ]
             for key in stale:
-                del self._pages[key]
+                del self._entries[key]
 
     def clear(self) -> None:
-        self._epoch += 1
-        self._pages.clear()
+        super().clear()
         self._announced.clear()
-
-    def disable(self) -> None:
-        self.enabled = False
-        self.clear()
-
-    def enable(self) -> None:
-        self.clear()
-        self.enabled = self.max_age > 0
 
 
 class CacheService:

@@ -32,6 +32,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from koinonia.stores import sessions
+from koinonia.stores.local_copy import LocalCopy
 from koinonia.stores.sessions import SessionData
 
 if TYPE_CHECKING:
@@ -46,8 +47,9 @@ SILENCE_LIMIT_SECONDS = 3.0
 RECONNECT_DELAY_SECONDS = 1.0
 
 
-class SessionCache:
-    """Bounded map session id -> (session, expiry); only consulted while ``enabled``."""
+class SessionCache(LocalCopy[tuple[SessionData, float]]):
+    """Session id -> (session, expiry): a ``LocalCopy`` whose entries never outlive the
+    session's own expiry in Redis."""
 
     def __init__(
         self,
@@ -57,21 +59,8 @@ class SessionCache:
         max_entries: int = 10_000,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.max_age = max_age_seconds
+        super().__init__(max_age_seconds, max_entries=max_entries, clock=clock)
         self.session_ttl = session_ttl_seconds
-        self.max_entries = max_entries
-        self.clock = clock
-        self.enabled = False
-        self._entries: dict[str, tuple[SessionData, float]] = {}
-        # Incremented by every eviction; a lookup stores only if it is unchanged since the
-        # lookup began.
-        self._epoch = 0
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def __contains__(self, session_id: str) -> bool:
-        return session_id in self._entries
 
     def get(self, session_id: str) -> SessionData | None:
         if not self.enabled:
@@ -84,35 +73,17 @@ class SessionCache:
             return None
         return entry[0]
 
-    def epoch(self) -> int:
-        return self._epoch
-
     def put(self, session: SessionData, epoch: int) -> None:
-        if not self.enabled or self.max_age <= 0 or epoch != self._epoch:
+        if not self.accepts(epoch):
             return
-        if len(self._entries) >= self.max_entries:
-            # Oldest insertion first (dicts keep insertion order); a refetch costs one trip.
-            del self._entries[next(iter(self._entries))]
         # Never past the session's own expiry in Redis.
         expires = min(self.clock() + self.max_age, session.created_at + self.session_ttl)
-        self._entries[session.session_id] = (session, expires)
+        self._store(session.session_id, (session, expires))
 
     def evict(self, session_ids: list[str]) -> None:
         self._epoch += 1
         for session_id in session_ids:
             self._entries.pop(session_id, None)
-
-    def clear(self) -> None:
-        self._epoch += 1
-        self._entries.clear()
-
-    def disable(self) -> None:
-        self.enabled = False
-        self.clear()
-
-    def enable(self) -> None:
-        self.clear()
-        self.enabled = self.max_age > 0
 
 
 async def lookup(redis: Redis, cache: SessionCache | None, token: str) -> SessionData | None:
