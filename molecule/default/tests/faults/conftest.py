@@ -298,7 +298,7 @@ def request_outcome(db, load: ChaosLoad, retried: list[tuple[str, int]]) -> Outc
 
 # app/koinonia/delivery/sms/log.py: calls per delivery, in one hash per UTC day
 CALLS_KEY_PREFIX = "sms:log:calls:"
-CALLS_BATCH = 1000  # ids per HMGET: one redis-cli argument list stays well under ARG_MAX
+CALLS_BATCH = 1000  # ids per script call: one redis-cli argument list stays well under ARG_MAX
 
 
 HGET_OR_ZERO = (
