@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from datetime import datetime
+from typing import Annotated, Any
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 from quart import Blueprint, request
-from quart_schema import tag, validate_querystring, validate_request
+from quart_schema import document_response, tag, validate_querystring, validate_request
 
 from koinonia.delivery import messaging, send_message
 from koinonia.errors import BadRequest
-from koinonia.models.messaging import TargetType
-from koinonia.schemas import ApiModel
+from koinonia.models.messaging import DeliveryStatus, MessageStatus, TargetType
+from koinonia.openapi import document_errors
+from koinonia.schemas import ApiModel, Pagination
 from koinonia.services.permissions import Permission
 from koinonia.web import resources
 from koinonia.web.tenancy import current_church_id, current_user, require_permission
@@ -23,24 +25,70 @@ MAX_CONTENT = 1600  # Twilio's limit for one message body (it splits into segmen
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
+UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+TargetId = Annotated[str, Field(pattern=UUID_PATTERN)]
+
+# The rule of the validator below, in the schema: a target other than "all" names its ids.
+IDS_REQUIRED_UNLESS_ALL = {
+    "if": {"properties": {"targetType": {"const": TargetType.ALL.value}}},
+    "else": {"required": ["targetIds"], "properties": {"targetIds": {"minItems": 1}}},
+}
+
+
 class Target(ApiModel):
+    model_config = ConfigDict(json_schema_extra=IDS_REQUIRED_UNLESS_ALL)
+
     target_type: TargetType
-    target_ids: list[str] = Field(default_factory=list, max_length=1000)
+    target_ids: list[TargetId] = Field(
+        default_factory=list,
+        max_length=1000,
+        description="member or group ids; required (at least one) unless targetType is all",
+    )
 
     @model_validator(mode="after")
     def _ids_match_type(self) -> Target:
         if self.target_type != TargetType.ALL and not self.target_ids:
             raise ValueError(f"targetIds is required when targetType is {self.target_type}")
-        for value in self.target_ids:
-            try:
-                uuid.UUID(value)
-            except ValueError as exc:
-                raise ValueError(f"targetIds: {value!r} is not an id") from exc
         return self
 
 
 class MessageIn(Target):
     content: str = Field(min_length=1, max_length=MAX_CONTENT)
+
+
+class MessageOut(ApiModel):
+    id: uuid.UUID
+    content: str
+    target_type: TargetType
+    target_ids: list[str]
+    status: MessageStatus
+    recipient_count: int = Field(description="opted-in members it was recorded for")
+    created_by: uuid.UUID | None
+    created_at: datetime
+
+
+class CountedMessageOut(MessageOut):
+    delivery_counts: dict[DeliveryStatus, int] = Field(description="deliveries by status")
+
+
+class MessagePage(ApiModel):
+    data: list[CountedMessageOut]
+    pagination: Pagination
+
+
+class DeliveryOut(ApiModel):
+    id: uuid.UUID
+    member_id: uuid.UUID | None
+    phone: str
+    status: DeliveryStatus
+    attempts: int
+    last_error: str | None
+    provider_message_id: str | None
+    sent_at: datetime | None
+
+
+class MessageDetailOut(CountedMessageOut):
+    deliveries: list[DeliveryOut] = Field(description="the first 100, oldest first")
 
 
 class MessageListQuery(ApiModel):
@@ -62,6 +110,8 @@ def idempotency_key() -> str | None:
 @tag(["messages"])
 @require_permission(Permission.SEND_MESSAGES)
 @validate_request(MessageIn)
+@document_response(MessageOut, 202)
+@document_errors(400, 409, queue_full=True)
 async def create_message(data: MessageIn) -> tuple[dict[str, Any], int, dict[str, str]]:
     """Record the message and one delivery per opted-in recipient; sending happens in workers.
 
@@ -86,6 +136,7 @@ async def create_message(data: MessageIn) -> tuple[dict[str, Any], int, dict[str
 @tag(["messages"])
 @require_permission(Permission.VIEW)
 @validate_querystring(MessageListQuery)
+@document_response(MessagePage, 200)
 async def list_messages(query_args: MessageListQuery) -> dict[str, Any]:
     items, total = await messaging.list_messages(
         current_church_id(), limit=query_args.limit, offset=query_args.offset
@@ -100,6 +151,7 @@ async def list_messages(query_args: MessageListQuery) -> dict[str, Any]:
 @bp.get("/<uuid:message_id>")
 @tag(["messages"])
 @require_permission(Permission.VIEW)
+@document_response(MessageDetailOut, 200)
 async def get_message(message_id: uuid.UUID) -> dict[str, Any]:
     church_id = current_church_id()
     message = await messaging.get_message(church_id, message_id)

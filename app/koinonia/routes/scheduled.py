@@ -11,8 +11,9 @@ from quart import Blueprint
 from quart_schema import document_response, tag, validate_querystring, validate_request
 
 from koinonia.models.messaging import ScheduledStatus, TargetType
+from koinonia.openapi import document_errors
 from koinonia.routes.messages import MAX_CONTENT, Target
-from koinonia.schemas import ApiModel
+from koinonia.schemas import ApiModel, Pagination
 from koinonia.services import scheduled
 from koinonia.services.permissions import Permission
 from koinonia.web.tenancy import current_church_id, current_user, require_permission
@@ -49,7 +50,7 @@ class ScheduledOut(ApiModel):
 
 class ScheduledPage(ApiModel):
     data: list[ScheduledOut]
-    pagination: dict[str, int]
+    pagination: Pagination
 
 
 class ScheduledListQuery(ApiModel):
@@ -105,6 +106,7 @@ async def get_scheduled(scheduled_id: uuid.UUID) -> dict[str, Any]:
 @tag(["scheduled"])
 @require_permission(Permission.SEND_MESSAGES)
 @document_response(ScheduledOut, 200)
+@document_errors(409)
 async def cancel_scheduled(scheduled_id: uuid.UUID) -> dict[str, Any]:
     """Cancel while it is still ``scheduled``; once the worker has taken it (``sending``,
     ``sent``) the answer is 409 ``not_cancellable``."""
