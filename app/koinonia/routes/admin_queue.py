@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, StrictBool
 from quart import Blueprint, Response
 from quart_schema import document_response, tag, validate_request
 from redis.exceptions import RedisError
@@ -163,7 +163,7 @@ async def retry_failed() -> dict[str, Any]:
 
 class ResendIn(ApiModel):
     delivery_ids: list[uuid.UUID] = Field(min_length=1, max_length=1000)
-    confirm: bool = Field(
+    confirm: StrictBool = Field(
         description="Must be true: the provider may already have texted these members."
     )
 

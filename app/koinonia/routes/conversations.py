@@ -12,7 +12,7 @@ from quart_schema import document_response, tag, validate_querystring, validate_
 
 from koinonia.models.messaging import Direction
 from koinonia.openapi import document_errors
-from koinonia.routes.messages import idempotency_key
+from koinonia.routes.messages import MAX_OFFSET, idempotency_key
 from koinonia.schemas import E164_PATTERN, ApiModel, Pagination
 from koinonia.services import conversations
 from koinonia.services.permissions import Permission
@@ -24,7 +24,7 @@ bp = Blueprint("conversations", __name__, url_prefix="/api/conversations")
 
 class PageQuery(ApiModel):
     limit: int = Field(default=50, ge=1, le=200)
-    offset: int = Field(default=0, ge=0)
+    offset: int = Field(default=0, ge=0, le=MAX_OFFSET)
 
 
 class ConversationMemberOut(ApiModel):

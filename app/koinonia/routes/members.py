@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from pydantic import EmailStr, Field
+from pydantic import EmailStr, Field, StrictBool
 from quart import Blueprint, Response
 from quart_schema import document_response, tag, validate_querystring, validate_request
 
@@ -61,7 +61,7 @@ class MemberPage(ApiModel):
 
 class MemberListQuery(ApiModel):
     limit: int = Field(default=50, ge=1, le=members.MAX_PAGE_SIZE)
-    page: int | None = Field(default=None, ge=1)
+    page: int | None = Field(default=None, ge=1, le=10_000_000)
     cursor: str | None = Field(default=None, max_length=200)
 
 
@@ -72,9 +72,10 @@ class MemberIn(ApiModel):
         min_length=3,
         max_length=32,
         description="E.164 (`+14155550123`) or national in the default region; kept as E.164",
+        examples=["+14155550123"],
     )
     email: EmailStr | None = None
-    opt_in_sms: bool = True
+    opt_in_sms: StrictBool = True
 
 
 class MemberPatch(ApiModel):
@@ -82,7 +83,7 @@ class MemberPatch(ApiModel):
     last_name: str | None = Field(default=None, max_length=100)
     phone: str | None = Field(default=None, min_length=3, max_length=32)
     email: EmailStr | None = None
-    opt_in_sms: bool | None = None
+    opt_in_sms: StrictBool | None = None
 
 
 @bp.get("")

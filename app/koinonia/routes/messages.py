@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 from quart import Blueprint, request
 from quart_schema import document_response, tag, validate_querystring, validate_request
 
@@ -23,6 +23,7 @@ bp = Blueprint("messages", __name__, url_prefix="/api/messages")
 
 MAX_CONTENT = 1600  # Twilio's limit for one message body (it splits into segments itself)
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+MAX_OFFSET = 1_000_000_000  # far past any list; within PostgreSQL's bigint OFFSET
 
 
 UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
@@ -36,7 +37,7 @@ IDS_REQUIRED_UNLESS_ALL = {
 
 
 class Target(ApiModel):
-    model_config = ConfigDict(json_schema_extra=IDS_REQUIRED_UNLESS_ALL)
+    schema_rules: ClassVar[dict[str, Any]] = IDS_REQUIRED_UNLESS_ALL
 
     target_type: TargetType
     target_ids: list[TargetId] = Field(
@@ -93,7 +94,7 @@ class MessageDetailOut(CountedMessageOut):
 
 class MessageListQuery(ApiModel):
     limit: int = Field(default=50, ge=1, le=200)
-    offset: int = Field(default=0, ge=0)
+    offset: int = Field(default=0, ge=0, le=MAX_OFFSET)
 
 
 def idempotency_key() -> str | None:

@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, StrictBool
 from quart import Blueprint, Response
 from quart_schema import document_response, tag, validate_request
 
@@ -23,8 +23,10 @@ bp = Blueprint("recurring", __name__, url_prefix="/api/recurring-messages")
 
 class RecurringIn(Target):
     content: str = Field(min_length=1, max_length=MAX_CONTENT)
-    schedule: str = Field(min_length=9, max_length=100, description="5-field cron, UTC")
-    active: bool = True
+    schedule: str = Field(
+        min_length=9, max_length=100, description="5-field cron, UTC", examples=["0 9 * * 0"]
+    )
+    active: StrictBool = True
 
 
 class RecurringPatch(ApiModel):
@@ -32,7 +34,7 @@ class RecurringPatch(ApiModel):
     target_type: TargetType | None = None
     target_ids: list[TargetId] | None = Field(default=None, max_length=1000)
     schedule: str | None = Field(default=None, min_length=9, max_length=100)
-    active: bool | None = None
+    active: StrictBool | None = None
 
 
 class RecurringOut(ApiModel):

@@ -12,7 +12,7 @@ from quart_schema import document_response, tag, validate_querystring, validate_
 
 from koinonia.models.messaging import ScheduledStatus, TargetType
 from koinonia.openapi import document_errors
-from koinonia.routes.messages import MAX_CONTENT, Target
+from koinonia.routes.messages import MAX_CONTENT, MAX_OFFSET, Target
 from koinonia.schemas import ApiModel, Pagination
 from koinonia.services import scheduled
 from koinonia.services.permissions import Permission
@@ -56,7 +56,7 @@ class ScheduledPage(ApiModel):
 class ScheduledListQuery(ApiModel):
     status: ScheduledStatus | None = None
     limit: int = Field(default=50, ge=1, le=200)
-    offset: int = Field(default=0, ge=0)
+    offset: int = Field(default=0, ge=0, le=MAX_OFFSET)
 
 
 @bp.get("")
