@@ -55,53 +55,63 @@ QUEUE_FULL_DESCRIPTION = (
     "`details.retryAfter` repeats the header)"
 )
 
-# Create operation -> (the id in its success answer, the operations that take that id as
-# their path parameter). Schemathesis' stateful phase follows these links.
-LINKS: dict[str, tuple[str, list[tuple[str, str]]]] = {
-    "post_create_member": (
+
+def _id_links(expression: str, parameter: str, *targets: str) -> dict[str, dict[str, Any]]:
+    """Links passing the id at ``expression`` as path ``parameter`` of each target."""
+    return {
+        target: {"operationId": target, "parameters": {parameter: expression}} for target in targets
+    }
+
+
+# Create operation -> links (named by their target) from its success answer to the
+# operations that take what it created. Schemathesis' stateful phase follows them.
+LINKS: dict[str, dict[str, dict[str, Any]]] = {
+    "post_create_member": _id_links(
         "$response.body#/id",
-        [
-            ("get_get_member", "member_id"),
-            ("patch_update_member", "member_id"),
-            ("delete_delete_member", "member_id"),
-            ("get_consent_history", "member_id"),
-        ],
+        "member_id",
+        "get_get_member",
+        "patch_update_member",
+        "delete_delete_member",
+        "get_consent_history",
     ),
-    "post_create_group": (
+    "post_create_group": _id_links(
         "$response.body#/id",
-        [
-            ("get_get_group", "group_id"),
-            ("patch_update_group", "group_id"),
-            ("delete_delete_group", "group_id"),
-            ("post_add_group_members", "group_id"),
-            ("delete_remove_group_members", "group_id"),
-        ],
+        "group_id",
+        "get_get_group",
+        "patch_update_group",
+        "delete_delete_group",
+        "post_add_group_members",
+        "delete_remove_group_members",
     ),
-    "post_create_message": ("$response.body#/id", [("get_get_message", "message_id")]),
-    "post_create_recurring": (
-        "$response.body#/id",
-        [
-            ("patch_update_recurring", "recurring_id"),
-            ("delete_delete_recurring", "recurring_id"),
-        ],
+    "post_create_message": _id_links("$response.body#/id", "message_id", "get_get_message"),
+    "post_create_recurring": _id_links(
+        "$response.body#/id", "recurring_id", "patch_update_recurring", "delete_delete_recurring"
     ),
-    "post_create_scheduled": (
-        "$response.body#/id",
-        [
-            ("get_get_scheduled", "scheduled_id"),
-            ("post_cancel_scheduled", "scheduled_id"),
-        ],
+    "post_create_scheduled": _id_links(
+        "$response.body#/id", "scheduled_id", "get_get_scheduled", "post_cancel_scheduled"
     ),
-    "post_add_number": ("$response.body#/id", [("delete_remove_number", "number_id")]),
-    "post_admin_add_number": ("$response.body#/id", [("delete_remove_number", "number_id")]),
-    "post_create_invite": ("$response.body#/id", [("delete_cancel_invite", "invite_id")]),
-    "post_accept_invite": (
+    "post_add_number": _id_links("$response.body#/id", "number_id", "delete_remove_number"),
+    "post_admin_add_number": _id_links("$response.body#/id", "number_id", "delete_remove_number"),
+    "post_create_invite": {
+        **_id_links("$response.body#/id", "invite_id", "delete_cancel_invite"),
+        # The token is in this answer only; the rest of the body is the invitee's choice.
+        "post_accept_invite": {
+            "operationId": "post_accept_invite",
+            "requestBody": {"token": "$response.body#/token"},
+        },
+    },
+    "post_accept_invite": _id_links(
         "$response.body#/user/id",
-        [
-            ("patch_change_role", "user_id"),
-            ("delete_remove_staff", "user_id"),
-            ("post_transfer_ownership", "user_id"),
-        ],
+        "user_id",
+        "patch_change_role",
+        "delete_remove_staff",
+        "post_transfer_ownership",
+    ),
+    "get_list_conversations": _id_links(
+        "$response.body#/data/0/id",
+        "conversation_id",
+        "get_conversation_messages",
+        "post_reply",
     ),
 }
 
@@ -164,13 +174,10 @@ class KoinoniaOpenAPIProvider(OpenAPIProvider):
             for path_item in document["paths"].values()
             for operation in path_item.values()
         }
-        for source_id, (id_expression, targets) in LINKS.items():
+        for source_id, links in LINKS.items():
             source = operations[source_id]
             success = next(code for code in source["responses"] if code.startswith("2"))
-            source["responses"][success]["links"] = {
-                target_id: {"operationId": target_id, "parameters": {parameter: id_expression}}
-                for target_id, parameter in targets
-            }
+            source["responses"][success]["links"] = links
         return document
 
     def build_paths(self, rule: Rule) -> tuple[dict, dict]:

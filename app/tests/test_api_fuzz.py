@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import shutil
 
+from koinonia.services import conversations
 from tests.conftest import church_user, register_church
+from tests.messaging_fixtures import church_number, new_phone
 from tests.served_app import served_app
 
 # Operations that end the session the run is authenticated with when aimed at its own user
@@ -24,6 +26,15 @@ ACCEPTED = ["2xx", "401", "403", "404", "409", "429"]
 # an email address with a deliverable domain (email-validator refuses `.test` and the like).
 # A schema-valid request may break them (422, or 400 for a file that is not UTF-8 text);
 # every other operation accepts what the schema allows.
+# The stateful phase gets more scenarios and steps than the per-operation phases: its
+# chains (create, then read, change, delete what was created) are where ids are real.
+STATEFUL_CONFIG = """
+[phases.stateful]
+max-steps = 12
+
+[phases.stateful.generation]
+max-examples = 60
+"""
 SCHEMATHESIS_CONFIG = """
 [[operations]]
 include-operation-id = "{operation}"
@@ -47,9 +58,25 @@ async def test_fuzzed_api_as_a_church_admin_has_no_failures_and_no_5xx(app, serv
     assert schemathesis, "schemathesis is not installed (the dev dependencies pin it)"
     owner = await register_church(app.test_client(), "Fuzzed Chapel")
     admin = await church_user(app, owner.church_id, "admin")
+    # A conversation, which only a member's text starts: its operations are reached too.
+    member = await app.test_client().post(
+        "/api/members",
+        json={"firstName": "Tess", "phone": new_phone()},
+        headers=owner.headers,
+    )
+    assert member.status_code == 201
+    started = await conversations.handle_inbound(
+        from_number=(await member.get_json())["phone"],
+        to_number=await church_number(owner.church_id),
+        body="Hello church",
+        message_sid="SMfuzzconversation",
+        redis=None,
+    )
+    assert started.handled
     config = tmp_path / "schemathesis.toml"
     config.write_text(
-        "".join(
+        STATEFUL_CONFIG
+        + "".join(
             SCHEMATHESIS_CONFIG.format(operation=operation, statuses=[*ACCEPTED, *extra])
             for operation, extra in BEYOND_THE_SCHEMA.items()
         ).replace("'", '"')
@@ -85,4 +112,5 @@ async def test_fuzzed_api_as_a_church_admin_has_no_failures_and_no_5xx(app, serv
     (tmp_path / "schemathesis.txt").write_text(text)
     summary = text[text.rfind("SUMMARY") :]
     assert proc.returncode == 0, text[-20000:]
-    assert "5xx" not in summary, summary
+    for phase in ("Examples", "Coverage", "Fuzzing", "Stateful"):
+        assert f"✅ {phase}" in summary, summary
