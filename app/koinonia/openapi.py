@@ -174,11 +174,30 @@ class KoinoniaOpenAPIProvider(OpenAPIProvider):
             for path_item in document["paths"].values()
             for operation in path_item.values()
         }
+        self._name_schemas(document)
         for source_id, links in LINKS.items():
             source = operations[source_id]
             success = next(code for code in source["responses"] if code.startswith("2"))
             source["responses"][success]["links"] = links
         return document
+
+    @staticmethod
+    def _name_schemas(document: dict[str, Any]) -> None:
+        """Request and response models as named components, not inline copies: one model
+        per name for a client generator, whichever operations and statuses share it."""
+        components = document["components"]["schemas"]
+        for path_item in document["paths"].values():
+            for operation in path_item.values():
+                bodies = [operation.get("requestBody", {}), *operation["responses"].values()]
+                for body in bodies:
+                    for media in body.get("content", {}).values():
+                        schema = media["schema"]
+                        name = schema.get("title")
+                        if name is None or schema.get("type") != "object":
+                            continue
+                        if components.setdefault(name, schema) != schema:
+                            raise RuntimeError(f"two models are named {name}")
+                        media["schema"] = {"$ref": f"#/components/schemas/{name}"}
 
     def build_paths(self, rule: Rule) -> tuple[dict, dict]:
         paths, components = super().build_paths(rule)
