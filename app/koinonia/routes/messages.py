@@ -112,7 +112,7 @@ def idempotency_key() -> str | None:
 @require_permission(Permission.SEND_MESSAGES)
 @validate_request(MessageIn)
 @document_response(MessageOut, 202)
-@document_errors(400, 409, queue_full=True)
+@document_errors(400, 404, 409, queue_full=True)
 async def create_message(data: MessageIn) -> tuple[dict[str, Any], int, dict[str, str]]:
     """Record the message and one delivery per opted-in recipient; sending happens in workers.
 

@@ -27,8 +27,9 @@ class PhoneNumberIn(ApiModel):
     number: str = Field(
         min_length=2,
         max_length=16,
-        pattern=E164_PATTERN,
         description="E.164, e.g. +14155550123",
+        # Enforced by _e164 below, whose messages say how to write the number.
+        json_schema_extra={"pattern": E164_PATTERN},
         examples=["+14155550123"],
     )
 

@@ -11,7 +11,7 @@ from quart import Blueprint, Response
 from quart_schema import document_response, tag, validate_request
 
 from koinonia.models.messaging import TargetType
-from koinonia.openapi import document_no_content
+from koinonia.openapi import document_errors, document_no_content
 from koinonia.routes.messages import MAX_CONTENT, Target, TargetId
 from koinonia.schemas import ApiModel
 from koinonia.services import recurring
@@ -67,6 +67,7 @@ async def list_recurring() -> dict[str, Any]:
 @require_permission(Permission.SEND_MESSAGES)
 @validate_request(RecurringIn)
 @document_response(RecurringOut, 201)
+@document_errors(404)
 async def create_recurring(data: RecurringIn) -> tuple[dict[str, Any], int]:
     item = await recurring.create(
         church_id=current_church_id(),

@@ -80,6 +80,7 @@ async def list_scheduled(query_args: ScheduledListQuery) -> dict[str, Any]:
 @require_permission(Permission.SEND_MESSAGES)
 @validate_request(ScheduledIn)
 @document_response(ScheduledOut, 201)
+@document_errors(404)
 async def create_scheduled(data: ScheduledIn) -> tuple[dict[str, Any], int]:
     """Schedule a message; the worker sends it once at ``sendAt`` (to the members opted in
     then)."""
