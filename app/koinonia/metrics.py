@@ -41,6 +41,7 @@ from prometheus_client import (
 from quart import Blueprint, Quart, Response, request
 
 from koinonia import db
+from koinonia.openapi import document_text_response
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,7 @@ bp = Blueprint("metrics", __name__)
 
 
 @bp.get("/metrics")
+@document_text_response(200, "text/plain", "Prometheus text format")
 async def metrics_endpoint() -> Response:
     """Prometheus text format; unauthenticated, to be reached only from inside the network."""
     metrics = get_metrics()

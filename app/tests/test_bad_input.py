@@ -149,3 +149,22 @@ async def test_injection_strings_are_stored_and_returned_verbatim(client, church
     assert (fetched["name"], fetched["description"]) == (text, text)
     # The tables are all still there and hold exactly what was sent.
     assert await Member.filter(church_id=church_a.church_id, first_name=text).count() == 1
+
+
+async def test_nul_character_in_text_is_422_not_a_database_error(client):
+    # Valid JSON, but PostgreSQL text cannot hold U+0000.
+    body = b'{"email": "a\\u0000b@example.org", "password": "x\\u0000yyyyyyy"}'
+    response = await client.post(
+        "/api/auth/login", data=body, headers={"Content-Type": "application/json"}
+    )
+    error = await _error(response, 422, "validation_error")
+    assert {detail["field"] for detail in error["details"]} == {"email", "password"}
+
+
+async def test_lone_surrogate_in_json_text_is_422(client):
+    body = b'{"email": "a\\ud998b@example.org", "password": "x\\udae0yyyyyyy"}'
+    response = await client.post(
+        "/api/auth/login", data=body, headers={"Content-Type": "application/json"}
+    )
+    error = await _error(response, 422, "validation_error")
+    assert {detail["field"] for detail in error["details"]} == {"email", "password"}

@@ -276,3 +276,21 @@ async def test_another_churchs_scheduled_message_cannot_be_cancelled(
     )
     assert response.status_code == 404
     assert (await ScheduledMessage.get(id=due["id"])).status == ScheduledStatus.SCHEDULED
+
+
+@pytest.mark.parametrize(
+    "send_at", ["0001-01-01T00:00:00Z", "0001-01-01T00:00", "9999-12-31T23:59"]
+)
+async def test_send_at_at_the_edge_of_the_calendar_is_422_not_500(client, church_a, send_at):
+    for zone in ("Pacific/Kiritimati", "Pacific/Pago_Pago"):  # UTC+14 and UTC-11
+        changed = await client.patch(
+            "/api/church/settings", json={"timezone": zone}, headers=church_a.headers
+        )
+        assert changed.status_code == 200
+        response = await client.post(
+            "/api/scheduled-messages",
+            json={"content": "Edge", "targetType": "all", "sendAt": send_at},
+            headers=church_a.headers,
+        )
+        assert response.status_code == 422, await response.get_data(as_text=True)
+        assert (await response.get_json())["error"]["details"][0]["field"] == "sendAt"

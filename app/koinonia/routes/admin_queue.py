@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, StrictBool
 from quart import Blueprint, Response
-from quart_schema import tag, validate_request
+from quart_schema import document_response, tag, validate_request
 from redis.exceptions import RedisError
 
 from koinonia.delivery import messaging
 from koinonia.delivery import operations as delivery_operations
 from koinonia.errors import BadRequest, NotFound, ServiceUnavailable
+from koinonia.openapi import document_errors, document_no_content
 from koinonia.schemas import ApiModel
 from koinonia.services import queue as queue_service
 from koinonia.web import resources
@@ -22,9 +24,82 @@ from koinonia.web.tenancy import require_operator
 bp = Blueprint("admin_queue", __name__, url_prefix="/api/admin")
 
 
+class QueueMetricsOut(ApiModel):
+    name: str
+    queued: int
+    active: int
+    scheduled: int
+    failed: int
+    workers: int
+    totals: dict[str, int] = Field(description="complete, failed, retried, aborted")
+
+
+class QueueHealthOut(ApiModel):
+    status: str = Field(description="healthy, degraded (no worker) or unhealthy (no Redis)")
+    redis: str
+    workers: int | None = None
+    queued: int | None = None
+    active: int | None = None
+    scheduled: int | None = None
+    failed: int | None = None
+
+
+class FailedJobOut(ApiModel):
+    id: str
+    function: str
+    kwargs: dict[str, Any]
+    attempts: int
+    error: str | None = Field(description="the last line of the error")
+    queued_at: int | None = Field(description="milliseconds since the epoch")
+    failed_at: int | None = Field(description="milliseconds since the epoch")
+
+
+class FailedJobsOut(ApiModel):
+    data: list[FailedJobOut]
+    count: int
+
+
+class RetriedOut(ApiModel):
+    retried: int
+    jobs: list[str]
+
+
+class UnresolvedDeliveryOut(ApiModel):
+    id: uuid.UUID
+    message_id: uuid.UUID
+    church_id: uuid.UUID
+    claimed_at: datetime
+    last_error: str | None
+
+
+class UnresolvedDeliveriesOut(ApiModel):
+    data: list[UnresolvedDeliveryOut]
+    count: int
+
+
+class ResentOut(ApiModel):
+    resent: list[uuid.UUID]
+    count: int
+
+
+class ClearedOut(ApiModel):
+    cleared: int
+
+
+class LockOut(ApiModel):
+    name: str
+    holder: str
+    ttl_ms: int | None = Field(description="null: the lock has no expiry")
+
+
+class LocksOut(ApiModel):
+    data: list[LockOut]
+
+
 @bp.get("/queue/metrics")
 @tag(["admin"])
 @require_operator
+@document_response(QueueMetricsOut, 200)
 async def queue_metrics() -> dict[str, Any]:
     try:
         return await queue_service.queue_metrics(resources.sms_queue())
@@ -35,6 +110,8 @@ async def queue_metrics() -> dict[str, Any]:
 @bp.get("/queue/health")
 @tag(["admin"])
 @require_operator
+@document_response(QueueHealthOut, 200)
+@document_response(QueueHealthOut, 503)
 async def queue_health() -> tuple[dict[str, Any], int]:
     """healthy: workers are consuming; degraded: no worker (jobs wait); unhealthy: no Redis."""
     try:
@@ -56,6 +133,7 @@ async def queue_health() -> tuple[dict[str, Any], int]:
 @bp.get("/queue/failed")
 @tag(["admin"])
 @require_operator
+@document_response(FailedJobsOut, 200)
 async def failed_jobs() -> dict[str, Any]:
     """The last 50 jobs that failed for good, newest first."""
     jobs = await queue_service.failed_jobs(resources.sms_queue())
@@ -65,6 +143,7 @@ async def failed_jobs() -> dict[str, Any]:
 @bp.post("/queue/retry-failed")
 @tag(["admin"])
 @require_operator
+@document_response(RetriedOut, 200)
 async def retry_failed() -> dict[str, Any]:
     sms_queue = resources.sms_queue()
     # Deliveries wait again BEFORE their jobs are back in the queue, so a fast worker cannot
@@ -84,7 +163,7 @@ async def retry_failed() -> dict[str, Any]:
 
 class ResendIn(ApiModel):
     delivery_ids: list[uuid.UUID] = Field(min_length=1, max_length=1000)
-    confirm: bool = Field(
+    confirm: StrictBool = Field(
         description="Must be true: the provider may already have texted these members."
     )
 
@@ -92,6 +171,7 @@ class ResendIn(ApiModel):
 @bp.get("/deliveries/unknown")
 @tag(["admin"])
 @require_operator
+@document_response(UnresolvedDeliveriesOut, 200)
 async def unresolved_deliveries() -> dict[str, Any]:
     """Deliveries whose provider call may or may not have texted the member, still without
     evidence (status callback, provider lookup) after ``sms_unknown_resolve_seconds``."""
@@ -103,6 +183,8 @@ async def unresolved_deliveries() -> dict[str, Any]:
 @tag(["admin"])
 @require_operator
 @validate_request(ResendIn)
+@document_response(ResentOut, 200)
+@document_errors(400)
 async def resend_unresolved(data: ResendIn) -> dict[str, Any]:
     """Send these unresolved deliveries again, knowing a member may get the text twice.
     Only deliveries still ``unknown`` are resent; ``confirm`` must be true."""
@@ -115,6 +197,7 @@ async def resend_unresolved(data: ResendIn) -> dict[str, Any]:
 @bp.post("/queue/clear-failed")
 @tag(["admin"])
 @require_operator
+@document_response(ClearedOut, 200)
 async def clear_failed() -> dict[str, Any]:
     return {"cleared": await queue_service.clear_failed(resources.sms_queue())}
 
@@ -122,6 +205,7 @@ async def clear_failed() -> dict[str, Any]:
 @bp.get("/locks")
 @tag(["admin"])
 @require_operator
+@document_response(LocksOut, 200)
 async def list_locks() -> dict[str, Any]:
     return {"data": await resources.locks().list_active()}
 
@@ -129,6 +213,7 @@ async def list_locks() -> dict[str, Any]:
 @bp.delete("/locks/<path:name>")
 @tag(["admin"])
 @require_operator
+@document_no_content
 async def force_release_lock(name: str) -> Response:
     if not await resources.locks().force_release(name):
         raise NotFound("No such lock")

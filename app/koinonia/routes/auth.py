@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import uuid
+
 from pydantic import EmailStr, Field
 from quart import Blueprint, Response, jsonify
-from quart_schema import tag, validate_request
+from quart_schema import document_response, tag, validate_request
 
 from koinonia.errors import Unauthorized
-from koinonia.models.core import User
+from koinonia.models.core import Role, User
+from koinonia.openapi import document_errors, document_no_content
 from koinonia.schemas import ApiModel
 from koinonia.services import auth, staff
 from koinonia.stores import sessions
@@ -41,6 +44,25 @@ class AcceptInviteIn(ApiModel):
 class ChangePasswordIn(ApiModel):
     current_password: str = Field(min_length=1, max_length=256)
     new_password: str = Field(min_length=8, max_length=256)
+
+
+class UserOut(ApiModel):
+    id: uuid.UUID
+    email: str
+    first_name: str
+    last_name: str
+    role: Role
+    church_id: uuid.UUID | None = Field(description="null for a platform operator")
+    is_operator: bool
+
+
+class SessionOut(ApiModel):
+    token: str = Field(description="the session token; also set as the session cookie")
+    user: UserOut
+
+
+class MeOut(ApiModel):
+    user: UserOut
 
 
 def _session_response(result: auth.LoginResult, status: int) -> Response:
@@ -81,6 +103,8 @@ def _drop_here(state: AppState, session_ids: list[str]) -> None:
 @tag(["auth"])
 @reject_foreign_origin
 @validate_request(RegisterIn)
+@document_response(SessionOut, 201)
+@document_errors(403, 409)
 async def register(data: RegisterIn) -> Response:
     """Create a church and its owner, and log the owner in."""
     state = get_state()
@@ -101,6 +125,8 @@ async def register(data: RegisterIn) -> Response:
 @tag(["auth"])
 @reject_foreign_origin
 @validate_request(AcceptInviteIn)
+@document_response(SessionOut, 201)
+@document_errors(403, 404, 409)
 async def accept_invite(data: AcceptInviteIn) -> Response:
     """Accept a staff invite: create the account (the invite's email and role) in the
     inviting church, with this password, and log it in. An invite works once; an unknown,
@@ -122,6 +148,8 @@ async def accept_invite(data: AcceptInviteIn) -> Response:
 @tag(["auth"])
 @reject_foreign_origin
 @validate_request(LoginIn)
+@document_response(SessionOut, 200)
+@document_errors(401, 403)
 async def login(data: LoginIn) -> Response:
     """Log in; after too many failures for the email, 429 with ``Retry-After`` for a while."""
     state = get_state()
@@ -140,6 +168,7 @@ async def login(data: LoginIn) -> Response:
 @bp.post("/logout")
 @tag(["auth"])
 @require_user
+@document_no_content
 async def logout() -> Response:
     state = get_state()
     session = current_user().session
@@ -151,6 +180,7 @@ async def logout() -> Response:
 @bp.get("/me")
 @tag(["auth"])
 @require_user
+@document_response(MeOut, 200)
 async def me() -> dict:
     user = await User.get_or_none(id=current_user().user_id)
     if user is None:
@@ -162,6 +192,7 @@ async def me() -> dict:
 @tag(["auth"])
 @require_user
 @validate_request(ChangePasswordIn)
+@document_no_content
 async def change_password(data: ChangePasswordIn) -> Response:
     """Change the password; every session of the user (this one included) is revoked."""
     state = get_state()

@@ -24,7 +24,11 @@ class ChurchSettingsOut(ApiModel):
 
 class ChurchSettingsPatch(ApiModel):
     timezone: str | None = Field(
-        default=None, min_length=1, max_length=64, description="IANA name, e.g. America/Chicago"
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="IANA name, e.g. America/Chicago",
+        json_schema_extra={"enum": [*church_settings.zone_names(), None]},
     )
     sms_help_text: str | None = Field(
         default=None,

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 
 from pydantic import Field
 from quart import Blueprint, Response
-from quart_schema import tag, validate_request
+from quart_schema import document_response, tag, validate_request
 
+from koinonia.openapi import document_errors, document_no_content
+from koinonia.routes.members import MemberOut
 from koinonia.schemas import ApiModel
 from koinonia.services import groups
 from koinonia.services.permissions import Permission
@@ -19,6 +22,39 @@ bp = Blueprint("groups", __name__, url_prefix="/api/groups")
 class GroupIn(ApiModel):
     name: str = Field(min_length=1, max_length=200)
     description: str = Field(default="", max_length=2000)
+
+
+class GroupOut(ApiModel):
+    id: uuid.UUID
+    church_id: uuid.UUID
+    name: str
+    description: str
+    created_at: datetime
+    member_count: int
+
+
+class GroupListOut(ApiModel):
+    data: list[GroupOut]
+
+
+class GroupDetailOut(GroupOut):
+    members: list[MemberOut] = Field(description="by last name, then first name")
+
+
+class GroupUpdatedOut(ApiModel):
+    id: uuid.UUID
+    church_id: uuid.UUID
+    name: str
+    description: str
+    created_at: datetime
+
+
+class AddedOut(ApiModel):
+    added: int = Field(description="members newly in the group")
+
+
+class RemovedOut(ApiModel):
+    removed: int = Field(description="members no longer in the group")
 
 
 class GroupPatch(ApiModel):
@@ -33,6 +69,7 @@ class GroupMembersIn(ApiModel):
 @bp.get("")
 @tag(["groups"])
 @require_permission(Permission.VIEW)
+@document_response(GroupListOut, 200)
 async def list_groups() -> dict:
     return {"data": await groups.list_groups(current_church_id())}
 
@@ -41,6 +78,8 @@ async def list_groups() -> dict:
 @tag(["groups"])
 @require_permission(Permission.MANAGE_MEMBERS)
 @validate_request(GroupIn)
+@document_response(GroupOut, 201)
+@document_errors(409)
 async def create_group(data: GroupIn) -> tuple[dict, int]:
     group = await groups.create_group(current_church_id(), data.name, data.description)
     return groups.group_json(group, 0), 201
@@ -49,6 +88,7 @@ async def create_group(data: GroupIn) -> tuple[dict, int]:
 @bp.get("/<uuid:group_id>")
 @tag(["groups"])
 @require_permission(Permission.VIEW)
+@document_response(GroupDetailOut, 200)
 async def get_group(group_id: uuid.UUID) -> dict:
     return await groups.group_detail(current_church_id(), group_id)
 
@@ -57,6 +97,8 @@ async def get_group(group_id: uuid.UUID) -> dict:
 @tag(["groups"])
 @require_permission(Permission.MANAGE_MEMBERS)
 @validate_request(GroupPatch)
+@document_response(GroupUpdatedOut, 200)
+@document_errors(409)
 async def update_group(group_id: uuid.UUID, data: GroupPatch) -> dict:
     changes = {k: v for k, v in data.model_dump(exclude_unset=True).items() if v is not None}
     group = await groups.update_group(current_church_id(), group_id, changes)
@@ -66,6 +108,7 @@ async def update_group(group_id: uuid.UUID, data: GroupPatch) -> dict:
 @bp.delete("/<uuid:group_id>")
 @tag(["groups"])
 @require_permission(Permission.MANAGE_MEMBERS)
+@document_no_content
 async def delete_group(group_id: uuid.UUID) -> Response:
     await groups.delete_group(current_church_id(), group_id)
     return Response(status=204)
@@ -75,6 +118,7 @@ async def delete_group(group_id: uuid.UUID) -> Response:
 @tag(["groups"])
 @require_permission(Permission.MANAGE_MEMBERS)
 @validate_request(GroupMembersIn)
+@document_response(AddedOut, 200)
 async def add_group_members(group_id: uuid.UUID, data: GroupMembersIn) -> dict:
     added = await groups.add_members(current_church_id(), group_id, data.member_ids)
     return {"added": added}
@@ -84,6 +128,7 @@ async def add_group_members(group_id: uuid.UUID, data: GroupMembersIn) -> dict:
 @tag(["groups"])
 @require_permission(Permission.MANAGE_MEMBERS)
 @validate_request(GroupMembersIn)
+@document_response(RemovedOut, 200)
 async def remove_group_members(group_id: uuid.UUID, data: GroupMembersIn) -> dict:
     removed = await groups.remove_members(current_church_id(), group_id, data.member_ids)
     return {"removed": removed}

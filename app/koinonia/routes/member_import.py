@@ -13,7 +13,7 @@ from quart_schema import document_request, document_response, tag
 from werkzeug.exceptions import RequestEntityTooLarge, UnsupportedMediaType
 
 from koinonia.errors import BadRequest
-from koinonia.openapi import document_request_media
+from koinonia.openapi import document_errors, document_request_media
 from koinonia.schemas import ApiModel
 from koinonia.services import member_import
 from koinonia.services.permissions import Permission
@@ -59,6 +59,29 @@ class MemberImportOut(ApiModel):
     ignored_columns: list[str] = Field(description="CSV columns that are not member fields")
 
 
+class ImportRowError(ApiModel):
+    row: int = Field(description="the spreadsheet's row number (the header is row 1)")
+    field: str
+    message: str
+
+
+class ImportRejectedDetails(ApiModel):
+    errors: list[ImportRowError] = Field(description="the first 200")
+    error_count: int
+
+
+class ImportRejectedError(ApiModel):
+    code: str = Field(description="`import_rejected`")
+    message: str
+    details: ImportRejectedDetails | None = Field(description="null: no header row, no rows")
+
+
+class ImportRejectedResponse(ApiModel):
+    """Invalid rows, no rows, or a JSON body of the wrong shape: nothing was imported."""
+
+    error: ImportRejectedError
+
+
 async def _spooled_body(limit: int) -> IO[bytes]:
     """The request body in a file (memory first, then disk), refused past ``limit`` bytes
     (a body sent without Content-Length is measured as it arrives)."""
@@ -93,6 +116,8 @@ async def _spooled_body(limit: int) -> IO[bytes]:
     }
 )
 @document_response(MemberImportOut, 200)
+@document_response(ImportRejectedResponse, 422)
+@document_errors(415)
 async def import_members() -> dict[str, Any]:
     """Import up to 50,000 members from a CSV file or a JSON list, all or nothing.
 

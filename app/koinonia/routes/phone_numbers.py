@@ -12,7 +12,8 @@ from quart import Blueprint, Response
 from quart_schema import document_response, tag, validate_querystring, validate_request
 
 from koinonia.models.messaging import LinkStatus
-from koinonia.schemas import ApiModel
+from koinonia.openapi import document_errors, document_no_content
+from koinonia.schemas import E164_PATTERN, ApiModel
 from koinonia.services import phone_links
 from koinonia.services.permissions import Permission
 from koinonia.web import resources
@@ -27,6 +28,8 @@ class PhoneNumberIn(ApiModel):
         min_length=2,
         max_length=16,
         description="E.164, e.g. +14155550123",
+        # Enforced by _e164 below, whose messages say how to write the number.
+        json_schema_extra={"pattern": E164_PATTERN},
         examples=["+14155550123"],
     )
 
@@ -43,7 +46,7 @@ class AdminPhoneNumberIn(PhoneNumberIn):
 class PhoneNumberOut(ApiModel):
     id: uuid.UUID
     church_id: uuid.UUID
-    number: str
+    number: str = Field(pattern=E164_PATTERN)
     status: LinkStatus = Field(
         description="pending until the provider confirms; failed: see lastError"
     )
@@ -88,6 +91,7 @@ async def list_numbers() -> dict[str, Any]:
 @require_permission(Permission.MANAGE_NUMBERS)
 @validate_request(PhoneNumberIn)
 @document_response(PhoneNumberOut, 201)
+@document_errors(409)
 async def add_number(data: PhoneNumberIn) -> tuple[dict[str, Any], int]:
     """Add a number (E.164) and link it at the SMS provider: its inbound texts come to this
     church, and the church's texts go out from it once ``linked``. Answers ``pending``; a
@@ -100,6 +104,7 @@ async def add_number(data: PhoneNumberIn) -> tuple[dict[str, Any], int]:
 @bp.delete("/<uuid:number_id>")
 @tag(["phone numbers"])
 @require_permission(Permission.MANAGE_NUMBERS)
+@document_no_content
 async def remove_number(number_id: uuid.UUID) -> Response:
     """Remove the number: texts to it are then recorded for operators, not this church."""
     await phone_links.remove_number(current_church_id(), number_id)
@@ -122,6 +127,7 @@ async def admin_list_numbers(query_args: ListQuery) -> dict[str, Any]:
 @require_operator
 @validate_request(AdminPhoneNumberIn)
 @document_response(PhoneNumberOut, 201)
+@document_errors(404, 409)
 async def admin_add_number(data: AdminPhoneNumberIn) -> tuple[dict[str, Any], int]:
     """Add a number to a church, as ``POST /api/phone-numbers`` does for its owner (same
     answers); an unknown ``churchId`` answers 404."""

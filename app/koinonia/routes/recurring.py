@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, StrictBool
 from quart import Blueprint, Response
-from quart_schema import tag, validate_request
+from quart_schema import document_response, tag, validate_request
 
 from koinonia.models.messaging import TargetType
-from koinonia.routes.messages import MAX_CONTENT, Target
+from koinonia.openapi import document_errors, document_no_content
+from koinonia.routes.messages import MAX_CONTENT, Target, TargetId
 from koinonia.schemas import ApiModel
 from koinonia.services import recurring
 from koinonia.services.permissions import Permission
@@ -21,30 +23,40 @@ bp = Blueprint("recurring", __name__, url_prefix="/api/recurring-messages")
 
 class RecurringIn(Target):
     content: str = Field(min_length=1, max_length=MAX_CONTENT)
-    schedule: str = Field(min_length=9, max_length=100, description="5-field cron, UTC")
-    active: bool = True
+    schedule: str = Field(
+        min_length=9, max_length=100, description="5-field cron, UTC", examples=["0 9 * * 0"]
+    )
+    active: StrictBool = True
 
 
 class RecurringPatch(ApiModel):
     content: str | None = Field(default=None, min_length=1, max_length=MAX_CONTENT)
     target_type: TargetType | None = None
-    target_ids: list[str] | None = Field(default=None, max_length=1000)
+    target_ids: list[TargetId] | None = Field(default=None, max_length=1000)
     schedule: str | None = Field(default=None, min_length=9, max_length=100)
-    active: bool | None = None
+    active: StrictBool | None = None
 
-    @model_validator(mode="after")
-    def _ids_are_ids(self) -> RecurringPatch:
-        for value in self.target_ids or []:
-            try:
-                uuid.UUID(value)
-            except ValueError as exc:
-                raise ValueError(f"targetIds: {value!r} is not an id") from exc
-        return self
+
+class RecurringOut(ApiModel):
+    id: uuid.UUID
+    content: str
+    target_type: TargetType
+    target_ids: list[str]
+    schedule: str = Field(description="5-field cron, UTC")
+    next_run_at: datetime
+    last_run_at: datetime | None
+    active: bool
+    created_at: datetime
+
+
+class RecurringListOut(ApiModel):
+    data: list[RecurringOut]
 
 
 @bp.get("")
 @tag(["recurring"])
 @require_permission(Permission.VIEW)
+@document_response(RecurringListOut, 200)
 async def list_recurring() -> dict[str, Any]:
     items = await recurring.list_for(current_church_id())
     return {"data": [recurring.recurring_json(i) for i in items]}
@@ -54,6 +66,8 @@ async def list_recurring() -> dict[str, Any]:
 @tag(["recurring"])
 @require_permission(Permission.SEND_MESSAGES)
 @validate_request(RecurringIn)
+@document_response(RecurringOut, 201)
+@document_errors(404)
 async def create_recurring(data: RecurringIn) -> tuple[dict[str, Any], int]:
     item = await recurring.create(
         church_id=current_church_id(),
@@ -71,6 +85,7 @@ async def create_recurring(data: RecurringIn) -> tuple[dict[str, Any], int]:
 @tag(["recurring"])
 @require_permission(Permission.SEND_MESSAGES)
 @validate_request(RecurringPatch)
+@document_response(RecurringOut, 200)
 async def update_recurring(recurring_id: uuid.UUID, data: RecurringPatch) -> dict[str, Any]:
     changes = {
         key: value
@@ -84,6 +99,7 @@ async def update_recurring(recurring_id: uuid.UUID, data: RecurringPatch) -> dic
 @bp.delete("/<uuid:recurring_id>")
 @tag(["recurring"])
 @require_permission(Permission.SEND_MESSAGES)
+@document_no_content
 async def delete_recurring(recurring_id: uuid.UUID) -> Response:
     await recurring.delete(current_church_id(), recurring_id)
     return Response(status=204)

@@ -11,8 +11,9 @@ from quart import Blueprint
 from quart_schema import document_response, tag, validate_querystring, validate_request
 
 from koinonia.models.messaging import ScheduledStatus, TargetType
-from koinonia.routes.messages import MAX_CONTENT, Target
-from koinonia.schemas import ApiModel
+from koinonia.openapi import document_errors
+from koinonia.routes.messages import MAX_CONTENT, MAX_OFFSET, Target
+from koinonia.schemas import ApiModel, Pagination
 from koinonia.services import scheduled
 from koinonia.services.permissions import Permission
 from koinonia.web.tenancy import current_church_id, current_user, require_permission
@@ -49,13 +50,13 @@ class ScheduledOut(ApiModel):
 
 class ScheduledPage(ApiModel):
     data: list[ScheduledOut]
-    pagination: dict[str, int]
+    pagination: Pagination
 
 
 class ScheduledListQuery(ApiModel):
     status: ScheduledStatus | None = None
     limit: int = Field(default=50, ge=1, le=200)
-    offset: int = Field(default=0, ge=0)
+    offset: int = Field(default=0, ge=0, le=MAX_OFFSET)
 
 
 @bp.get("")
@@ -79,6 +80,7 @@ async def list_scheduled(query_args: ScheduledListQuery) -> dict[str, Any]:
 @require_permission(Permission.SEND_MESSAGES)
 @validate_request(ScheduledIn)
 @document_response(ScheduledOut, 201)
+@document_errors(404)
 async def create_scheduled(data: ScheduledIn) -> tuple[dict[str, Any], int]:
     """Schedule a message; the worker sends it once at ``sendAt`` (to the members opted in
     then)."""
@@ -105,6 +107,7 @@ async def get_scheduled(scheduled_id: uuid.UUID) -> dict[str, Any]:
 @tag(["scheduled"])
 @require_permission(Permission.SEND_MESSAGES)
 @document_response(ScheduledOut, 200)
+@document_errors(409)
 async def cancel_scheduled(scheduled_id: uuid.UUID) -> dict[str, Any]:
     """Cancel while it is still ``scheduled``; once the worker has taken it (``sending``,
     ``sent``) the answer is 409 ``not_cancellable``."""

@@ -11,6 +11,7 @@ from quart import Blueprint, Response
 from quart_schema import document_response, tag, validate_request
 
 from koinonia.models.core import Role
+from koinonia.openapi import document_errors, document_no_content
 from koinonia.schemas import ApiModel
 from koinonia.services import staff
 from koinonia.services.permissions import Permission
@@ -84,6 +85,7 @@ async def list_staff() -> dict[str, Any]:
 @require_permission(Permission.MANAGE_STAFF)
 @validate_request(RoleIn)
 @document_response(StaffOut, 200)
+@document_errors(409)
 async def change_role(user_id: uuid.UUID, data: RoleIn) -> dict[str, Any]:
     """Change a user's role; their sessions (and WebSockets) end at once, so they log in
     again with the new role. Making, demoting or removing an owner takes an owner;
@@ -101,6 +103,8 @@ async def change_role(user_id: uuid.UUID, data: RoleIn) -> dict[str, Any]:
 @bp.delete("/<uuid:user_id>")
 @tag(["staff"])
 @require_permission(Permission.MANAGE_STAFF)
+@document_no_content
+@document_errors(409)
 async def remove_staff(user_id: uuid.UUID) -> Response:
     """Delete a user's account; their sessions (and WebSockets) end at once. Removing an
     owner takes an owner; the church's last owner cannot be removed (409 ``last_owner``)."""
@@ -117,6 +121,7 @@ async def remove_staff(user_id: uuid.UUID) -> Response:
 @tag(["staff"])
 @require_permission(Permission.MANAGE_OWNERS)
 @document_response(OwnershipOut, 200)
+@document_errors(409)
 async def transfer_ownership(user_id: uuid.UUID) -> dict[str, Any]:
     """Make this user owner and the caller admin. Both users' sessions end (the caller's
     too): each logs in again with the new role."""
@@ -143,6 +148,7 @@ async def list_invites() -> dict[str, Any]:
 @require_permission(Permission.MANAGE_STAFF)
 @validate_request(InviteIn)
 @document_response(InviteCreatedOut, 201)
+@document_errors(409)
 async def create_invite(data: InviteIn) -> tuple[dict[str, Any], int]:
     """Invite a person by email to join the church with a role.
 
@@ -167,6 +173,7 @@ async def create_invite(data: InviteIn) -> tuple[dict[str, Any], int]:
 @bp.delete("/invites/<uuid:invite_id>")
 @tag(["staff"])
 @require_permission(Permission.MANAGE_STAFF)
+@document_no_content
 async def cancel_invite(invite_id: uuid.UUID) -> Response:
     """Cancel an invite: its token no longer works."""
     await staff.cancel_invite(current_church_id(), invite_id)

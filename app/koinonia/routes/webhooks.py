@@ -17,6 +17,7 @@ from quart_schema import DataSource, document_headers, document_request, tag
 from koinonia.delivery import messaging
 from koinonia.delivery.sms.signature import SIGNATURE_HEADER, compute_signature, validate_signature
 from koinonia.errors import BadRequest, Forbidden
+from koinonia.openapi import document_errors, document_no_content, document_text_response
 from koinonia.services import conversations
 from koinonia.stores import replay_claims
 from koinonia.web.state import get_state
@@ -85,6 +86,8 @@ def _required(form: dict[str, str], *names: str) -> None:
 @tag(["webhooks"])
 @document_request(InboundSms, source=DataSource.FORM)
 @document_headers(TwilioSignature)
+@document_text_response(200, "text/xml", "TwiML: empty, or a <Message> answering HELP/INFO")
+@document_errors(400, 403)
 async def inbound() -> Response:
     """A text to one of the churches' numbers (Twilio's format).
 
@@ -115,6 +118,8 @@ async def inbound() -> Response:
 @tag(["webhooks"])
 @document_request(SmsStatus, source=DataSource.FORM)
 @document_headers(TwilioSignature)
+@document_no_content
+@document_errors(400, 403)
 async def status() -> Response:
     """Delivery status of a text we sent (``?deliveryId=`` as set in StatusCallback)."""
     form, signature = await _signed_form()

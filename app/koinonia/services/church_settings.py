@@ -21,6 +21,11 @@ def _zones() -> frozenset[str]:
     return frozenset(available_timezones()) - _NOT_ZONES
 
 
+def zone_names() -> list[str]:
+    """Every name ``validate_timezone`` accepts, sorted (the OpenAPI document's enum)."""
+    return sorted(_zones())
+
+
 def validate_timezone(name: str) -> str:
     """An IANA zone name (``America/Chicago``) or ValueError saying what is wanted."""
     if name not in _zones():

@@ -39,10 +39,13 @@ def _invalid(message: str) -> ValidationFailed:
 
 def to_utc(send_at: datetime, zone_name: str) -> datetime:
     """A wall-clock time in the zone (or an instant, when it has an offset) as UTC."""
-    if send_at.tzinfo is not None:
-        return send_at.astimezone(UTC)
-    zone = ZoneInfo(zone_name)
-    instant = send_at.replace(tzinfo=zone).astimezone(UTC)
+    try:
+        if send_at.tzinfo is not None:
+            return send_at.astimezone(UTC)
+        zone = ZoneInfo(zone_name)
+        instant = send_at.replace(tzinfo=zone).astimezone(UTC)
+    except OverflowError:  # years 1 and 9999 near the edge of what datetime can hold
+        raise _invalid(f"sendAt {send_at.isoformat()} is out of range") from None
     # A time the clocks skip (spring forward) does not come back the same way round.
     if instant.astimezone(zone).replace(tzinfo=None) != send_at:
         raise _invalid(
@@ -66,10 +69,11 @@ async def create(
     when = to_utc(send_at, church.timezone)
     now = now or datetime.now(UTC)
     if when <= now:
-        raise _invalid(
-            f"sendAt {when.astimezone(ZoneInfo(church.timezone)).isoformat()} "
-            f"({church.timezone}) has passed; choose a time in the future"
-        )
+        try:
+            shown = f"{when.astimezone(ZoneInfo(church.timezone)).isoformat()} ({church.timezone})"
+        except OverflowError:
+            shown = when.isoformat()
+        raise _invalid(f"sendAt {shown} has passed; choose a time in the future")
     if when > now + MAX_AHEAD:
         raise _invalid(f"sendAt may be at most {MAX_AHEAD.days} days ahead")
     await messaging.resolve_recipients(church_id, target_type, target_ids)  # 404 unknown ids
