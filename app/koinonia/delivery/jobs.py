@@ -3,8 +3,10 @@ left behind: stale claims, ``unknown`` deliveries, ``queued`` ones whose job was
 
 Jobs run at least once (SAQ retries a failed job, its sweep re-queues a job whose worker
 died, and can re-queue a LIVE job whose record still says queued, saq #277). None of that can
-text anyone twice: a job calls the provider only for the rows its own claim statement
-returned (``store.claim``), and only ``queued`` rows can be claimed.
+text anyone twice: a job calls the provider only for the rows its own claim statements
+returned (``store.claim``), and only ``queued`` rows can be claimed. A job claims its chunk a
+window at a time (``SendWindow``), so what a dead job leaves ``sending`` is only what was in
+flight.
 """
 
 from __future__ import annotations

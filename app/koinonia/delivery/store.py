@@ -4,12 +4,13 @@
        ▲                 │                           │
        └─ not accepted ──┘      (evidence) ──────────┴──▶ sent | failed | queued
 
-- A job claims its chunk's ``queued`` rows (due by ``next_attempt_at``) in ONE statement
-  that sets ``sending``, a fresh claim token and the attempt; it calls the provider only
-  for the rows that statement returned. Every kind of repeat (SAQ retry, sweep, a replayed
+- A job claims its chunk's ``queued`` rows (due by ``next_attempt_at``) a window at a time,
+  each window in ONE statement that sets ``sending``, the job's claim token and the attempt;
+  it claims only as many as it is about to send (jobs.SendWindow), and calls the provider
+  only for the rows that statement returned. Every kind of repeat (SAQ retry, sweep, a replayed
   Idempotency-Key, a second worker running the same job) claims nothing that is not
   ``queued``, so it cannot call the provider again.
-- The results of a chunk are written in ONE statement guarded by the claim token and
+- The results of a window are written in ONE statement guarded by the claim token and
   ``sending``: a status callback that arrived first (``failed`` or ``delivered``) is not
   overwritten, and a second runner cannot write over the first one.
 - A member deleted or opted out after the message was recorded is ``failed`` by the claim
