@@ -49,6 +49,10 @@ HEARTBEAT_INTERVAL_SECONDS = queue_service.DELIVERY_JOB_HEARTBEAT_SECONDS / 3
 RECORD_ATTEMPTS = 4
 RECORD_RETRY_SECONDS = 1.0
 UNKNOWN_LOOKUP_BATCH = 200
+# A send window claims again once half its slots are free, or once a free slot has waited
+# this long: slots do not idle long behind a half-window threshold when answers come in
+# spread out, and claims stay batched when they come in together.
+CLAIM_LINGER_SECONDS = 0.01
 
 
 def retry_delay(
@@ -234,13 +238,27 @@ class SendWindow:
         self.refused = 0
 
     async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        free_since: float | None = None  # when a slot last went idle with rows to claim
         while self.pending or self.in_flight:
             free = self.limit - len(self.in_flight)
-            if self.pending and (free >= self.refill or not self.in_flight):
+            lingered = free_since is not None and loop.time() - free_since >= CLAIM_LINGER_SECONDS
+            if self.pending and (free >= min(self.refill, len(self.pending)) or lingered):
                 await self._claim_and_start(free)
                 await self._record()
+                free_since = None
                 continue
-            done, _ = await asyncio.wait(self.in_flight, return_when=asyncio.FIRST_COMPLETED)
+            if self.pending and free and free_since is None:
+                free_since = loop.time()
+            done, _ = await asyncio.wait(
+                self.in_flight,
+                timeout=(
+                    None
+                    if free_since is None
+                    else max(0.0, free_since + CLAIM_LINGER_SECONDS - loop.time())
+                ),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
             for call in done:
                 del self.in_flight[call]
                 self.unrecorded.append(call.result())
