@@ -228,6 +228,8 @@ class SendWindow:
         self.pending: deque[uuid.UUID] = deque(delivery_ids)  # not claimed yet
         self.in_flight: dict[asyncio.Future[store.Outcome], store.ClaimedDelivery] = {}
         self.started: set[uuid.UUID] = set()  # handed to the provider (or being handed)
+        self.answered: list[asyncio.Future[store.Outcome]] = []  # done, not yet collected
+        self.answer = asyncio.Event()
         self.claiming: asyncio.Future[list[store.ClaimedDelivery]] | None = None
         self.unrecorded: list[store.Outcome] = []
         self.outcomes: list[store.Outcome] = []  # recorded
@@ -250,18 +252,22 @@ class SendWindow:
                 continue
             if self.pending and free and free_since is None:
                 free_since = loop.time()
-            done, _ = await asyncio.wait(
-                self.in_flight,
-                timeout=(
+            if not self.answered:
+                # Woken by the next answer (not asyncio.wait over every call in flight: that
+                # is a callback per call each time, quadratic in the window).
+                self.answer.clear()
+                linger = (
                     None
                     if free_since is None
                     else max(0.0, free_since + CLAIM_LINGER_SECONDS - loop.time())
-                ),
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-            for call in done:
+                )
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(linger):
+                        await self.answer.wait()
+            for call in self.answered:
                 del self.in_flight[call]
                 self.unrecorded.append(call.result())
+            self.answered.clear()
             if not self.in_flight or (not self.pending and len(self.unrecorded) >= self.refill):
                 await self._record()
 
@@ -276,6 +282,7 @@ class SendWindow:
             if delivery.status == DeliveryStatus.SENDING:
                 call = asyncio.ensure_future(self._send(delivery))
                 self.in_flight[call] = delivery
+                call.add_done_callback(self._answered)
 
     def _take(self, delivery: store.ClaimedDelivery) -> None:
         self.claimed += 1
@@ -291,6 +298,11 @@ class SendWindow:
                     DeliveryStatus.FAILED,
                 )
             )
+
+    def _answered(self, call: asyncio.Future[store.Outcome]) -> None:
+        if not call.cancelled():
+            self.answered.append(call)
+            self.answer.set()
 
     async def _send(self, delivery: store.ClaimedDelivery) -> store.Outcome:
         self.started.add(delivery.id)
