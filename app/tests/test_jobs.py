@@ -237,6 +237,33 @@ async def test_a_message_goes_out_in_chunks_with_bounded_concurrency(
     }
 
 
+async def test_a_chunk_is_claimed_only_as_far_as_its_sends_in_flight(
+    client, church_a, make_worker, redis, settings
+):
+    step = await make_worker()
+    provider = PausingProvider(redis)
+    window = 2
+    ctx = {
+        **step.worker.context,
+        "provider": provider,
+        "settings": settings.model_copy(update={"sms_send_concurrency": window}),
+    }
+    _body, deliveries = await _message(client, church_a.headers, members=5)
+    ids = [d.id for d in deliveries]
+
+    running = asyncio.create_task(send_deliveries(ctx, delivery_ids=[str(i) for i in ids]))
+    await asyncio.wait_for(provider.entered.wait(), 5)  # the first window is at the provider
+    statuses = [d.status for d in await Delivery.filter(id__in=ids)]
+    assert sorted(statuses) == sorted(
+        [DeliveryStatus.SENDING] * window + [DeliveryStatus.QUEUED] * 3
+    )
+
+    provider.gate.set()
+    result = await asyncio.wait_for(running, 10)
+    assert (result["claimed"], result["sent"]) == (5, 5)
+    assert await _calls(redis, deliveries) == [1] * 5
+
+
 async def test_enqueue_makes_one_job_per_chunk_and_refuses_a_chunk_already_waiting(
     make_worker, settings, monkeypatch
 ):
