@@ -17,9 +17,9 @@ import logging
 import random
 import uuid
 from collections import defaultdict, deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -40,6 +40,7 @@ from koinonia.settings import Settings
 from koinonia.stores import events
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Seconds between the job's heartbeats; SAQ re-queues a job silent for longer than
 # queue_service.DELIVERY_JOB_HEARTBEAT_SECONDS, and the worker sweeps that often.
@@ -154,9 +155,16 @@ async def heartbeat(job: Job | None) -> AsyncIterator[None]:
 
 
 async def _record(token: uuid.UUID, outcomes: list[store.Outcome]) -> list[store.Changed]:
+    return await _recording(
+        outcomes, lambda: store.record_outcomes(token, outcomes, datetime.now(UTC))
+    )
+
+
+async def _recording(outcomes: list[store.Outcome], write: Callable[[], Awaitable[T]]) -> T:
+    """``write`` (a statement that records ``outcomes``), tried again while it fails."""
     for attempt in range(1, RECORD_ATTEMPTS + 1):
         try:
-            return await store.record_outcomes(token, outcomes, datetime.now(UTC))
+            return await write()
         except Exception as exc:  # asyncpg, Tortoise and OSError: no narrower common type
             if attempt == RECORD_ATTEMPTS:
                 log.error(
@@ -247,7 +255,6 @@ class SendWindow:
             lingered = free_since is not None and loop.time() - free_since >= CLAIM_LINGER_SECONDS
             if self.pending and (free >= min(self.refill, len(self.pending)) or lingered):
                 await self._claim_and_start(free)
-                await self._record()
                 free_since = None
                 continue
             if self.pending and free and free_since is None:
@@ -272,9 +279,12 @@ class SendWindow:
                 await self._record()
 
     async def _claim_and_start(self, free: int) -> None:
+        """Claim the next ``free`` rows and start their calls; the answers that came in
+        since the last statement are recorded by the same statement."""
         batch = [self.pending.popleft() for _ in range(min(free, len(self.pending)))]
-        # Shielded: if the job is cancelled meanwhile, ``stop`` still learns what it claimed.
-        self.claiming = asyncio.ensure_future(store.claim(batch, self.token, datetime.now(UTC)))
+        # Shielded: if the job is cancelled meanwhile, ``put_back`` still learns what the
+        # statement did.
+        self.claiming = asyncio.ensure_future(self._record_then_claim(batch))
         claimed = await asyncio.shield(self.claiming)
         self.claiming = None
         for delivery in claimed:
@@ -283,6 +293,27 @@ class SendWindow:
                 call = asyncio.ensure_future(self._send(delivery))
                 self.in_flight[call] = delivery
                 call.add_done_callback(self._answered)
+
+    async def _record_then_claim(self, batch: list[uuid.UUID]) -> list[store.ClaimedDelivery]:
+        outcomes = list(self.unrecorded)
+        if not outcomes:
+            return await store.claim(batch, self.token, datetime.now(UTC))
+        try:
+            recorded, claimed = await _recording(
+                outcomes,
+                lambda: store.record_then_claim(self.token, outcomes, batch, datetime.now(UTC)),
+            )
+        except Exception:
+            # Every attempt failed: the rows stay ``sending`` for the stale-claim sweep.
+            del self.unrecorded[: len(outcomes)]
+            raise
+        self._recorded(outcomes, recorded)
+        return claimed
+
+    def _recorded(self, outcomes: list[store.Outcome], changed: list[store.Changed]) -> None:
+        self.changed += changed
+        self.outcomes += outcomes
+        del self.unrecorded[: len(outcomes)]
 
     def _take(self, delivery: store.ClaimedDelivery) -> None:
         self.claimed += 1
@@ -313,13 +344,12 @@ class SendWindow:
             return
         outcomes = list(self.unrecorded)
         try:
-            self.changed += await _record(self.token, outcomes)
+            changed = await _record(self.token, outcomes)
         except Exception:
             # Every attempt failed: the rows stay ``sending`` for the stale-claim sweep.
-            self.unrecorded.clear()
+            del self.unrecorded[: len(outcomes)]
             raise
-        self.outcomes += outcomes
-        del self.unrecorded[: len(outcomes)]
+        self._recorded(outcomes, changed)
 
     def stop(self) -> None:
         """The job is stopping (cancelled or failed): no call that has not started will. A
@@ -356,7 +386,7 @@ class SendWindow:
                     self._give_back(delivery, now)
         again = [*self.pending, *self.never_sent]
         given_back = set(self.never_sent)
-        retries = [o for o in self.unrecorded if o.delivery_id not in given_back]
+        retries = [o for o in [*self.outcomes, *self.unrecorded] if o.delivery_id not in given_back]
         try:
             await self._record()
         except Exception:
