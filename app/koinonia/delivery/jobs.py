@@ -221,10 +221,11 @@ class SendWindow:
     those whose provider call may have started, so a worker killed mid-chunk leaves the rest
     ``queued``, to be sent once by the job's retry, never ``unknown``.
 
-    A claim takes at least half the window (or whatever is left), and the answers that came
-    in since the last claim are recorded in ONE statement right after it, while the window's
-    other calls are still in flight: a chunk of 100 at 50 at a time costs a handful of claim
-    and result statements, not one per delivery.
+    A claim takes at least half the window (or whatever is left, or what is free after a
+    slot idled ``CLAIM_LINGER_SECONDS``), and the same statement records the answers that
+    came in since the last one (``store.record_then_claim``); the chunk's last answers are
+    recorded on their own. A chunk of 100 at 50 at a time costs a handful of statements,
+    not one per delivery.
     """
 
     def __init__(self, ctx: dict[str, Any], token: uuid.UUID, delivery_ids: list[uuid.UUID]):
@@ -275,7 +276,8 @@ class SendWindow:
                 del self.in_flight[call]
                 self.unrecorded.append(call.result())
             self.answered.clear()
-            if not self.in_flight or (not self.pending and len(self.unrecorded) >= self.refill):
+            # While rows wait, the next claim records these answers in its statement.
+            if not self.pending and (not self.in_flight or len(self.unrecorded) >= self.refill):
                 await self._record()
 
     async def _claim_and_start(self, free: int) -> None:
