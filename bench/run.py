@@ -280,6 +280,17 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--pgbench-seconds", type=int, default=10)
     p.add_argument("--deliveries", type=int, default=10_000)
     p.add_argument("--queue-timeout", type=float, default=600, help="per queue run, seconds")
+    p.add_argument(
+        "--queue-rows",
+        default="",
+        help="only these queue rows, PROVIDER/WORKERS/CONCURRENCY, comma-separated "
+        "(e.g. 200ms/2/50,log/2/100); default: all",
+    )
+    p.add_argument(
+        "--group-sizes",
+        default="100,1000,10000",
+        help="group sizes of the queue section's POST rows, comma-separated ('' for none)",
+    )
     p.add_argument("--cache-keys", type=int, default=300)
     p.add_argument(
         "--drain-timeout",

@@ -394,14 +394,19 @@ def run(args, stack: ExitStack) -> tuple[Section, Loopback, str]:
             ("200 ms", 2, 200, slow, twilio_env),
         ]
     )
+    wanted = {r.strip().replace(" ", "") for r in args.queue_rows.split(",") if r.strip()}
     for provider, workers, concurrency, count, env in plan:
+        if wanted and f"{provider.replace(' ', '')}/{workers}/{concurrency}" not in wanted:
+            continue
         section.rows.append(
             one_run(
                 lb, token, group_id, count, workers, concurrency, provider, env, timeout, [fake.pid]
             )
         )
-    sizes = GROUP_SIZES[:2] if args.smoke else GROUP_SIZES
-    section.extra["group_sizes"] = group_size_rows(lb, token, timeout, sizes)
+    sizes = [int(n) for n in args.group_sizes.split(",") if n.strip()]
+    sizes = [n for n in sizes if n <= 1_000] if args.smoke else sizes
+    if sizes:
+        section.extra["group_sizes"] = group_size_rows(lb, token, timeout, sizes)
     section.notes += [
         "Loopback: PostgreSQL 15, PgBouncer (transaction pooling) and Redis from "
         "app/tests/servers.py; one `koinonia serve` for the POSTs; the workers are "

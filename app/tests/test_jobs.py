@@ -237,6 +237,33 @@ async def test_a_message_goes_out_in_chunks_with_bounded_concurrency(
     }
 
 
+async def test_a_chunk_is_claimed_only_as_far_as_its_sends_in_flight(
+    client, church_a, make_worker, redis, settings
+):
+    step = await make_worker()
+    provider = PausingProvider(redis)
+    window = 2
+    ctx = {
+        **step.worker.context,
+        "provider": provider,
+        "settings": settings.model_copy(update={"sms_send_concurrency": window}),
+    }
+    _body, deliveries = await _message(client, church_a.headers, members=5)
+    ids = [d.id for d in deliveries]
+
+    running = asyncio.create_task(send_deliveries(ctx, delivery_ids=[str(i) for i in ids]))
+    await asyncio.wait_for(provider.entered.wait(), 5)  # the first window is at the provider
+    statuses = [d.status for d in await Delivery.filter(id__in=ids)]
+    assert sorted(statuses) == sorted(
+        [DeliveryStatus.SENDING] * window + [DeliveryStatus.QUEUED] * 3
+    )
+
+    provider.gate.set()
+    result = await asyncio.wait_for(running, 10)
+    assert (result["claimed"], result["sent"]) == (5, 5)
+    assert await _calls(redis, deliveries) == [1] * 5
+
+
 async def test_enqueue_makes_one_job_per_chunk_and_refuses_a_chunk_already_waiting(
     make_worker, settings, monkeypatch
 ):
@@ -446,7 +473,7 @@ async def test_killed_worker_with_twilio_ends_unknown_then_sent_by_callback_neve
 APP_DIR = Path(__file__).resolve().parents[1]
 
 
-async def _worker_process(app, fake_twilio) -> asyncio.subprocess.Process:
+async def _worker_process(app, fake_twilio, **extra_env: str) -> asyncio.subprocess.Process:
     """``koinonia worker`` as deployed: its own process, on the app's queue, sending through
     Twilio's API (the fake Twilio) so that it can be killed with SIGKILL mid-call."""
     settings = get_state(app).settings
@@ -462,6 +489,7 @@ async def _worker_process(app, fake_twilio) -> asyncio.subprocess.Process:
         KOINONIA_TWILIO_FROM_NUMBER=FROM_NUMBER,
         KOINONIA_TWILIO_BASE_URL=fake_twilio.base_url,
         KOINONIA_LOG_LEVEL="WARNING",
+        **extra_env,
     )
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     return await asyncio.create_subprocess_exec(
@@ -547,6 +575,73 @@ async def test_worker_killed_during_the_provider_call_ends_unknown_then_sent_nev
     assert {d.phone: d.provider_message_id for d in stored} == sids
     assert await step.run_until_idle() == 0
     assert fake_twilio.calls_per_delivery() == dict.fromkeys(keys, 1)
+
+
+async def test_worker_killed_mid_chunk_leaves_only_the_calls_in_flight_in_doubt(
+    client, church_a, app, make_worker, twilio_provider, fake_twilio, settings, webhook_settings
+):
+    """The job claims a window at a time: killed while its first window's calls are at the
+    provider, the rest of its chunk was never claimed, so it is ``queued`` and goes out once
+    when the job runs again; only the calls in flight wait for evidence."""
+    step = await make_worker(twilio_provider)  # empties the queue; runs only when stepped
+    window, members = 2, 5
+    arrived: list[str] = []
+    window_in_flight, answer = threading.Event(), threading.Event()
+
+    def accepted_then_hold(request) -> None:
+        arrived.append(request.headers.get("i-twilio-idempotency-token", ""))
+        if len(arrived) == window:
+            window_in_flight.set()
+        answer.wait(60)
+
+    fake_twilio.before_answer = accepted_then_hold
+    worker = await _worker_process(app, fake_twilio, KOINONIA_SMS_SEND_CONCURRENCY=str(window))
+    try:
+        _body, deliveries = await _message(client, church_a.headers, members=members)
+        in_flight = await asyncio.to_thread(window_in_flight.wait, 120)
+        if not in_flight and worker.returncode is None:
+            worker.kill()
+        assert in_flight, (await worker.communicate())[1].decode(errors="replace")[-2000:]
+        worker.kill()  # SIGKILL while the first window is at the provider
+        await worker.wait()
+    finally:
+        fake_twilio.before_answer = None
+        answer.set()
+        if worker.returncode is None:
+            worker.kill()
+            await worker.wait()
+    ids = [d.id for d in deliveries]
+    by_key = {delivery_idempotency_key(d.id): d.id for d in deliveries}
+    called = {by_key[k] for k in arrived}
+    assert len(arrived) == len(called) == window
+    status = {d.id: d.status for d in await Delivery.filter(id__in=ids)}
+    assert {i for i, s in status.items() if s == DeliveryStatus.SENDING} == called
+    assert {i for i, s in status.items() if s == DeliveryStatus.QUEUED} == set(ids) - called
+
+    # The job's retry (SAQ re-queues the dead worker's job) sends the rest, once each.
+    rerun = await send_deliveries(step.worker.context, delivery_ids=[str(i) for i in ids])
+    assert (rerun["claimed"], rerun.get("sent")) == (members - window, members - window)
+    assert (await send_deliveries(step.worker.context, delivery_ids=[str(i) for i in ids]))[
+        "claimed"
+    ] == 0
+
+    # The calls in flight become ``unknown``, then ``sent`` by their status callbacks.
+    later = datetime.now(UTC) + stale_claim_age(settings) + timedelta(seconds=1)
+    await store.mark_stale_claims_unknown(later - stale_claim_age(settings), later)
+    status = {d.id: d.status for d in await Delivery.filter(id__in=ids)}
+    assert {i for i, s in status.items() if s == DeliveryStatus.UNKNOWN} == called
+    sids = {m["to"]: m["sid"] for m in fake_twilio.accepted}
+    for d in deliveries:
+        if d.id in called:
+            response = await post_webhook(
+                client,
+                f"/api/webhooks/sms/status?deliveryId={d.id}",
+                {"MessageSid": sids[d.phone], "MessageStatus": "sent"},
+            )
+            assert response.status_code == 204
+    assert {d.status for d in await Delivery.filter(id__in=ids)} == {DeliveryStatus.SENT}
+    assert await step.run_until_idle() == 0
+    assert fake_twilio.calls_per_delivery() == dict.fromkeys(by_key, 1)
 
 
 async def test_provider_timing_out_after_accepting_ends_unknown_and_is_not_called_again(

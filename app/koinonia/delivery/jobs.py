@@ -3,8 +3,10 @@ left behind: stale claims, ``unknown`` deliveries, ``queued`` ones whose job was
 
 Jobs run at least once (SAQ retries a failed job, its sweep re-queues a job whose worker
 died, and can re-queue a LIVE job whose record still says queued, saq #277). None of that can
-text anyone twice: a job calls the provider only for the rows its own claim statement
-returned (``store.claim``), and only ``queued`` rows can be claimed.
+text anyone twice: a job calls the provider only for the rows its own claim statements
+returned (``store.claim``), and only ``queued`` rows can be claimed. A job claims its chunk a
+window at a time (``SendWindow``), so what a dead job leaves ``sending`` is only what was in
+flight.
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ import contextlib
 import logging
 import random
 import uuid
-from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections import defaultdict, deque
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -38,6 +40,7 @@ from koinonia.settings import Settings
 from koinonia.stores import events
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Seconds between the job's heartbeats; SAQ re-queues a job silent for longer than
 # queue_service.DELIVERY_JOB_HEARTBEAT_SECONDS, and the worker sweeps that often.
@@ -47,6 +50,10 @@ HEARTBEAT_INTERVAL_SECONDS = queue_service.DELIVERY_JOB_HEARTBEAT_SECONDS / 3
 RECORD_ATTEMPTS = 4
 RECORD_RETRY_SECONDS = 1.0
 UNKNOWN_LOOKUP_BATCH = 200
+# A send window claims again once half its slots are free, or once a free slot has waited
+# this long: slots do not idle long behind a half-window threshold when answers come in
+# spread out, and claims stay batched when they come in together.
+CLAIM_LINGER_SECONDS = 0.01
 
 
 def retry_delay(
@@ -148,9 +155,16 @@ async def heartbeat(job: Job | None) -> AsyncIterator[None]:
 
 
 async def _record(token: uuid.UUID, outcomes: list[store.Outcome]) -> list[store.Changed]:
+    return await _recording(
+        outcomes, lambda: store.record_outcomes(token, outcomes, datetime.now(UTC))
+    )
+
+
+async def _recording(outcomes: list[store.Outcome], write: Callable[[], Awaitable[T]]) -> T:
+    """``write`` (a statement that records ``outcomes``), tried again while it fails."""
     for attempt in range(1, RECORD_ATTEMPTS + 1):
         try:
-            return await store.record_outcomes(token, outcomes, datetime.now(UTC))
+            return await write()
         except Exception as exc:  # asyncpg, Tortoise and OSError: no narrower common type
             if attempt == RECORD_ATTEMPTS:
                 log.error(
@@ -201,64 +215,217 @@ async def _enqueue_retries(
         log.warning("could not enqueue %d retries; the stalled sweep will", len(outcomes))
 
 
-async def _record_then_enqueue(
-    ctx: dict[str, Any], token: uuid.UUID, outcomes: list[store.Outcome]
-) -> None:
-    await _record(token, outcomes)
-    await _enqueue_retries(ctx.get("queue"), ctx["settings"], outcomes)
+class SendWindow:
+    """A chunk's sends, claimed a few at a time as slots free up (a sliding window of at most
+    ``sms_send_concurrency`` calls): at any moment the chunk's ``sending`` rows are exactly
+    those whose provider call may have started, so a worker killed mid-chunk leaves the rest
+    ``queued``, to be sent once by the job's retry, never ``unknown``.
+
+    A claim takes at least half the window (or whatever is left, or what is free after a
+    slot idled ``CLAIM_LINGER_SECONDS``), and the same statement records the answers that
+    came in since the last one (``store.record_then_claim``); the chunk's last answers are
+    recorded on their own. A chunk of 100 at 50 at a time costs a handful of statements,
+    not one per delivery.
+    """
+
+    def __init__(self, ctx: dict[str, Any], token: uuid.UUID, delivery_ids: list[uuid.UUID]):
+        self.settings: Settings = ctx["settings"]
+        self.provider: SmsProvider = ctx["provider"]
+        self.token = token
+        self.limit = self.settings.sms_send_concurrency
+        self.refill = max(1, self.limit // 2)
+        self.pending: deque[uuid.UUID] = deque(delivery_ids)  # not claimed yet
+        self.in_flight: dict[asyncio.Future[store.Outcome], store.ClaimedDelivery] = {}
+        self.started: set[uuid.UUID] = set()  # handed to the provider (or being handed)
+        self.answered: list[asyncio.Future[store.Outcome]] = []  # done, not yet collected
+        self.answer = asyncio.Event()
+        self.claiming: asyncio.Future[list[store.ClaimedDelivery]] | None = None
+        self.unrecorded: list[store.Outcome] = []
+        self.outcomes: list[store.Outcome] = []  # recorded
+        self.changed: list[store.Changed] = []
+        self.message_ids: set[uuid.UUID] = set()
+        self.never_sent: list[uuid.UUID] = []  # claimed, then given back by ``stop``
+        self.claimed = 0
+        self.refused = 0
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        free_since: float | None = None  # when a slot last went idle with rows to claim
+        while self.pending or self.in_flight:
+            free = self.limit - len(self.in_flight)
+            lingered = free_since is not None and loop.time() - free_since >= CLAIM_LINGER_SECONDS
+            if self.pending and (free >= min(self.refill, len(self.pending)) or lingered):
+                await self._claim_and_start(free)
+                free_since = None
+                continue
+            if self.pending and free and free_since is None:
+                free_since = loop.time()
+            if not self.answered:
+                # Woken by the next answer (not asyncio.wait over every call in flight: that
+                # is a callback per call each time, quadratic in the window).
+                self.answer.clear()
+                linger = (
+                    None
+                    if free_since is None
+                    else max(0.0, free_since + CLAIM_LINGER_SECONDS - loop.time())
+                )
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(linger):
+                        await self.answer.wait()
+            for call in self.answered:
+                del self.in_flight[call]
+                self.unrecorded.append(call.result())
+            self.answered.clear()
+            # While rows wait, the next claim records these answers in its statement.
+            if not self.pending and (not self.in_flight or len(self.unrecorded) >= self.refill):
+                await self._record()
+
+    async def _claim_and_start(self, free: int) -> None:
+        """Claim the next ``free`` rows and start their calls; the answers that came in
+        since the last statement are recorded by the same statement."""
+        batch = [self.pending.popleft() for _ in range(min(free, len(self.pending)))]
+        # Shielded: if the job is cancelled meanwhile, ``put_back`` still learns what the
+        # statement did.
+        self.claiming = asyncio.ensure_future(self._record_then_claim(batch))
+        claimed = await asyncio.shield(self.claiming)
+        self.claiming = None
+        for delivery in claimed:
+            self._take(delivery)
+            if delivery.status == DeliveryStatus.SENDING:
+                call = asyncio.ensure_future(self._send(delivery))
+                self.in_flight[call] = delivery
+                call.add_done_callback(self._answered)
+
+    async def _record_then_claim(self, batch: list[uuid.UUID]) -> list[store.ClaimedDelivery]:
+        outcomes = list(self.unrecorded)
+        if not outcomes:
+            return await store.claim(batch, self.token, datetime.now(UTC))
+        try:
+            recorded, claimed = await _recording(
+                outcomes,
+                lambda: store.record_then_claim(self.token, outcomes, batch, datetime.now(UTC)),
+            )
+        except Exception:
+            # Every attempt failed: the rows stay ``sending`` for the stale-claim sweep.
+            del self.unrecorded[: len(outcomes)]
+            raise
+        self._recorded(outcomes, recorded)
+        return claimed
+
+    def _recorded(self, outcomes: list[store.Outcome], changed: list[store.Changed]) -> None:
+        self.changed += changed
+        self.outcomes += outcomes
+        del self.unrecorded[: len(outcomes)]
+
+    def _take(self, delivery: store.ClaimedDelivery) -> None:
+        self.claimed += 1
+        self.message_ids.add(delivery.message_id)
+        if delivery.status == DeliveryStatus.FAILED:  # opted out or deleted: never texted
+            self.refused += 1
+            self.changed.append(
+                store.Changed(
+                    delivery.id,
+                    delivery.message_id,
+                    delivery.church_id,
+                    delivery.member_id,
+                    DeliveryStatus.FAILED,
+                )
+            )
+
+    def _answered(self, call: asyncio.Future[store.Outcome]) -> None:
+        if not call.cancelled():
+            self.answered.append(call)
+            self.answer.set()
+
+    async def _send(self, delivery: store.ClaimedDelivery) -> store.Outcome:
+        self.started.add(delivery.id)
+        return await _call_provider(self.provider, self.settings, delivery, datetime.now(UTC))
+
+    async def _record(self) -> None:
+        if not self.unrecorded:
+            return
+        outcomes = list(self.unrecorded)
+        try:
+            changed = await _record(self.token, outcomes)
+        except Exception:
+            # Every attempt failed: the rows stay ``sending`` for the stale-claim sweep.
+            del self.unrecorded[: len(outcomes)]
+            raise
+        self._recorded(outcomes, changed)
+
+    def stop(self) -> None:
+        """The job is stopping (cancelled or failed): no call that has not started will. A
+        started call's row stays ``sending`` (it may have reached the provider); one never
+        started goes back to ``queued``. Synchronous, so no call can start meanwhile."""
+        now = datetime.now(UTC)
+        for call, delivery in self.in_flight.items():
+            if call.done() and not call.cancelled():
+                self.unrecorded.append(call.result())
+                continue
+            call.cancel()
+            if delivery.id not in self.started:
+                self._give_back(delivery, now)
+        self.in_flight.clear()
+
+    def _give_back(self, delivery: store.ClaimedDelivery, now: datetime) -> None:
+        self.never_sent.append(delivery.id)
+        self.unrecorded.append(
+            store.Outcome(delivery.id, DeliveryStatus.QUEUED, next_attempt_at=now)
+        )
+
+    async def put_back(self, queue: RedisQueue | None) -> None:
+        """After ``stop``: record what is known, and give the rows never handed to the
+        provider a job of their own (the job's own retry may already have run)."""
+        now = datetime.now(UTC)
+        if self.claiming is not None:
+            try:
+                claimed = await self.claiming
+            except Exception:  # the claim itself failed: it claimed nothing
+                claimed = []
+            for delivery in claimed:
+                self._take(delivery)
+                if delivery.status == DeliveryStatus.SENDING:
+                    self._give_back(delivery, now)
+        again = [*self.pending, *self.never_sent]
+        given_back = set(self.never_sent)
+        retries = [o for o in [*self.outcomes, *self.unrecorded] if o.delivery_id not in given_back]
+        try:
+            await self._record()
+        except Exception:
+            log.warning("the stopped job's answers stay unrecorded; the stale-claim sweep will")
+        await _enqueue_retries(queue, self.settings, retries)
+        if again and queue is not None:
+            try:
+                await queue_service.enqueue_deliveries(queue, self.settings, again, scheduled=now)
+            except (RedisError, OSError):
+                log.warning("could not enqueue %d deliveries; the stalled sweep will", len(again))
 
 
 async def send_deliveries(ctx: dict[str, Any], *, delivery_ids: list[str]) -> dict[str, Any]:
-    """Claim the chunk's queued deliveries, call the provider once for each (at most
-    ``sms_send_concurrency`` at a time), record every answer in one statement."""
+    """Send a chunk: claim its queued deliveries a window at a time, call the provider once
+    for each (at most ``sms_send_concurrency`` at a time), record each window's answers in
+    one statement; one message-completion check and one event per chunk."""
     job: Job | None = ctx.get("job")
     settings: Settings = ctx["settings"]
-    provider: SmsProvider = ctx["provider"]
     redis: Redis | None = ctx.get("redis")
-    token = uuid.uuid4()
-    claimed = await store.claim([uuid.UUID(str(i)) for i in delivery_ids], token, datetime.now(UTC))
-    refused = [c for c in claimed if c.status == DeliveryStatus.FAILED]
-    to_send = [c for c in claimed if c.status == DeliveryStatus.SENDING]
-    outcomes: dict[uuid.UUID, store.Outcome] = {}
-    started: set[uuid.UUID] = set()
-    slots = asyncio.Semaphore(settings.sms_send_concurrency)
-
-    async def send_one(delivery: store.ClaimedDelivery) -> None:
-        async with slots:
-            started.add(delivery.id)
-            outcomes[delivery.id] = await _call_provider(
-                provider, settings, delivery, datetime.now(UTC)
-            )
-
-    changed: list[store.Changed] = []
+    window = SendWindow(ctx, uuid.uuid4(), [uuid.UUID(str(i)) for i in delivery_ids])
     async with heartbeat(job):
         try:
-            await asyncio.gather(*(send_one(d) for d in to_send))
+            await window.run()
         except BaseException:
-            # Cancelled (job timeout, an abort by SAQ's sweep, shutdown): the answers we have
-            # are recorded; a row never handed to the provider waits again, in a job of its
-            # own (the job's own retry may already have run and claimed nothing); a row whose
-            # call was in flight stays ``sending`` and becomes ``unknown``.
-            now = datetime.now(UTC)
-            for delivery in to_send:
-                if delivery.id not in started:
-                    outcomes[delivery.id] = store.Outcome(
-                        delivery.id, DeliveryStatus.QUEUED, next_attempt_at=now
-                    )
-            await asyncio.shield(_record_then_enqueue(ctx, token, list(outcomes.values())))
+            # Cancelled (job timeout, an abort by SAQ's sweep, shutdown) or a result that
+            # could not be written: what is known is recorded, a call in flight stays
+            # ``sending`` and becomes ``unknown``, the rest waits again.
+            window.stop()
+            await asyncio.shield(window.put_back(ctx.get("queue")))
             raise
-        changed = await _record(token, list(outcomes.values()))
-    changed += [
-        store.Changed(c.id, c.message_id, c.church_id, c.member_id, DeliveryStatus.FAILED)
-        for c in refused
-    ]
-    await store.finish_messages(c.message_id for c in claimed)
-    await publish_changes(redis, changed)
-    await _enqueue_retries(ctx.get("queue"), settings, list(outcomes.values()))
+    await store.finish_messages(window.message_ids)
+    await publish_changes(redis, window.changed)
+    await _enqueue_retries(ctx.get("queue"), settings, window.outcomes)
     counts: dict[str, int] = defaultdict(int)
-    for outcome in outcomes.values():
+    for outcome in window.outcomes:
         counts[str(outcome.status)] += 1
-    return {"claimed": len(claimed), "optedOut": len(refused), **counts}
+    return {"claimed": window.claimed, "optedOut": window.refused, **counts}
 
 
 # --- sweeps ------------------------------------------------------------------------------

@@ -13,7 +13,8 @@ import logging
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from operator import itemgetter
+from typing import Any, NamedTuple
 
 from redis.asyncio import Redis
 from tortoise import connections
@@ -47,8 +48,8 @@ _STATUS_RANK = {
 }
 
 
-@dataclass(frozen=True)
-class Recipient:
+class Recipient(NamedTuple):
+    # A tuple, not a dataclass: a message to a large group makes one per member.
     member_id: uuid.UUID
     phone: str
 
@@ -110,7 +111,10 @@ async def resolve_recipients(
     else:
         rows = await Member.filter(church_id=church_id, opt_in_sms=True).values_list("id", "phone")
     unique = {member_id: phone for member_id, phone in rows}  # dedupe across groups
-    return [Recipient(member_id=m, phone=p) for m, p in sorted(unique.items(), key=str)]
+    # Ordered by member id (UUIDs compare as their text does). Not ``key=str`` on the pair:
+    # that formats each tuple's repr: about a third of a 10,000-member POST in the API
+    # (measured with py-spy).
+    return [Recipient(m, p) for m, p in sorted(unique.items(), key=itemgetter(0))]
 
 
 def request_hash(content: str, target_type: str, target_ids: list[str]) -> str:

@@ -4,12 +4,13 @@
        ▲                 │                           │
        └─ not accepted ──┘      (evidence) ──────────┴──▶ sent | failed | queued
 
-- A job claims its chunk's ``queued`` rows (due by ``next_attempt_at``) in ONE statement
-  that sets ``sending``, a fresh claim token and the attempt; it calls the provider only
-  for the rows that statement returned. Every kind of repeat (SAQ retry, sweep, a replayed
+- A job claims its chunk's ``queued`` rows (due by ``next_attempt_at``) a window at a time,
+  each window in ONE statement that sets ``sending``, the job's claim token and the attempt;
+  it claims only as many as it is about to send (jobs.SendWindow), and calls the provider
+  only for the rows that statement returned. Every kind of repeat (SAQ retry, sweep, a replayed
   Idempotency-Key, a second worker running the same job) claims nothing that is not
   ``queued``, so it cannot call the provider again.
-- The results of a chunk are written in ONE statement guarded by the claim token and
+- The results of a window are written in ONE statement guarded by the claim token and
   ``sending``: a status callback that arrived first (``failed`` or ``delivered``) is not
   overwritten, and a second runner cannot write over the first one.
 - A member deleted or opted out after the message was recorded is ``failed`` by the claim
@@ -131,20 +132,21 @@ async def claim(
     if not delivery_ids:
         return []
     rows = await _rows(_CLAIM, [token, delivery_ids, now, OPTED_OUT_ERROR])
-    return [
-        ClaimedDelivery(
-            id=r["id"],
-            message_id=r["message_id"],
-            church_id=r["church_id"],
-            member_id=r["member_id"],
-            phone=r["phone"],
-            content=r["content"],
-            attempt=r["attempts"],
-            status=DeliveryStatus(r["status"]),
-            from_number=r["from_number"],
-        )
-        for r in rows
-    ]
+    return [_claimed(r) for r in rows]
+
+
+def _claimed(r: dict[str, Any]) -> ClaimedDelivery:
+    return ClaimedDelivery(
+        id=r["id"],
+        message_id=r["message_id"],
+        church_id=r["church_id"],
+        member_id=r["member_id"],
+        phone=r["phone"],
+        content=r["content"],
+        attempt=r["attempts"],
+        status=DeliveryStatus(r["status"]),
+        from_number=r["from_number"],
+    )
 
 
 _RECORD_OUTCOMES = """
@@ -182,6 +184,83 @@ async def record_outcomes(
         ],
     )
     return _changed(rows)
+
+
+# The answers of a window and the claim of the next, in ONE statement (halving a window's
+# statements): _RECORD_OUTCOMES and _CLAIM as two data-modifying CTEs. They touch disjoint
+# rows (``sending`` under this token; ``queued``), and the statement is atomic: both
+# happen or neither. Keep the two parts in step with those statements.
+_RECORD_THEN_CLAIM = """
+WITH recorded AS (
+    UPDATE delivery d
+    SET status = r.status,
+        provider_message_id = coalesce(r.provider_message_id, d.provider_message_id),
+        last_error = r.error,
+        sent_at = CASE WHEN r.status = 'sent' THEN $3 ELSE d.sent_at END,
+        next_attempt_at = r.next_attempt_at,
+        claim_token = NULL,
+        updated_at = $3
+    FROM unnest($5::uuid[], $6::text[], $7::text[], $8::text[], $9::timestamptz[])
+         AS r(id, status, provider_message_id, error, next_attempt_at)
+    WHERE d.id = r.id AND d.status = 'sending' AND d.claim_token = $1
+    RETURNING d.id, d.message_id, d.church_id, d.member_id, d.status
+), candidate AS (
+    SELECT d.id, (mem.id IS NOT NULL AND mem.opt_in_sms) AS may_text
+    FROM delivery d
+    LEFT JOIN member mem ON mem.id = d.member_id
+    WHERE d.id = ANY($2::uuid[]) AND d.status = 'queued'
+      AND (d.next_attempt_at IS NULL OR d.next_attempt_at <= $3)
+    FOR UPDATE OF d
+), claimed AS (
+    UPDATE delivery d
+    SET status = CASE WHEN c.may_text THEN 'sending' ELSE 'failed' END,
+        claim_token = CASE WHEN c.may_text THEN $1::uuid END,
+        claimed_at = $3,
+        attempts = d.attempts + CASE WHEN c.may_text THEN 1 ELSE 0 END,
+        last_error = CASE WHEN c.may_text THEN d.last_error ELSE $4 END,
+        updated_at = $3
+    FROM candidate c, message m
+    WHERE d.id = c.id AND m.id = d.message_id AND d.status = 'queued'
+    RETURNING d.id, d.message_id, d.church_id, d.member_id, d.phone, d.attempts, d.status,
+              m.content,
+              (SELECT p.number FROM church_phone_number p
+               WHERE p.church_id = d.church_id AND p.status = 'linked'
+               ORDER BY p.created_at, p.id LIMIT 1) AS from_number
+)
+SELECT false AS claimed, id, message_id, church_id, member_id, status::text AS status,
+       NULL::text AS phone, NULL::int AS attempts, NULL::text AS content,
+       NULL::text AS from_number
+FROM recorded
+UNION ALL
+SELECT true, id, message_id, church_id, member_id, status::text, phone, attempts, content,
+       from_number
+FROM claimed
+"""
+
+
+async def record_then_claim(
+    token: uuid.UUID,
+    outcomes: list[Outcome],
+    delivery_ids: list[uuid.UUID],
+    now: datetime,
+) -> tuple[list[Changed], list[ClaimedDelivery]]:
+    """``record_outcomes`` then ``claim``, as one statement."""
+    rows = await _rows(
+        _RECORD_THEN_CLAIM,
+        [
+            token,
+            delivery_ids,
+            now,
+            OPTED_OUT_ERROR,
+            [o.delivery_id for o in outcomes],
+            [str(o.status) for o in outcomes],
+            [o.provider_message_id for o in outcomes],
+            [o.error[:2000] if o.error else None for o in outcomes],
+            [o.next_attempt_at for o in outcomes],
+        ],
+    )
+    recorded = _changed(r for r in rows if not r["claimed"])
+    return recorded, [_claimed(r) for r in rows if r["claimed"]]
 
 
 # A message is finished when none of its deliveries waits or is being sent; it failed when
