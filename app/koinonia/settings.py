@@ -179,9 +179,11 @@ class Settings(BaseSettings):
     sms_max_retries: int = Field(default=3, ge=0)
     sms_retry_delay_seconds: float = Field(default=2.0, ge=0)
     sms_retry_jitter: float = Field(default=0.1, ge=0, le=1)
-    # A send job carries a chunk of deliveries: one claim, one result write and one event per
-    # chunk, its sends running at most sms_send_concurrency at a time (and the Twilio client
-    # keeping as many connections). The job timeout bounds one chunk, so it must cover
+    # A send job carries a chunk of deliveries and one event; it claims a window of at most
+    # sms_send_concurrency rows at a time (only what is about to be sent: a killed worker
+    # leaves only its calls in flight in doubt), refilled as calls finish, each window's
+    # results written with the next window's claim (the Twilio client keeps as many
+    # connections). The job timeout bounds one chunk, so it must cover
     # chunk / concurrency rounds of a provider call that times out (10 s).
     sms_chunk_size: int = Field(default=100, ge=1, le=1000)
     sms_send_concurrency: int = Field(default=50, ge=1, le=500)
