@@ -138,14 +138,15 @@ def healthy_master():
 
 
 def copy_probe(host):
-    subprocess.run(["docker", "cp", str(PROBE), f"{host}:/tmp/probe.py"], check=True)
+    subprocess.run(["docker", "cp", str(PROBE), f"{host}:/root/probe.py"], check=True)
 
 
 def start_probe(host, *args):
-    """probe.py on HOST (python3 of the base image), its output collected by the caller."""
+    """probe.py on HOST (python3 of the base image), its output collected by the caller.
+    In /root: /tmp is a tmpfs, which docker cp does not write into."""
     copy_probe(host)
     return subprocess.Popen(
-        ["docker", "exec", host, "python3", "/tmp/probe.py", *args],
+        ["docker", "exec", host, "python3", "/root/probe.py", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

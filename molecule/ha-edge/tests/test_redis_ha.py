@@ -114,12 +114,12 @@ def test_planned_failover_under_write_load_loses_no_acknowledged_session(healthy
         if writer.poll() is None:
             writer.kill()
     acknowledged = result["acknowledged"]
-    assert len(acknowledged) > 10
+    assert len(acknowledged) >= 5  # logins hash a password: a few per second under load
     # Read back on the other app server: its session cache never saw these sessions.
     copy_probe(APP_SERVERS[1])
     check = json.loads(
         docker_exec(
-            APP_SERVERS[1], "python3", "/tmp/probe.py", "check", stdin="\n".join(acknowledged)
+            APP_SERVERS[1], "python3", "/root/probe.py", "check", stdin="\n".join(acknowledged)
         )
     )
     lost = check["statuses"].get("401", 0)
