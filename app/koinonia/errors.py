@@ -18,6 +18,8 @@ from quart import Quart, Response, jsonify
 from quart_schema import RequestSchemaValidationError
 from werkzeug.exceptions import HTTPException
 
+from koinonia.stores.client import redis_unavailable
+
 log = logging.getLogger(__name__)
 
 
@@ -82,6 +84,11 @@ class RateLimited(ApiError):
 
 class ServiceUnavailable(ApiError):
     status, code, message = 503, "service_unavailable", "Service unavailable"
+
+    def __init__(self, message: str | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        # Unavailable is "try again shortly": say when, as the generic handler below does.
+        self.headers.setdefault("Retry-After", str(UNAVAILABLE_RETRY_AFTER_SECONDS))
 
 
 class QueueFull(ServiceUnavailable):
@@ -161,6 +168,9 @@ def dependency_unavailable(error: BaseException) -> bool:
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
         if isinstance(current, _UNAVAILABLE):
+            return True
+        # Redis unreachable, no master while Sentinel fails over, or NOREPLICAS.
+        if redis_unavailable(current):
             return True
         # asyncpg reports a refused connect to several addresses as a bare OSError.
         if type(current) is OSError and "connect call failed" in str(current).lower():

@@ -77,6 +77,29 @@ class Settings(BaseSettings):
     redis_socket_timeout: float = Field(default=2.0, gt=0)
     # Seconds a call waits for a free pooled connection when all are busy.
     redis_pool_timeout: float = Field(default=5.0, gt=0)
+    # NoDecode: the env value is a plain comma-separated list, split by the validator below.
+    redis_sentinels: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Redis Sentinel addresses (host:port, comma-separated). Set: the master "
+        "is asked of them on every new connection (redis_url then gives only the user, "
+        "password, database and TLS). Empty: redis_url's Redis is used directly.",
+    )
+    redis_sentinel_master: str = Field(
+        default="koinonia", min_length=1, description="The master set's name in Sentinel."
+    )
+    redis_sentinel_username: str | None = Field(
+        default=None, description="User the app logs in to Sentinel with (none: the default)."
+    )
+    redis_sentinel_password: SecretStr | None = Field(
+        default=None, description="Password of Sentinel itself (its requirepass)."
+    )
+    redis_failover_retry_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        description="Through Sentinel: how long a command that lost its connection or found "
+        "no master is retried (exponential backoff, capped at 1 s), so a failover is waited "
+        "out instead of failing requests and jobs.",
+    )
 
     # --- http -----------------------------------------------------------------------------
     environment: Literal["development", "production", "test"] = "development"
@@ -228,6 +251,22 @@ class Settings(BaseSettings):
             _host, sep, port = value.rpartition(":")
             if not sep or not port.isdigit() or not 0 < int(port) < 65536:
                 raise ValueError("must be host:port (or empty to disable)")
+        return value
+
+    @field_validator("redis_sentinels", mode="before")
+    @classmethod
+    def _split_sentinels(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item for item in (part.strip() for part in value.split(",")) if item]
+        return value
+
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _sentinel_addresses(cls, value: list[str]) -> list[str]:
+        for item in value:
+            host, sep, port = item.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"{item!r} is not host:port")
         return value
 
     @field_validator("csrf_trusted_origins", mode="before")

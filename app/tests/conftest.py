@@ -212,15 +212,16 @@ def spare_redis(tmp_path) -> Iterator[RedisServer]:
 
 
 @contextlib.asynccontextmanager
-async def app_using_redis(app: Quart, url: str) -> AsyncIterator[Quart]:
-    """Point the running app's Redis client (sessions, cache, health) at ``url`` for a block."""
+async def app_using_redis(app: Quart, url: str, **overrides: Any) -> AsyncIterator[Quart]:
+    """Point the running app's Redis client (sessions, cache, health) at ``url`` for a block
+    (``overrides``: more settings of that client, e.g. ``redis_sentinels``)."""
     from koinonia.stores.cache import CacheService
     from koinonia.stores.client import create_redis
     from koinonia.stores.session_cache import RevocationListener, SessionCache
 
     state = get_state(app)
     saved = (state.redis, state.cache, state.session_cache, state.revocations)
-    settings = state.settings.model_copy(update={"redis_url": SecretStr(url)})
+    settings = state.settings.model_copy(update={"redis_url": SecretStr(url), **overrides})
     state.redis = create_redis(settings)
     state.cache = CacheService(state.redis, get_metrics(app), settings)
     # Sessions cached and revoked through that Redis too, as a process using it would.

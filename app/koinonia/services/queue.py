@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from saq import Job, Queue
@@ -26,6 +26,7 @@ from saq.queue.redis import RedisQueue
 from saq.utils import now
 
 from koinonia.settings import Settings
+from koinonia.stores.client import create_redis_client, failover_retry
 
 log = logging.getLogger(__name__)
 
@@ -41,19 +42,24 @@ DELIVERY_JOB_HEARTBEAT_SECONDS = 20
 
 def create_queue(settings: Settings) -> RedisQueue:
     """The queue with its own Redis client: SAQ needs raw bytes replies (no decoding)."""
-    pool = BlockingConnectionPool.from_url(
-        settings.redis_url.get_secret_value(),
-        max_connections=settings.redis_max_connections,
-        # A burst beyond the pool WAITS this long for a free connection. The default pool
-        # raised MaxConnectionsError at once, and those deliveries waited for the sweep.
-        timeout=settings.redis_pool_timeout,
-        socket_connect_timeout=settings.redis_socket_timeout,
-        # redis-py's URL clients do not retry by default: after a Redis restart the first
-        # command on each pooled (now dead) connection would fail. Reconnect and retry; the
-        # queue's operations are safe to repeat (enqueue refuses a key that is waiting).
-        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
+    # redis-py's URL clients do not retry by default: after a Redis restart the first
+    # command on each pooled (now dead) connection would fail. Reconnect and retry; the
+    # queue's operations are safe to repeat (enqueue refuses a key that is waiting). Through
+    # Sentinel, for as long as a failover takes.
+    retry = (
+        failover_retry(settings.redis_failover_retry_seconds)
+        if settings.redis_sentinels
+        else Retry(ExponentialBackoff(cap=1.0, base=0.05), 3)
     )
-    return RedisQueue(Redis(connection_pool=pool), name=settings.queue_name, dump=_dump_job)
+    # A burst beyond the pool WAITS redis_pool_timeout for a free connection. The default
+    # pool raised MaxConnectionsError at once, and those deliveries waited for the sweep.
+    client = create_redis_client(
+        settings,
+        decode_responses=False,
+        retry=retry,
+        socket_connect_timeout=settings.redis_socket_timeout,
+    )
+    return RedisQueue(client, name=settings.queue_name, dump=_dump_job)
 
 
 def _dump_job(record: Any) -> bytes:
