@@ -98,7 +98,7 @@ def answers_over_tls(client):
         "--resolve %s:443:%s https://%s/api/ha-balancer/check",
         SERVER_NAME, VIRTUAL_ADDRESS, SERVER_NAME,
     )
-    return cmd.stdout.strip()
+    return cmd.stdout.strip().upper()
 
 
 def wait_healthy(timeout=60):
@@ -128,8 +128,8 @@ class Load:
 
     def __init__(self, seconds, threads=3):
         self.seconds, self.threads = seconds, threads
-        self.report_path = f"/tmp/hb-load-{time.time_ns()}.json"
-        docker("cp", str(LOAD_SCRIPT), f"{CLIENT}:/tmp/balancer_load.py")
+        self.report_path = f"/var/tmp/hb-load-{time.time_ns()}.json"
+        docker("cp", str(LOAD_SCRIPT), f"{CLIENT}:/var/tmp/balancer_load.py")
         env = {
             "LOAD_ADDRESS": VIRTUAL_ADDRESS,
             "LOAD_SERVER_NAME": SERVER_NAME,
@@ -138,7 +138,7 @@ class Load:
             "LOAD_REPORT": self.report_path,
         }
         env_args = [arg for key, value in env.items() for arg in ("-e", f"{key}={value}")]
-        docker("exec", "-d", *env_args, CLIENT, "python3", "/tmp/balancer_load.py")
+        docker("exec", "-d", *env_args, CLIENT, "python3", "/var/tmp/balancer_load.py")
 
     def report(self):
         def read():

@@ -42,7 +42,7 @@ def test_nginx_stopped_on_the_holder_moves_the_address_and_it_comes_back(healthy
 
 
 def test_docker_kill_of_the_holder_the_other_answers_within_5_s(healthy):
-    """Bounded load from the client during the kill: only requests in flight may fail."""
+    """Bounded load from the client during the kill: only requests that reached it may fail."""
     load = Load(seconds=20, threads=3)
     time.sleep(4)
     killed_at = time.time()
@@ -50,27 +50,33 @@ def test_docker_kill_of_the_holder_the_other_answers_within_5_s(healthy):
     wait_for(f"{OTHER} holds the address", lambda: holders() == [OTHER], 15, interval=0.2)
     report = load.report()
 
-    probes_after = [p for p in report["probes"] if p[0] >= killed_at]
-    first_answer = next(p for p in probes_after if p[2])
+    # The outage starts with the first request or probe that failed after the kill (docker
+    # kill returns before the container is gone); it ends with the first probe answered
+    # after that. The time printed runs from before `docker kill` was called: an upper bound.
+    requests, probes = report["requests"], report["probes"]
+    outage_start = min(r[0] for r in requests + probes if r[0] >= killed_at and not r[2])
+    first_answer = next(p for p in probes if p[0] >= outage_start and p[2])
     takeover = first_answer[1] - killed_at
-    requests = report["requests"]
     failed = [r for r in requests if not r[2]]
     ok = len(requests) - len(failed)
     print(
-        f"\ndocker kill {PREFERRED}: the virtual address answered from {OTHER} after "
-        f"{takeover:.2f} s; load: sent {len(requests)}, ok {ok}, failed {len(failed)}"
+        f"\ndocker kill {PREFERRED}: the virtual address answered from {OTHER} "
+        f"{takeover:.2f} s after the kill (outage {first_answer[1] - outage_start:.2f} s); "
+        f"load: sent {len(requests)}, ok {ok}, failed {len(failed)}"
     )
     for record in failed:
         print(f"  failed: started {record[0] - killed_at:+.2f} s, {record[3]}")
     assert takeover <= TAKEOVER_BOUND
-    # A request in flight: started before the kill (each thread sends one at a time, so at
-    # most one per thread). A request sent while nobody held the address waits in TCP's
-    # SYN retries and is answered by the new holder.
-    assert len(failed) <= report["threads"]
-    assert all(record[0] < killed_at for record in failed)
-    # The load ran on after the takeover, every request answered.
-    assert any(r[0] > first_answer[1] and r[2] for r in requests)
-    assert ok >= len(requests) - report["threads"] > 0
+    # Only requests that reached the killed balancer fail: one in flight per thread when the
+    # kill landed, and what a thread sent while the dead container's network stack still
+    # held the address (its processes gone, it refuses at once: about 0.1 s, one more per
+    # thread). A request sent during the outage waits in TCP's SYN retries and is answered
+    # by the new holder; nothing sent after the kill's first second fails.
+    assert len(failed) <= 2 * report["threads"]
+    assert all(record[0] < killed_at + 1.0 for record in failed)
+    assert all(r[2] for r in requests if r[0] >= killed_at + 1.0)
+    # The load ran on after the takeover, and went on being answered.
+    assert sum(1 for r in requests if r[0] > first_answer[1] and r[2]) > 10 * report["threads"]
 
 
 def test_the_killed_balancer_restarted_takes_over_after_the_preempt_delay_once(healthy, client):
@@ -81,7 +87,7 @@ def test_the_killed_balancer_restarted_takes_over_after_the_preempt_delay_once(h
     # Booting, then BACKUP for the preempt delay: the address stays on the other.
     wait_for(
         f"keepalived on {PREFERRED} in BACKUP",
-        lambda: "BACKUP" in transitions(PREFERRED, restarted_at - 1),
+        lambda: "BACKUP" in transitions(PREFERRED, restarted_at),
         60,
     )
     assert holders() == [OTHER]
@@ -92,6 +98,6 @@ def test_the_killed_balancer_restarted_takes_over_after_the_preempt_delay_once(h
     # No flapping: it stays where it is, each side changed state once.
     time.sleep(5)
     assert holders() == [PREFERRED]
-    assert transitions(PREFERRED, restarted_at - 1) == ["BACKUP", "MASTER"]
-    assert transitions(OTHER, restarted_at - 1) == ["BACKUP"]
+    assert transitions(PREFERRED, restarted_at) == ["BACKUP", "MASTER"]
+    assert transitions(OTHER, restarted_at) == ["BACKUP"]
     assert answers_over_tls(client) == "200 HTTPS"
