@@ -81,8 +81,16 @@ def holders():
 def transitions(name, since):
     """keepalived's state changes on a balancer since a time (epoch seconds), in order."""
     out = docker(
-        "exec", name, "journalctl", "-u", "keepalived", "--no-pager", "-o", "cat",
-        "--since", f"@{since:.3f}",
+        "exec",
+        name,
+        "journalctl",
+        "-u",
+        "keepalived",
+        "--no-pager",
+        "-o",
+        "cat",
+        "--since",
+        f"@{since:.3f}",
     ).stdout
     return [
         line.split("Entering ")[1].split(" STATE")[0]
@@ -96,7 +104,9 @@ def answers_over_tls(client):
     cmd = client.run(
         "curl --silent --insecure --max-time 3 --output /dev/null --write-out '%%{http_code} %%{scheme}' "
         "--resolve %s:443:%s https://%s/api/ha-balancer/check",
-        SERVER_NAME, VIRTUAL_ADDRESS, SERVER_NAME,
+        SERVER_NAME,
+        VIRTUAL_ADDRESS,
+        SERVER_NAME,
     )
     return cmd.stdout.strip().upper()
 
@@ -108,12 +118,27 @@ def wait_healthy(timeout=60):
             docker("start", name)
         wait_for(
             f"{name} booted",
-            lambda n=name: docker("exec", n, "systemctl", "is-system-running", "--wait", check=False).stdout.strip()
-            in ("running", "degraded"),
+            lambda n=name: (
+                docker(
+                    "exec", n, "systemctl", "is-system-running", "--wait", check=False
+                ).stdout.strip()
+                in ("running", "degraded")
+            ),
             timeout,
         )
-        wait_for(f"nginx on {name}", lambda n=name: docker("exec", n, "systemctl", "is-active", "nginx", check=False).stdout.strip() == "active", timeout)
-    wait_for(f"{PREFERRED} alone holds {VIRTUAL_ADDRESS}", lambda: holders() == [PREFERRED], timeout + PREEMPT_DELAY)
+        wait_for(
+            f"nginx on {name}",
+            lambda n=name: (
+                docker("exec", n, "systemctl", "is-active", "nginx", check=False).stdout.strip()
+                == "active"
+            ),
+            timeout,
+        )
+    wait_for(
+        f"{PREFERRED} alone holds {VIRTUAL_ADDRESS}",
+        lambda: holders() == [PREFERRED],
+        timeout + PREEMPT_DELAY,
+    )
 
 
 @pytest.fixture

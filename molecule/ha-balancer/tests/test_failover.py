@@ -35,7 +35,9 @@ def test_nginx_stopped_on_the_holder_moves_the_address_and_it_comes_back(healthy
     # Back only after the preempt delay: until then the other keeps it.
     time.sleep(PREEMPT_DELAY / 2)
     assert holders() == [OTHER]
-    wait_for(f"{PREFERRED} holds the address again", lambda: holders() == [PREFERRED], PREEMPT_DELAY + 15)
+    wait_for(
+        f"{PREFERRED} holds the address again", lambda: holders() == [PREFERRED], PREEMPT_DELAY + 15
+    )
     print(f"\n{PREFERRED} took the address back {time.time() - back:.1f} s after NGINX started")
     assert transitions(PREFERRED, since) == ["FAULT", "BACKUP", "MASTER"]
     assert transitions(OTHER, since) == ["MASTER", "BACKUP"]
@@ -91,7 +93,12 @@ def test_the_killed_balancer_restarted_takes_over_after_the_preempt_delay_once(h
         60,
     )
     assert holders() == [OTHER]
-    wait_for(f"{PREFERRED} holds the address again", lambda: holders() == [PREFERRED], PREEMPT_DELAY + 30, interval=0.2)
+    wait_for(
+        f"{PREFERRED} holds the address again",
+        lambda: holders() == [PREFERRED],
+        PREEMPT_DELAY + 30,
+        interval=0.2,
+    )
     took_back = time.time() - restarted_at
     print(f"\n{PREFERRED} restarted: took the address back {took_back:.1f} s after docker start")
     assert took_back >= PREEMPT_DELAY
