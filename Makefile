@@ -23,7 +23,8 @@ DEBIAN     ?= 13
 host_python_scripts    = $(shell grep -rlI --exclude='*.py' '^\#!/usr/bin/\(env \)\?python3' roles scripts)
 stage_lint-ruff        := ruff check . $(host_python_scripts) && ruff format --check . $(host_python_scripts)
 stage_lint-shell       := shellcheck scripts/*.sh scripts/stage scripts/stage-table roles/postgresql/files/koinonia-postgresql-check-config \
-  roles/pgbouncer/files/koinonia-pgbouncer-check-config roles/redis/files/koinonia-redis-check-config
+  roles/pgbouncer/files/koinonia-pgbouncer-check-config roles/redis/files/koinonia-redis-check-config \
+  roles/keepalived/files/koinonia-keepalived-notify
 stage_lint-lua         := luacheck --no-color roles/nginx/files/lua
 stage_changelog        := antsibull-changelog lint
 stage_argument-specs   := python scripts/check-argument-specs.py && python scripts/role-readme-tables.py --check

@@ -99,6 +99,15 @@ def transitions(name, since):
     ]
 
 
+def vrrp_state_metric(name):
+    """The VRRP state keepalived's notify script last wrote for node_exporter on a balancer."""
+    out = docker(
+        "exec", name, "cat", "/var/lib/prometheus/node-exporter/koinonia_keepalived.prom"
+    ).stdout
+    sample = 'koinonia_keepalived_vrrp_state{vrrp_instance="koinonia_balancers"} '
+    return next(int(line.split()[-1]) for line in out.splitlines() if line.startswith(sample))
+
+
 def answers_over_tls(client):
     """The HTTP status of GET /api/... on the virtual address from the client, over HTTPS."""
     cmd = client.run(

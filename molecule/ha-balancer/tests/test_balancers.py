@@ -1,6 +1,15 @@
 """Two balancers, one virtual address: configured as the role promises, and answering."""
 
-from conftest import BALANCERS, PREFERRED, VIRTUAL_ADDRESS, answers_over_tls, docker, holders
+from conftest import (
+    BALANCERS,
+    OTHER,
+    PREFERRED,
+    VIRTUAL_ADDRESS,
+    answers_over_tls,
+    docker,
+    holders,
+    vrrp_state_metric,
+)
 
 
 def test_keepalived_runs_enabled_on_both_balancers():
@@ -63,3 +72,9 @@ def test_the_virtual_address_answers_over_tls_from_the_client(healthy, client):
         VIRTUAL_ADDRESS,
     )
     assert plain.stdout.strip() == "301"
+
+
+def test_each_balancer_reports_its_vrrp_state_for_node_exporter(healthy):
+    # 2 master, 1 backup (roles/monitoring's LoadBalancerVirtualAddressNotHeldOnce reads them).
+    assert vrrp_state_metric(PREFERRED) == 2
+    assert vrrp_state_metric(OTHER) == 1

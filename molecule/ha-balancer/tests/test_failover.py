@@ -14,6 +14,7 @@ from conftest import (
     docker,
     holders,
     transitions,
+    vrrp_state_metric,
     wait_for,
 )
 
@@ -29,6 +30,7 @@ def test_nginx_stopped_on_the_holder_moves_the_address_and_it_comes_back(healthy
         wait_for(f"{OTHER} alone holds the address", lambda: holders() == [OTHER], 10)
         assert answers_over_tls(client) == "200 HTTPS"
         assert transitions(PREFERRED, since) == ["FAULT"]
+        assert (vrrp_state_metric(PREFERRED), vrrp_state_metric(OTHER)) == (3, 2)
     finally:
         docker("exec", PREFERRED, "systemctl", "start", "nginx")
     back = time.time()
@@ -107,4 +109,5 @@ def test_the_killed_balancer_restarted_takes_over_after_the_preempt_delay_once(h
     assert holders() == [PREFERRED]
     assert transitions(PREFERRED, restarted_at) == ["BACKUP", "MASTER"]
     assert transitions(OTHER, restarted_at) == ["BACKUP"]
+    assert (vrrp_state_metric(PREFERRED), vrrp_state_metric(OTHER)) == (2, 1)
     assert answers_over_tls(client) == "200 HTTPS"
