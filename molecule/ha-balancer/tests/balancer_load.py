@@ -5,7 +5,7 @@ connection each (so every failure is one request, and a request is "in flight" o
 one balancer), a pause of LOAD_INTERVAL seconds between two; each request may take
 LOAD_TIMEOUT seconds. Beside them a probe asks every PROBE_INTERVAL seconds with a short
 timeout, to time when the address answers again. Everything stops after LOAD_SECONDS.
-Writes a JSON report to LOAD_REPORT: every request's [start, end, ok, error] and every
+Writes a JSON report to LOAD_REPORT: every request's [start, end, ok, error, thread] and every
 probe's [start, end, ok].
 """
 
@@ -55,9 +55,9 @@ def load(worker):
         started = time.time()
         try:
             status = get(f"/api/ha-balancer/{worker}-{n}", TIMEOUT)
-            record = [started, time.time(), 200 <= status < 300, f"HTTP {status}"]
+            record = [started, time.time(), 200 <= status < 300, f"HTTP {status}", worker]
         except (OSError, http.client.HTTPException) as exc:
-            record = [started, time.time(), False, f"{type(exc).__name__}: {exc}"[:200]]
+            record = [started, time.time(), False, f"{type(exc).__name__}: {exc}"[:200], worker]
         with lock:
             requests.append(record)
         time.sleep(INTERVAL)

@@ -160,7 +160,7 @@ def healthy():
 class Load:
     """balancer_load.py running on the client container until its LOAD_SECONDS are over."""
 
-    def __init__(self, seconds, threads=3):
+    def __init__(self, seconds, threads=3, interval=0.1):
         self.seconds, self.threads = seconds, threads
         self.report_path = f"/var/tmp/hb-load-{time.time_ns()}.json"
         docker("cp", str(LOAD_SCRIPT), f"{CLIENT}:/var/tmp/balancer_load.py")
@@ -169,6 +169,7 @@ class Load:
             "LOAD_SERVER_NAME": SERVER_NAME,
             "LOAD_SECONDS": str(seconds),
             "LOAD_THREADS": str(threads),
+            "LOAD_INTERVAL": str(interval),
             "LOAD_REPORT": self.report_path,
         }
         env_args = [arg for key, value in env.items() for arg in ("-e", f"{key}={value}")]

@@ -4,6 +4,7 @@ Each test starts from the healthy state (conftest.healthy) and leaves it behind.
 """
 
 import time
+from collections import Counter
 
 from conftest import (
     OTHER,
@@ -47,7 +48,7 @@ def test_nginx_stopped_on_the_holder_moves_the_address_and_it_comes_back(healthy
 
 def test_docker_kill_of_the_holder_the_other_answers_within_5_s(healthy):
     """Bounded load from the client during the kill: only requests that reached it may fail."""
-    load = Load(seconds=20, threads=3)
+    load = Load(seconds=20, threads=4, interval=0.25)
     time.sleep(4)
     killed_at = time.time()
     docker("kill", PREFERRED)
@@ -71,13 +72,22 @@ def test_docker_kill_of_the_holder_the_other_answers_within_5_s(healthy):
     for record in failed:
         print(f"  failed: started {record[0] - killed_at:+.2f} s, {record[3]}")
     assert takeover <= TAKEOVER_BOUND
-    # Only requests that reached the killed balancer fail: one in flight per thread when the
-    # kill landed, and what a thread sent while the dead container's network stack still
-    # held the address (its processes gone, it refuses at once: about 0.1 s, one more per
-    # thread). A request sent during the outage waits in TCP's SYN retries and is answered
-    # by the new holder; nothing sent after the kill's first second fails.
-    assert len(failed) <= 2 * report["threads"]
+    # Only requests that reached the killed balancer fail: the one a thread had in flight
+    # when the kill landed, and one it sent while the dead container's network stack still
+    # held the address (its processes gone, it refuses at once: 0.1-0.3 s measured, a
+    # thread pauses 0.25 s between requests). Each is refused, reset or cut off (mid-TLS too), never
+    # a timeout or an HTTP error. A request sent during the outage waits in TCP's SYN
+    # retries and is answered by the new holder; nothing sent after the kill's first
+    # second fails.
+    per_thread = Counter(record[4] for record in failed)
+    assert max(per_thread.values(), default=0) <= 2, per_thread
     assert all(record[0] < killed_at + 1.0 for record in failed)
+    assert all(
+        record[3].startswith(
+            ("ConnectionRefusedError", "ConnectionResetError", "RemoteDisconnected", "SSL")
+        )
+        for record in failed
+    )
     assert all(r[2] for r in requests if r[0] >= killed_at + 1.0)
     # The load ran on after the takeover, and went on being answered.
     assert sum(1 for r in requests if r[0] > first_answer[1] and r[2]) > 10 * report["threads"]
