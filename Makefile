@@ -23,7 +23,8 @@ DEBIAN     ?= 13
 host_python_scripts    = $(shell grep -rlI --exclude='*.py' '^\#!/usr/bin/\(env \)\?python3' roles scripts)
 stage_lint-ruff        := ruff check . $(host_python_scripts) && ruff format --check . $(host_python_scripts)
 stage_lint-shell       := shellcheck scripts/*.sh scripts/stage scripts/stage-table roles/postgresql/files/koinonia-postgresql-check-config \
-  roles/pgbouncer/files/koinonia-pgbouncer-check-config roles/redis/files/koinonia-redis-check-config
+  roles/pgbouncer/files/koinonia-pgbouncer-check-config roles/redis/files/koinonia-redis-check-config \
+  roles/keepalived/files/koinonia-keepalived-notify
 stage_lint-lua         := luacheck --no-color roles/nginx/files/lua
 stage_changelog        := antsibull-changelog lint
 stage_argument-specs   := python scripts/check-argument-specs.py && python scripts/role-readme-tables.py --check
@@ -39,7 +40,7 @@ CHECK_STAGES := lint-ruff lint-shell lint-lua changelog argument-specs lint-ansi
 # Longest first, so the longest stage does not start last (scripts/run-stages orders by the
 # last run's times instead when .cache/stage-history has them). Unlisted stages go first.
 TEST_ORDER := molecule-operations molecule-default molecule-data molecule-app molecule-monitoring \
-  molecule-loadbalancer molecule-ha-database molecule-ha-edge app-tests molecule-firewall ansible-test-sanity lint-ansible \
+  molecule-loadbalancer molecule-ha-database molecule-ha-edge molecule-ha-balancer app-tests molecule-firewall ansible-test-sanity lint-ansible \
   bench-smoke collection-build ansible-core-oldest alert-rules argument-specs lint-ruff lint-shell lint-lua changelog
 longest_first = $(filter-out $(TEST_ORDER),$(1)) $(filter $(1),$(TEST_ORDER))
 # Role scenarios whose servers differ most between the releases (PostgreSQL 15/17, PgBouncer
