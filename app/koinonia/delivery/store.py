@@ -97,16 +97,18 @@ def _changed(rows: Iterable[Any]) -> list[Changed]:
 
 
 # FOR UPDATE makes a concurrent claimer of the same rows wait, then re-check ``queued`` on
-# the row the first one committed (READ COMMITTED), so it claims nothing.
-_CLAIM = """
-WITH candidate AS (
+# the row the first one committed (READ COMMITTED), so it claims nothing. Parameters: $1 the
+# claim token, $2 the delivery ids, $3 now, $4 the opted-out error.
+_CLAIM_CANDIDATES = """
+candidate AS (
     SELECT d.id, (mem.id IS NOT NULL AND mem.opt_in_sms) AS may_text
     FROM delivery d
     LEFT JOIN member mem ON mem.id = d.member_id
     WHERE d.id = ANY($2::uuid[]) AND d.status = 'queued'
       AND (d.next_attempt_at IS NULL OR d.next_attempt_at <= $3)
     FOR UPDATE OF d
-)
+)"""
+_CLAIM_CANDIDATES_UPDATE = """
 UPDATE delivery d
 SET status = CASE WHEN c.may_text THEN 'sending' ELSE 'failed' END,
     claim_token = CASE WHEN c.may_text THEN $1::uuid END,
@@ -121,8 +123,8 @@ RETURNING d.id, d.message_id, d.church_id, d.member_id, d.phone, d.attempts, d.s
           -- The church's own number once linked (its oldest); none: the platform's number.
           (SELECT p.number FROM church_phone_number p
            WHERE p.church_id = d.church_id AND p.status = 'linked'
-           ORDER BY p.created_at, p.id LIMIT 1) AS from_number
-"""
+           ORDER BY p.created_at, p.id LIMIT 1) AS from_number"""
+_CLAIM = f"WITH {_CLAIM_CANDIDATES}{_CLAIM_CANDIDATES_UPDATE}"
 
 
 async def claim(
@@ -149,20 +151,28 @@ def _claimed(r: dict[str, Any]) -> ClaimedDelivery:
     )
 
 
-_RECORD_OUTCOMES = """
+def _record_outcomes_update(now: int, first_array: int) -> str:
+    """The UPDATE that writes a window's results where claim token $1 still holds the row:
+    ``$now`` is the time, the five arrays (ids, statuses, provider ids, errors, next attempts)
+    start at ``$first_array``."""
+    ids, statuses, provider_ids, errors, next_attempts = (f"${first_array + i}" for i in range(5))
+    return f"""
 UPDATE delivery d
 SET status = r.status,
     provider_message_id = coalesce(r.provider_message_id, d.provider_message_id),
     last_error = r.error,
-    sent_at = CASE WHEN r.status = 'sent' THEN $2 ELSE d.sent_at END,
+    sent_at = CASE WHEN r.status = 'sent' THEN ${now} ELSE d.sent_at END,
     next_attempt_at = r.next_attempt_at,
     claim_token = NULL,
-    updated_at = $2
-FROM unnest($3::uuid[], $4::text[], $5::text[], $6::text[], $7::timestamptz[])
+    updated_at = ${now}
+FROM unnest({ids}::uuid[], {statuses}::text[], {provider_ids}::text[], {errors}::text[],
+            {next_attempts}::timestamptz[])
      AS r(id, status, provider_message_id, error, next_attempt_at)
 WHERE d.id = r.id AND d.status = 'sending' AND d.claim_token = $1
-RETURNING d.id, d.message_id, d.church_id, d.member_id, d.status
-"""
+RETURNING d.id, d.message_id, d.church_id, d.member_id, d.status"""  # noqa: S608 - numbers only
+
+
+_RECORD_OUTCOMES = _record_outcomes_update(now=2, first_array=3)
 
 
 async def record_outcomes(
@@ -189,43 +199,10 @@ async def record_outcomes(
 # The answers of a window and the claim of the next, in ONE statement (halving a window's
 # statements): _RECORD_OUTCOMES and _CLAIM as two data-modifying CTEs. They touch disjoint
 # rows (``sending`` under this token; ``queued``), and the statement is atomic: both
-# happen or neither. Keep the two parts in step with those statements.
-_RECORD_THEN_CLAIM = """
-WITH recorded AS (
-    UPDATE delivery d
-    SET status = r.status,
-        provider_message_id = coalesce(r.provider_message_id, d.provider_message_id),
-        last_error = r.error,
-        sent_at = CASE WHEN r.status = 'sent' THEN $3 ELSE d.sent_at END,
-        next_attempt_at = r.next_attempt_at,
-        claim_token = NULL,
-        updated_at = $3
-    FROM unnest($5::uuid[], $6::text[], $7::text[], $8::text[], $9::timestamptz[])
-         AS r(id, status, provider_message_id, error, next_attempt_at)
-    WHERE d.id = r.id AND d.status = 'sending' AND d.claim_token = $1
-    RETURNING d.id, d.message_id, d.church_id, d.member_id, d.status
-), candidate AS (
-    SELECT d.id, (mem.id IS NOT NULL AND mem.opt_in_sms) AS may_text
-    FROM delivery d
-    LEFT JOIN member mem ON mem.id = d.member_id
-    WHERE d.id = ANY($2::uuid[]) AND d.status = 'queued'
-      AND (d.next_attempt_at IS NULL OR d.next_attempt_at <= $3)
-    FOR UPDATE OF d
-), claimed AS (
-    UPDATE delivery d
-    SET status = CASE WHEN c.may_text THEN 'sending' ELSE 'failed' END,
-        claim_token = CASE WHEN c.may_text THEN $1::uuid END,
-        claimed_at = $3,
-        attempts = d.attempts + CASE WHEN c.may_text THEN 1 ELSE 0 END,
-        last_error = CASE WHEN c.may_text THEN d.last_error ELSE $4 END,
-        updated_at = $3
-    FROM candidate c, message m
-    WHERE d.id = c.id AND m.id = d.message_id AND d.status = 'queued'
-    RETURNING d.id, d.message_id, d.church_id, d.member_id, d.phone, d.attempts, d.status,
-              m.content,
-              (SELECT p.number FROM church_phone_number p
-               WHERE p.church_id = d.church_id AND p.status = 'linked'
-               ORDER BY p.created_at, p.id LIMIT 1) AS from_number
+# happen or neither. Both are built from the same parts.
+_RECORD_THEN_CLAIM = f"""
+WITH recorded AS ({_record_outcomes_update(now=3, first_array=5)}
+), {_CLAIM_CANDIDATES}, claimed AS ({_CLAIM_CANDIDATES_UPDATE}
 )
 SELECT false AS claimed, id, message_id, church_id, member_id, status::text AS status,
        NULL::text AS phone, NULL::int AS attempts, NULL::text AS content,
@@ -235,7 +212,7 @@ UNION ALL
 SELECT true, id, message_id, church_id, member_id, status::text, phone, attempts, content,
        from_number
 FROM claimed
-"""
+"""  # noqa: S608 - built from this module's own parts
 
 
 async def record_then_claim(
