@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+from koinonia.delivery import send_message
 from koinonia.delivery.sms import LogProvider
 from koinonia.models.messaging import Delivery, DeliveryStatus, Message, RecurringMessage
 from koinonia.services import recurring
 from koinonia.services.queue import QueueHeadroom
 from tests.messaging_fixtures import create_group, create_member, redis_near_its_memory_limit
+from tests.pause import Pause
 
 
 async def _create(client, headers, **overrides):
@@ -112,6 +115,34 @@ async def test_due_run_sends_once_and_moves_schedule(client, church_a, make_work
     assert await step.run_until_idle() >= 1
     [delivery] = await Delivery.filter(message_id=message.id)
     assert delivery.status == DeliveryStatus.SENT
+    assert await LogProvider(redis).calls(f"delivery-{delivery.id}") == 1
+
+
+async def test_two_runners_of_one_cycle_record_and_text_once(
+    client, church_a, make_worker, redis, monkeypatch
+):
+    # The cycle's Redis lock can be granted twice (a Redis failover loses it before it
+    # reached the replica): the work itself is fenced in PostgreSQL, by the run's
+    # idempotency key (unique per church), so both runners record one message, texted once.
+    step = await make_worker()
+    sender = step.worker.context["sender"]
+    created = await (await _create(client, church_a.headers)).get_json()
+    await RecurringMessage.filter(id=created["id"]).update(
+        next_run_at=datetime.now(UTC) - timedelta(minutes=2)
+    )
+    pause = Pause()
+    monkeypatch.setattr(send_message, "send_message", pause.before(send_message.send_message))
+
+    now = datetime.now(UTC)
+    runs = [asyncio.create_task(recurring.run_due(now=now, sender=sender)) for _ in range(2)]
+    await pause.until(2)  # both runners read the due row and are about to record its run
+    pause.release.set()
+    results = await asyncio.gather(*runs)
+
+    [message] = await Message.filter(idempotency_key__startswith=f"recurring:{created['id']}:")
+    assert sorted(results) == [[], [str(message.id)]]
+    assert await step.run_until_idle() >= 1
+    [delivery] = await Delivery.filter(message_id=message.id)
     assert await LogProvider(redis).calls(f"delivery-{delivery.id}") == 1
 
 

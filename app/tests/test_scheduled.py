@@ -17,34 +17,9 @@ from koinonia.models.messaging import Message, ScheduledMessage, ScheduledStatus
 from koinonia.services import scheduled
 from koinonia.stores.locks import LockService
 from tests.messaging_fixtures import create_member
+from tests.pause import Pause
 
 CHICAGO = ZoneInfo("America/Chicago")
-
-
-class Pause:
-    """Holds a coroutine at one point until the test releases it."""
-
-    def __init__(self) -> None:
-        self.reached = asyncio.Event()
-        self.release = asyncio.Event()
-        self.arrivals = 0
-        self._arrived = asyncio.Event()
-
-    def before(self, func):
-        async def paused(*args, **kwargs):
-            self.arrivals += 1
-            self._arrived.set()
-            self.reached.set()
-            await self.release.wait()
-            return await func(*args, **kwargs)
-
-        return paused
-
-    async def until(self, arrivals: int) -> None:
-        async with asyncio.timeout(10):
-            while self.arrivals < arrivals:
-                self._arrived.clear()
-                await self._arrived.wait()
 
 
 async def _schedule(client, headers, member_id: str, send_at: str, content: str = "Hi"):
