@@ -17,6 +17,8 @@ ALERTS = {
     "LoadBalancerUpstreamDown",
     "LoadBalancerNoUpstreamUp",
     "LoadBalancerUpstreamStatusUnknown",
+    "LoadBalancerVirtualAddressNotHeldOnce",
+    "LoadBalancerVrrpFault",
     "KoinoniaHttp5xxRateHigh",
     "KoinoniaCronCycleRunTwice",
     "KoinoniaQueueJobsFailing",
