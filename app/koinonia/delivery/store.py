@@ -175,6 +175,17 @@ RETURNING d.id, d.message_id, d.church_id, d.member_id, d.status"""  # noqa: S60
 _RECORD_OUTCOMES = _record_outcomes_update(now=2, first_array=3)
 
 
+def _outcome_arrays(outcomes: list[Outcome]) -> list[list[Any]]:
+    """The five arrays ``_record_outcomes_update`` unnests, in its order."""
+    return [
+        [o.delivery_id for o in outcomes],
+        [str(o.status) for o in outcomes],
+        [o.provider_message_id for o in outcomes],
+        [o.error[:2000] if o.error else None for o in outcomes],
+        [o.next_attempt_at for o in outcomes],
+    ]
+
+
 async def record_outcomes(
     token: uuid.UUID, outcomes: list[Outcome], now: datetime
 ) -> list[Changed]:
@@ -186,11 +197,7 @@ async def record_outcomes(
         [
             token,
             now,
-            [o.delivery_id for o in outcomes],
-            [str(o.status) for o in outcomes],
-            [o.provider_message_id for o in outcomes],
-            [o.error[:2000] if o.error else None for o in outcomes],
-            [o.next_attempt_at for o in outcomes],
+            *_outcome_arrays(outcomes),
         ],
     )
     return _changed(rows)
@@ -229,11 +236,7 @@ async def record_then_claim(
             delivery_ids,
             now,
             OPTED_OUT_ERROR,
-            [o.delivery_id for o in outcomes],
-            [str(o.status) for o in outcomes],
-            [o.provider_message_id for o in outcomes],
-            [o.error[:2000] if o.error else None for o in outcomes],
-            [o.next_attempt_at for o in outcomes],
+            *_outcome_arrays(outcomes),
         ],
     )
     recorded = _changed(r for r in rows if not r["claimed"])
