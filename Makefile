@@ -28,6 +28,7 @@ stage_lint-shell       := shellcheck scripts/*.sh scripts/stage scripts/stage-ta
 stage_lint-lua         := luacheck --no-color roles/nginx/files/lua
 stage_changelog        := antsibull-changelog lint
 stage_argument-specs   := python scripts/check-argument-specs.py && python scripts/role-readme-tables.py --check
+stage_example-inventory := python scripts/check-example-inventory.py
 stage_lint-ansible     := ansible-lint --profile production
 stage_alert-rules      := scripts/test-alert-rules.sh
 stage_app-tests        := pytest app/tests -q --durations=10
@@ -35,13 +36,13 @@ stage_bench-smoke      := python bench/app_http.py --smoke && python bench/run.p
 stage_collection-build := scripts/test-collection.sh
 stage_ansible-core-oldest := scripts/test-ansible-core-oldest.sh
 stage_ansible-test-sanity := scripts/test-sanity.sh
-CHECK_STAGES := lint-ruff lint-shell lint-lua changelog argument-specs lint-ansible alert-rules app-tests bench-smoke \
+CHECK_STAGES := lint-ruff lint-shell lint-lua changelog argument-specs example-inventory lint-ansible alert-rules app-tests bench-smoke \
   collection-build ansible-core-oldest ansible-test-sanity
 # Longest first, so the longest stage does not start last (scripts/run-stages orders by the
 # last run's times instead when .cache/stage-history has them). Unlisted stages go first.
 TEST_ORDER := molecule-operations molecule-default molecule-data molecule-app molecule-monitoring \
   molecule-loadbalancer molecule-ha-database molecule-ha-edge molecule-ha-balancer app-tests molecule-firewall ansible-test-sanity lint-ansible \
-  bench-smoke collection-build ansible-core-oldest alert-rules argument-specs lint-ruff lint-shell lint-lua changelog
+  bench-smoke collection-build ansible-core-oldest alert-rules argument-specs example-inventory lint-ruff lint-shell lint-lua changelog
 longest_first = $(filter-out $(TEST_ORDER),$(1)) $(filter $(1),$(TEST_ORDER))
 # Role scenarios whose servers differ most between the releases (PostgreSQL 15/17, PgBouncer
 # 1.18/1.24, Redis 7/8; our PgBouncer exporter vs Debian's; nginx and its Lua module) run on
@@ -94,7 +95,7 @@ lock: venv ## Regenerate the app's locks with hashes, one per target Python (rol
 
 .PHONY: lint
 lint: ## ruff, shellcheck, luacheck, ansible-lint (production profile) and every role's argument specs
-	@$(call run_stages,lint-ruff lint-shell lint-lua changelog argument-specs lint-ansible)
+	@$(call run_stages,lint-ruff lint-shell lint-lua changelog argument-specs example-inventory lint-ansible)
 
 .PHONY: test-alert-rules
 test-alert-rules: ## promtool check + test of the monitoring role's alert rules on synthetic series
