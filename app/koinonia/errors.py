@@ -158,6 +158,9 @@ _UNAVAILABLE = (
     asyncpg.PostgresConnectionError,  # SQLSTATE class 08: PgBouncer's refusals among them
     asyncpg.CannotConnectNowError,  # the server is starting or shutting down
     asyncpg.InterfaceError,  # "connection is closed" and the like
+    # A database failover (Patroni): until HAProxy routes to the new leader, a write can reach
+    # the old one, now a replica. (The sessions it ends on the way arrive as class 08.)
+    asyncpg.ReadOnlySQLTransactionError,
 )
 UNAVAILABLE_RETRY_AFTER_SECONDS = 5
 
