@@ -8,10 +8,14 @@ The credentials are the scenario's test-only inventory values, read from its fil
 import json
 import pathlib
 import subprocess
+import sys
 import time
 
 import pytest
 import yaml
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "resources" / "tests"))
+from containers import docker_exec
 
 SCENARIO_DIR = pathlib.Path(__file__).resolve().parent.parent
 STACK_INVENTORY = SCENARIO_DIR.parent / "resources" / "stack" / "inventory.yml"
@@ -31,21 +35,6 @@ SENTINEL_PASSWORD = _yaml(SCENARIO_DIR / "group_vars" / "all.yml")[
 ]
 REDIS_VARS = _yaml(SCENARIO_DIR / "group_vars" / "redis.yml")
 OPERATOR = (STACK_VARS["koinonia_operator_email"], STACK_VARS["koinonia_operator_password"])
-
-
-def docker_exec(host, *argv, env=None, check=True, timeout=60, stdin=None):
-    env_args = [arg for name, value in (env or {}).items() for arg in ("-e", f"{name}={value}")]
-    result = subprocess.run(
-        ["docker", "exec", *(["-i"] if stdin is not None else []), *env_args, host, *argv],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        input=stdin,
-        check=False,
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"{host}: {argv} failed: {result.stderr.strip()}")
-    return result.stdout.strip()
 
 
 def sentinel(host, *args, check=True):
