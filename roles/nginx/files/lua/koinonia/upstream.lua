@@ -311,10 +311,12 @@ end
 -- Candidates: in rotation, not tried yet by this request, not failing real requests (unless
 -- every one in rotation is, as nginx does with max_fails: then the passive marks are
 -- ignored). In panic the passive marks work the same way: a peer that stops answering
--- between two probes is skipped as soon as its requests fail.
+-- between two probes is skipped as soon as its requests fail. Also returns whether this is
+-- panic routing.
 local function candidates(tried)
     local open, healthy = {}, {}
-    for _, peer in ipairs((rotation())) do
+    local routed, panic = rotation()
+    for _, peer in ipairs(routed) do
         if not tried[peer.id] then
             open[#open + 1] = peer
             if not passively_failed(peer) then
@@ -323,9 +325,32 @@ local function candidates(tried)
         end
     end
     if #healthy > 0 then
-        return healthy
+        return healthy, panic
     end
-    return open
+    return open, panic
+end
+
+-- The peers for a try that should not go to an untried one: prefer a peer that answered this
+-- request (503: alive, a clean answer), then one whose try did not fail at connect or time
+-- out (a broken cached keepalive connection), then any; a peer that died since its last
+-- probe would only turn the answer into a 502.
+local function fallback(outcome)
+    local any, answered, not_failed = candidates({}), {}, {}
+    for _, peer in ipairs(any) do
+        local status = outcome[peer.id]
+        if status == 503 then
+            answered[#answered + 1] = peer
+        elseif status ~= 502 and status ~= 504 then
+            not_failed[#not_failed + 1] = peer
+        end
+    end
+    if #answered > 0 then
+        return answered
+    end
+    if #not_failed > 0 then
+        return not_failed
+    end
+    return any
 end
 
 -- Least connections weighted (active/weight), ties by smooth weighted round-robin.
@@ -380,15 +405,29 @@ function _M.balance()
     local ctx = ngx.ctx
     local tried = ctx.koinonia_tried
     if not tried then
-        tried = { n = 0 }
+        -- Keys: the ids of the peers tried, n (tries so far), last (the peer of the previous
+        -- try) and outcome (peer id -> the status its try ended with).
+        tried = { n = 0, outcome = {} }
         ctx.koinonia_tried = tried
     end
+    if tried.last then
+        -- The previous try failed (or this would not run): 503 = the peer answered
+        -- (proxy_next_upstream http_503), 502/504 = connection error/timeout, 0 = a cached
+        -- keepalive connection broke.
+        local _, status = balancer.get_last_failure()
+        tried.outcome[tried.last] = tonumber(status) or 0
+    end
 
-    local list = candidates(tried)
-    if #list == 0 and tried.n > 0 then
-        -- Every peer in rotation was tried. NGINX still allows this try (it grants one more
-        -- when a cached keepalive connection broke): use a fresh connection to one again.
-        list = candidates({})
+    local list, panic = candidates(tried)
+    if panic and tried.last and tried.outcome[tried.last] == 503 then
+        -- In panic every peer in rotation fails its readiness: an untried one is no likelier
+        -- to serve than the one that just answered 503, and one that died since its last
+        -- probe would turn that clean 503 into the balancer's 502. Ask one that answered.
+        list = fallback(tried.outcome)
+    elseif #list == 0 and tried.n > 0 then
+        -- Every peer in rotation was tried, and NGINX still allows this try: it grants one
+        -- more when a cached keepalive connection broke (closed while idle, or the peer died).
+        list = fallback(tried.outcome)
     end
     local peer = #list > 0 and pick(list)
     if not peer then
@@ -404,6 +443,7 @@ function _M.balance()
     end
     tried.n = tried.n + 1
     tried[peer.id] = true
+    tried.last = peer.id
 
     local ok, err = balancer.set_current_peer(peer.host, peer.port)
     if not ok then
