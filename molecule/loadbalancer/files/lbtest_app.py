@@ -2,7 +2,8 @@
 """Stand-in app server for the loadbalancer scenario (test only, never deployed for real).
 
 GET  /health            200 {"status": "ok"}
-GET  /health/ready      200, or 503 while /run/lbtest/not-ready exists (tests flip it)
+GET  /health/ready      200, or 503 while /run/lbtest/not-ready or /run/lbtest/dependency-down
+                        exists (tests flip them)
 GET  /metrics           200 (must never be reachable through the public listener)
 GET  /api/...           200, echoes the proxy headers it received as JSON
 POST /api/...           200, same echo (PUT, PATCH, DELETE, OPTIONS too)
@@ -14,6 +15,10 @@ GET  /docs              an HTML page with its own Content-Security-Policy (as th
                         page has), none with ?no-csp
 GET  /_lbtest/hits      the per-path hit counters (asked directly on :3000 by the tests)
 POST /_lbtest/reset     clears the counters
+PUT|DELETE /_lbtest/dependency-down  creates or removes /run/lbtest/dependency-down: while it
+                        exists the server answers as the real app does with PostgreSQL or
+                        Redis unreachable: /health 200 (no I/O), /health/ready 503, and every
+                        /api/... request 503 service_unavailable with Retry-After: 5
 Every answer carries X-Served-By: <hostname>, as the real app is asked to.
 """
 
@@ -26,6 +31,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 HOSTNAME = socket.gethostname()
 NOT_READY_FLAG = "/run/lbtest/not-ready"
+DEPENDENCY_DOWN_FLAG = "/run/lbtest/dependency-down"
+# The app's answer when a dependency is unreachable (koinonia/errors.py).
+DEPENDENCY_DOWN_BODY = {
+    "error": {
+        "code": "service_unavailable",
+        "message": "A service this request needs is unavailable; try again shortly.",
+        "details": {},
+    }
+}
 DOCS_CSP = "default-src 'none'; script-src 'nonce-lbtest'; style-src 'nonce-lbtest'"
 HITS: dict[str, int] = {}
 LOCK = threading.Lock()
@@ -43,12 +57,14 @@ class Handler(BaseHTTPRequestHandler):
         with LOCK:
             HITS[key] = HITS.get(key, 0) + 1
 
-    def _send(self, status, body):
+    def _send(self, status, body, headers=None):
         data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.send_header("X-Served-By", HOSTNAME)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(data)
 
@@ -88,13 +104,22 @@ class Handler(BaseHTTPRequestHandler):
             with LOCK:
                 HITS.clear()
             return self._send(200, {})
+        if path == "/_lbtest/dependency-down":
+            if self.command == "PUT":
+                open(DEPENDENCY_DOWN_FLAG, "w").close()
+            elif self.command == "DELETE" and os.path.exists(DEPENDENCY_DOWN_FLAG):
+                os.remove(DEPENDENCY_DOWN_FLAG)
+            return self._send(200, {"dependencyDown": os.path.exists(DEPENDENCY_DOWN_FLAG)})
         self._count()
+        dependency_down = os.path.exists(DEPENDENCY_DOWN_FLAG)
         if path == "/health":
             return self._send(200, {"status": "ok"})
         if path == "/health/ready":
-            if os.path.exists(NOT_READY_FLAG):
+            if dependency_down or os.path.exists(NOT_READY_FLAG):
                 return self._send(503, {"status": "not ready"})
             return self._send(200, {"status": "ready"})
+        if dependency_down and path.startswith("/api/"):
+            return self._send(503, DEPENDENCY_DOWN_BODY, {"Retry-After": "5"})
         if path == "/metrics":
             return self._send(200, {"metrics": "secret"})
         if path == "/api/test/crash":

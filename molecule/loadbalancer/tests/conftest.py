@@ -59,6 +59,23 @@ def set_ready(apps, name, ready):
     apps[name].run_expect([0], f"rm -f {flag}" if ready else f"touch {flag}")
 
 
+def set_dependency_down(apps, name, down):
+    """The stand-in answers as an app server with PostgreSQL/Redis unreachable: 503s."""
+    flag = "/run/lbtest/dependency-down"
+    apps[name].run_expect([0], f"touch {flag}" if down else f"rm -f {flag}")
+
+
+def upstream(lb):
+    """The whole /upstream_status document."""
+    return json.loads(lb.check_output("curl -s http://127.0.0.1:8080/upstream_status"))
+
+
+def set_drained(lb, name, drained):
+    method = "PUT" if drained else "DELETE"
+    out = lb.check_output(f"curl -s -X {method} http://127.0.0.1:8080/upstream_peers/{name}/drain")
+    assert json.loads(out)["peers"][0]["drained"] is drained, out
+
+
 def hits(lb):
     """Per-app hit counters, read directly from each stand-in app server."""
     return {
@@ -79,6 +96,8 @@ def all_peers_up(lb, apps):
     def restore():
         for name, h in apps.items():
             set_ready(apps, name, True)
+            set_dependency_down(apps, name, False)
+            set_drained(lb, name, False)
             h.run_expect([0], "systemctl start lbtest-app")
         wait_for(
             lambda: all(p["status"] == "up" for p in upstream_status(lb).values()),

@@ -4,7 +4,16 @@ the active checker takes a peer out within interval x fall and back after rise g
 import json
 import time
 
-from conftest import APPS, BASE, DOWN_DEADLINE, UP_DEADLINE, set_ready, upstream_status, wait_for
+from conftest import (
+    APPS,
+    BASE,
+    DOWN_DEADLINE,
+    UP_DEADLINE,
+    set_ready,
+    upstream,
+    upstream_status,
+    wait_for,
+)
 
 testinfra_hosts = ["lb-nginx"]
 
@@ -57,9 +66,10 @@ def test_stopped_peer_no_get_fails_meanwhile_and_down_within_interval_x_fall(
     wait_for(lambda: upstream_status(host)["lb-app2"]["status"] == "up", UP_DEADLINE)
 
 
-def test_all_peers_down_answers_503_json_at_once(host, apps, all_peers_up):
+def test_all_peers_stopped_answers_503_json_at_once(host, apps, all_peers_up):
+    # Stopped: connections refused, so not even panic routing has a peer to try.
     for name in APPS:
-        set_ready(apps, name, False)
+        apps[name].run_expect([0], "systemctl stop lbtest-app")
     wait_for(
         lambda: all(p["status"] == "down" for p in upstream_status(host).values()), DOWN_DEADLINE
     )
@@ -68,4 +78,6 @@ def test_all_peers_down_answers_503_json_at_once(host, apps, all_peers_up):
     assert time.monotonic() - start < 5
     assert "HTTP/2 503" in res.stderr
     assert "retry-after:" in res.stderr.lower()
+    assert "x-served-by" not in res.stderr.lower()  # the balancer's own answer
     assert json.loads(res.stdout)["error"]["code"] == "service_unavailable"
+    assert upstream(host)["panic"] is False

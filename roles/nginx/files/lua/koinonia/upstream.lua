@@ -11,8 +11,8 @@
 --   configure(json)  init_by_lua:          parse and validate the settings (nginx -t runs it,
 --                                          so a bad value fails validation, not the reload)
 --   init_worker()    init_worker_by_lua:   worker 0 probes every peer every `interval` s
---   access()         access_by_lua:        503 JSON at once when no peer is up
---   balance()        balancer_by_lua:      least connections over up peers, retries
+--   access()         access_by_lua:        503 JSON at once when no peer is in rotation
+--   balance()        balancer_by_lua:      least connections over the peers in rotation, retries
 --   log()            log_by_lua:           release the in-flight counts, record passive failures
 --   status()         content_by_lua:       the /upstream_status JSON
 --   drain()          content_by_lua:       /upstream_peers/<name>/drain: PUT takes a peer out of
@@ -22,11 +22,26 @@
 --   down:<id>   true while the active checker has the peer down (absent = up)
 --   fails:<id>  consecutive failed probes      oks:<id>  consecutive good probes
 --   last:<id>   time of the last probe         result:<id>  its status code or error
+--   answering:<id> true when the last probe got an HTTP status line (whatever the code),
+--               false when it could not connect, timed out or read no status line
 --   since:<id>  time of the last up/down change
 --   pfail:<id>  passive failures (errors/timeouts of real requests), expire after fail_timeout
 --   drained:<id> set by an operator (rolling deploys): no new requests, whatever the checks say;
 --               kept across reloads (shared memory) until deleted
 --   inflight:<id> requests in flight to the peer, over all workers (a drain waits for 0)
+--   panic       time panic routing started, while it lasts (set by the checker, for the log
+--               and the status page; the routing itself is decided per request)
+--
+-- Panic routing (Envoy calls it the panic threshold; here the threshold is "no peer up"):
+-- the readiness probe fails on every app server at once when a dependency they all share
+-- (PostgreSQL, Redis) is down. Ejecting all of them would answer every request with the
+-- balancer's own 503 and keep answering it for `rise` probes after the dependency is back.
+-- So when no peer that is not drained is up, the requests go to the peers that are down by
+-- the checks but still answer them (panic_when_all_down): the app answers its own 503 with
+-- Retry-After while the dependency is down, and serves the first request after it returns.
+-- A peer whose last probe got no HTTP answer (connection refused, timeout) stays out: a dead
+-- or hung process cannot serve, and trying it only adds a failed try or a long wait. Drained
+-- peers stay out too: a drain is an operator's decision.
 
 local cjson = require "cjson.safe"
 local balancer = require "ngx.balancer"
@@ -70,6 +85,10 @@ function _M.configure(json)
     positive_number(c.tries, "tries")
     positive_number(c.max_fails, "max_fails")
     positive_number(c.fail_timeout, "fail_timeout")
+    if type(c.panic_when_all_down) ~= "boolean" then
+        error("koinonia upstream: panic_when_all_down must be true or false, got "
+            .. tostring(c.panic_when_all_down))
+    end
     if type(c.host_header) ~= "string" or c.host_header == "" then
         c.host_header = nil  -- JSON null (cjson.null) or empty: the peer's name
     end
@@ -138,6 +157,7 @@ local function record(peer, status, err)
     local healthy = status and status >= 200 and status < 300
     dict:set("last:" .. id, now)
     dict:set("result:" .. id, status and tostring(status) or err)
+    dict:set("answering:" .. id, status ~= nil)
     if healthy then
         dict:set("fails:" .. id, 0)
         local oks = dict:incr("oks:" .. id, 1, 0)
@@ -159,6 +179,23 @@ local function record(peer, status, err)
             log(WARN, "koinonia upstream: peer ", id, " is DOWN after ", fails,
                 " failed checks, last: ", status or err)
         end
+    end
+end
+
+local rotation  -- defined with the peer selection below
+
+-- Logs when panic routing starts and ends (as seen once per round; requests decide for
+-- themselves), and keeps its start time for the status page.
+local function note_panic()
+    local list, panic = rotation()
+    local since = dict:get("panic")
+    if panic and not since then
+        dict:set("panic", ngx.now())
+        log(WARN, "koinonia upstream: PANIC: no peer is up; routing to the ", #list,
+            " down peers that still answer their checks")
+    elseif not panic and since then
+        dict:delete("panic")
+        log(WARN, "koinonia upstream: panic over: ", #list, " peers in rotation")
     end
 end
 
@@ -208,6 +245,10 @@ local function check_all(premature)
     if not ok then
         log(ERR, "koinonia upstream: health check round failed: ", tostring(err))
     end
+    ok, err = pcall(note_panic)
+    if not ok then
+        log(ERR, "koinonia upstream: cannot record the panic state: ", tostring(err))
+    end
 end
 
 function _M.init_worker()
@@ -238,31 +279,78 @@ local function is_drained(peer)
     return dict:get("drained:" .. peer.id) and true or false
 end
 
--- Up and not drained: the peer may get new requests.
-local function is_available(peer)
-    return is_up(peer) and not is_drained(peer)
+-- Its last probe got an HTTP answer: the process runs and can answer requests itself.
+local function is_answering(peer)
+    return dict:get("answering:" .. peer.id) ~= false
+end
+
+-- The peers that may get new requests, and whether that is panic routing: the available
+-- peers; with none, and panic_when_all_down, the peers that are down by the checks but
+-- answer them and are not drained (see the top of this file).
+function rotation()
+    local available, panic = {}, {}
+    for _, peer in ipairs(peers) do
+        if not is_drained(peer) then
+            if is_up(peer) then
+                available[#available + 1] = peer
+            elseif conf.panic_when_all_down and is_answering(peer) then
+                panic[#panic + 1] = peer
+            end
+        end
+    end
+    if #available > 0 then
+        return available, false
+    end
+    return panic, #panic > 0
 end
 
 local function passively_failed(peer)
     return (dict:get("pfail:" .. peer.id) or 0) >= conf.max_fails
 end
 
--- Candidates: up, not tried yet by this request, not failing real requests (unless every
--- up peer is, as nginx does with max_fails: then the passive marks are ignored).
+-- Candidates: in rotation, not tried yet by this request, not failing real requests (unless
+-- every one in rotation is, as nginx does with max_fails: then the passive marks are
+-- ignored). In panic the passive marks work the same way: a peer that stops answering
+-- between two probes is skipped as soon as its requests fail. Also returns whether this is
+-- panic routing.
 local function candidates(tried)
-    local up, healthy = {}, {}
-    for _, peer in ipairs(peers) do
-        if is_available(peer) and not tried[peer.id] then
-            up[#up + 1] = peer
+    local open, healthy = {}, {}
+    local routed, panic = rotation()
+    for _, peer in ipairs(routed) do
+        if not tried[peer.id] then
+            open[#open + 1] = peer
             if not passively_failed(peer) then
                 healthy[#healthy + 1] = peer
             end
         end
     end
     if #healthy > 0 then
-        return healthy
+        return healthy, panic
     end
-    return up
+    return open, panic
+end
+
+-- The peers for a try that should not go to an untried one: prefer a peer that answered this
+-- request (503: alive, a clean answer), then one whose try did not fail at connect or time
+-- out (a broken cached keepalive connection), then any; a peer that died since its last
+-- probe would only turn the answer into a 502.
+local function fallback(outcome)
+    local any, answered, not_failed = candidates({}), {}, {}
+    for _, peer in ipairs(any) do
+        local status = outcome[peer.id]
+        if status == 503 then
+            answered[#answered + 1] = peer
+        elseif status ~= 502 and status ~= 504 then
+            not_failed[#not_failed + 1] = peer
+        end
+    end
+    if #answered > 0 then
+        return answered
+    end
+    if #not_failed > 0 then
+        return not_failed
+    end
+    return any
 end
 
 -- Least connections weighted (active/weight), ties by smooth weighted round-robin.
@@ -292,16 +380,6 @@ local function pick(list)
     return chosen
 end
 
-local function available_count()
-    local n = 0
-    for _, peer in ipairs(peers) do
-        if is_available(peer) then
-            n = n + 1
-        end
-    end
-    return n
-end
-
 local function json_error(status, code, message, retry_after)
     ngx.status = status
     ngx.header["Content-Type"] = "application/json"
@@ -314,9 +392,10 @@ local function json_error(status, code, message, retry_after)
     return ngx.exit(ngx.HTTP_OK)
 end
 
--- Access phase: with no peer up (or all drained), answer 503 at once instead of trying them.
+-- Access phase: with no peer in rotation (none up or all drained, and none to panic-route
+-- to), answer 503 at once instead of trying them.
 function _M.access()
-    if available_count() == 0 then
+    if #rotation() == 0 then
         return json_error(503, "service_unavailable",
             "No application server is available; try again shortly.", conf.interval)
     end
@@ -326,30 +405,45 @@ function _M.balance()
     local ctx = ngx.ctx
     local tried = ctx.koinonia_tried
     if not tried then
-        tried = { n = 0 }
+        -- Keys: the ids of the peers tried, n (tries so far), last (the peer of the previous
+        -- try) and outcome (peer id -> the status its try ended with).
+        tried = { n = 0, outcome = {} }
         ctx.koinonia_tried = tried
     end
+    if tried.last then
+        -- The previous try failed (or this would not run): 503 = the peer answered
+        -- (proxy_next_upstream http_503), 502/504 = connection error/timeout, 0 = a cached
+        -- keepalive connection broke.
+        local _, status = balancer.get_last_failure()
+        tried.outcome[tried.last] = tonumber(status) or 0
+    end
 
-    local list = candidates(tried)
-    if #list == 0 and tried.n > 0 then
-        -- Every up peer was tried. NGINX still allows this try (it grants one more when a
-        -- cached keepalive connection broke): use a fresh connection to an up peer again.
-        list = candidates({})
+    local list, panic = candidates(tried)
+    if panic and tried.last and tried.outcome[tried.last] == 503 then
+        -- In panic every peer in rotation fails its readiness: an untried one is no likelier
+        -- to serve than the one that just answered 503, and one that died since its last
+        -- probe would turn that clean 503 into the balancer's 502. Ask one that answered.
+        list = fallback(tried.outcome)
+    elseif #list == 0 and tried.n > 0 then
+        -- Every peer in rotation was tried, and NGINX still allows this try: it grants one
+        -- more when a cached keepalive connection broke (closed while idle, or the peer died).
+        list = fallback(tried.outcome)
     end
     local peer = #list > 0 and pick(list)
     if not peer then
-        log(ERR, "koinonia upstream: no peer is up")
+        log(ERR, "koinonia upstream: no peer is in rotation")
         return ngx.exit(ngx.ERROR)
     end
 
     if tried.n == 0 then
-        local more = math.min(conf.tries, available_count()) - 1
+        local more = math.min(conf.tries, #rotation()) - 1
         if more > 0 then
             balancer.set_more_tries(more)
         end
     end
     tried.n = tried.n + 1
     tried[peer.id] = true
+    tried.last = peer.id
 
     local ok, err = balancer.set_current_peer(peer.host, peer.port)
     if not ok then
@@ -418,6 +512,11 @@ end
 
 function _M.status()
     local list, up, available = {}, 0, 0
+    local routed, panic = rotation()
+    local in_rotation = {}
+    for _, peer in ipairs(routed) do
+        in_rotation[peer.id] = true
+    end
     for i, peer in ipairs(peers) do
         local id = peer.id
         local down = dict:get("down:" .. id) and true or false
@@ -433,6 +532,8 @@ function _M.status()
             weight = peer.weight,
             status = down and "down" or "up",
             drained = is_drained(peer),
+            in_rotation = in_rotation[id] or false,
+            answering = is_answering(peer),
             in_flight = in_flight(peer),
             consecutive_failures = dict:get("fails:" .. id) or 0,
             consecutive_successes = dict:get("oks:" .. id) or 0,
@@ -451,6 +552,10 @@ function _M.status()
         peers_up = up,
         peers_available = available,
         peers_total = #peers,
+        -- Panic routing: no peer up, requests go to the down peers that answer (in_rotation).
+        panic = panic,
+        panic_since = iso(dict:get("panic")),
+        panic_when_all_down = conf.panic_when_all_down,
         checker = {
             path = conf.path,
             interval = conf.interval,
