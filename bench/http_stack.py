@@ -94,9 +94,19 @@ def row_specs(target: Target, token: str, group_id: str) -> list[tuple[str, str,
     return rows
 
 
-def measure(target: Target, token: str, group_id: str, load: Load, **extra: Any) -> list[dict]:
+def measure(
+    target: Target,
+    token: str,
+    group_id: str,
+    load: Load,
+    only: tuple[str, ...] = (),
+    **extra: Any,
+) -> list[dict]:
+    """wrk over the target's rows (those whose name starts with one of `only`, if given)."""
     results = []
     for name, url, env in row_specs(target, token, group_id):
+        if only and not name.startswith(only):
+            continue
         is_post = env.get("WRK_METHOD") == "POST"
         seconds = load.post_seconds if is_post else load.seconds
         conns = load.post_connections if is_post else load.connections

@@ -135,10 +135,8 @@ def run(session: StackSession, load: Load, rounds: int, cache_on: int = 100) -> 
             for state in order:
                 log(f"statement-cache: round {number}, cache {state}")
                 apply_state(*states[state])
-                rows = measure(target, session.token, session.group_id, load)
-                section.rows += [
-                    r | {"round": number, "cache": state} for r in rows if r["row"].startswith(ROWS)
-                ]
+                rows = measure(target, session.token, session.group_id, load, only=ROWS)
+                section.rows += [r | {"round": number, "cache": state} for r in rows]
     section.extra["states"] = {
         state: {ENV_KEY: cache_size, PGBOUNCER_KEY: max_prepared}
         for state, (cache_size, max_prepared) in states.items()
