@@ -191,12 +191,18 @@ def markdown(section: Section) -> list[str]:
     # Per round, the ratio on/off of each row: paired, so drift in the machine's load cancels.
     summary = []
     for name in dict.fromkeys(r["row"] for r in rows):
-        ratios_rps, ratios_p95 = [], []
+        ratios_rps, ratios_p95, ratios_of_hello = [], [], []
         for number in sorted({r["round"] for r in rows}):
             pair = {r["cache"]: r for r in rows if r["row"] == name and r["round"] == number}
             if {"on", "off"} <= pair.keys() and pair["off"]["rps"] and pair["off"]["p95_ms"]:
                 ratios_rps.append(pair["on"]["rps"] / pair["off"]["rps"])
                 ratios_p95.append(pair["on"]["p95_ms"] / pair["off"]["p95_ms"])
+                # Each state's share of its own hello-world ceiling: load that changed
+                # between the two states moves the ceiling too.
+                if pair["off"].get("of_framework_ceiling"):
+                    ratios_of_hello.append(
+                        pair["on"]["of_framework_ceiling"] / pair["off"]["of_framework_ceiling"]
+                    )
         if ratios_rps:
             summary.append(
                 [
@@ -205,12 +211,20 @@ def markdown(section: Section) -> list[str]:
                     f"{statistics.median(ratios_rps):.2f}",
                     " / ".join(f"{x:.2f}" for x in ratios_rps),
                     f"{statistics.median(ratios_p95):.2f}",
+                    f"{statistics.median(ratios_of_hello):.2f}" if ratios_of_hello else "-",
                 ]
             )
     if summary:
         lines += ["", "On vs off, per pair (on ÷ off in the same round):", ""]
         lines += table(
-            ["row", "pairs", "req/s on÷off (median)", "req/s on÷off (each)", "p95 on÷off (median)"],
+            [
+                "row",
+                "pairs",
+                "req/s on÷off (median)",
+                "req/s on÷off (each)",
+                "p95 on÷off (median)",
+                "share of hello on÷off (median)",
+            ],
             summary,
             align_right_from=1,
         )
