@@ -94,9 +94,19 @@ def row_specs(target: Target, token: str, group_id: str) -> list[tuple[str, str,
     return rows
 
 
-def measure(target: Target, token: str, group_id: str, load: Load, **extra: Any) -> list[dict]:
+def measure(
+    target: Target,
+    token: str,
+    group_id: str,
+    load: Load,
+    only: tuple[str, ...] = (),
+    **extra: Any,
+) -> list[dict]:
+    """wrk over the target's rows (those whose name starts with one of `only`, if given)."""
     results = []
     for name, url, env in row_specs(target, token, group_id):
+        if only and not name.startswith(only):
+            continue
         is_post = env.get("WRK_METHOD") == "POST"
         seconds = load.post_seconds if is_post else load.seconds
         conns = load.post_connections if is_post else load.connections
@@ -229,10 +239,16 @@ def drain_stack_queue(timeout: float) -> dict:
     request was cut between its database write and its enqueue keeps its deliveries queued
     until the worker's stalled-delivery sweep (every 5 minutes) enqueues them again.
     """
+    # Deliveries sent from now on: the database's first and last sent_at of them give a rate
+    # that does not depend on this loop's polling interval.
+    since = db_scalar("select now()")
     set_job_workers(True)
 
     def queued() -> int:
-        return int(db_scalar("select count(*) from delivery where status = 'queued'") or 0)
+        # `sending` rows are claimed by a job and not yet recorded: not drained either.
+        return int(
+            db_scalar("select count(*) from delivery where status in ('queued', 'sending')") or 0
+        )
 
     started = time.monotonic()
     first = last = queued()
@@ -253,6 +269,16 @@ def drain_stack_queue(timeout: float) -> dict:
         "drain_bound_seconds": timeout,
         "hit_bound": bool(last) and time.monotonic() - started >= timeout,
     }
+    # `since` is the database's own now(), not input.
+    sent_since = (
+        "select count(*), coalesce(extract(epoch from max(sent_at) - min(sent_at)), 0) "  # noqa: S608
+        f"from delivery where status = 'sent' and sent_at >= '{since}'"
+    )
+    count, span = db_scalar(sent_since).split("|")
+    result["sent_in_database"] = int(count)
+    result["first_to_last_sent_seconds"] = round(float(span), 2)
+    if int(count) > 1 and float(span) > 0:
+        result["sent_per_second_first_to_last"] = round(int(count) / float(span), 1)
     log(f"stack queue: {result}")
     if last:
         # Left to send in the background, they would load the machine while the next

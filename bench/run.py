@@ -1,8 +1,9 @@
 """`make bench`: measures the platform on the machine it runs on, each figure next to its
 ceiling measured in the same run, and writes BENCHMARKS.md-ready markdown and JSON.
 
-Sections: http, cache, queue, pgbouncer, scaleout, deploy (bench/http_stack.py, cache.py,
-sms_queue.py, pgbouncer.py, scaleout.py, deploy.py). The full run
+Sections: http, cache, queue, pgbouncer, scaleout, statement-cache, deploy
+(bench/http_stack.py, cache.py, sms_queue.py, pgbouncer.py, scaleout.py, statement_cache.py,
+deploy.py). The full run
 needs the `make up` stack (HTTP through the balancer and straight at an app server, pgbench
 in koinonia-db, scale-out by draining peers, site.yml re-run); cache and queue run on
 loopback servers (app/tests/servers.py) so they control their own data and workers.
@@ -36,7 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import cache, deploy, http_stack, pgbouncer, scaleout
+from bench import cache, deploy, http_stack, pgbouncer, scaleout, statement_cache
 from bench import sms_queue as queue_section
 from bench.common import (
     APP_CONTAINERS,
@@ -54,7 +55,11 @@ from bench.common import (
     table,
 )
 
-SECTIONS = ("http", "scaleout", "pgbouncer", "queue", "cache", "deploy")
+SECTIONS = ("http", "scaleout", "statement-cache", "pgbouncer", "queue", "cache", "deploy")
+# Order of the sections in the markdown.
+ORDER = ("http", "cache", "queue", "pgbouncer", "scaleout", "statement-cache", "deploy")
+# Sections that measure the `make up` stack's HTTP path (they share one seeded session).
+STACK_HTTP = {"http", "scaleout", "statement-cache"}
 
 
 def sh(argv: list[str], timeout: float = 30) -> str:
@@ -183,6 +188,8 @@ def section_markdown(section: Section) -> list[str]:
         lines += cache.markdown(section)
     elif section.name == "deploy":
         lines += deploy.markdown(section)
+    elif section.name == "statement-cache":
+        lines += statement_cache.markdown(section)
     lines.append("")
     return lines
 
@@ -217,10 +224,19 @@ def stack_drain_markdown(drain: dict | None) -> list[str]:
             "between the message's database write and its enqueue: the worker's "
             "stalled-delivery sweep enqueues them again within 5-10 minutes)."
         )
+    exact = ""
+    if drain.get("sent_per_second_first_to_last"):
+        exact = (
+            f" In the database, {drain['sent_in_database']:,} deliveries have a `sent_at` "
+            f"within {drain['first_to_last_sent_seconds']:.1f} s of each other (first to last): "
+            f"{drain['sent_per_second_first_to_last']:,.0f} deliveries/s."
+        )
     return [
         head + f"{sent:,} of them were sent by the three app servers' SAQ workers (log "
-        f"provider, concurrency 10, started again after the rows) in "
-        f"{drain['drain_seconds']:.0f} s, {rate:,.0f} deliveries/s; " + left,
+        f"provider, started again after the rows) in "
+        f"{drain['drain_seconds']:.0f} s (polled every 2 s), {rate:,.0f} deliveries/s; "
+        + left
+        + exact,
         "",
     ]
 
@@ -278,6 +294,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--post-seconds", type=float, default=3, help="wrk duration per POST row")
     p.add_argument("--post-connections", type=int, default=8)
     p.add_argument("--pgbench-seconds", type=int, default=10)
+    p.add_argument(
+        "--ab-rounds",
+        type=int,
+        default=3,
+        help="statement-cache section: paired rounds, each measuring cache on and off",
+    )
     p.add_argument("--deliveries", type=int, default=10_000)
     p.add_argument("--queue-timeout", type=float, default=600, help="per queue run, seconds")
     p.add_argument(
@@ -322,6 +344,7 @@ def parse_args() -> argparse.Namespace:
     if args.smoke:
         args.seconds, args.connections = 1, 8
         args.post_seconds, args.post_connections = 1, 2
+        args.ab_rounds = 1
     if args.deploy is None:
         args.deploy = not args.smoke
     args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
@@ -388,10 +411,10 @@ def main() -> int:
         return rerender(args)
     started = time.time()
     on_stack = not args.smoke or args.stack
-    stack_sections = {"http", "scaleout", "pgbouncer"} & set(args.sections)
+    stack_sections = (STACK_HTTP | {"pgbouncer"}) & set(args.sections)
     if on_stack and (stack_sections or args.deploy):
         try:
-            require_stack(need_lb=bool({"http", "scaleout"} & stack_sections))
+            require_stack(need_lb=bool(STACK_HTTP & stack_sections))
         except StackNotUp as exc:
             print(f"make bench: {exc}", file=sys.stderr)
             return 2
@@ -414,7 +437,7 @@ def main() -> int:
         return section
 
     want = set(args.sections)
-    if on_stack and want & {"http", "scaleout"}:
+    if on_stack and want & STACK_HTTP:
         with ExitStack() as stack:
             try:
                 session = http_stack.open_stack(stack)
@@ -440,6 +463,11 @@ def main() -> int:
                 ]
                 nginx = next((r["rps"] for r in reuse if r["row"].startswith("NGINX")), None)
                 attempt("scaleout", lambda: scaleout.run(session, load, nginx, reuse))
+            if "statement-cache" in want:
+                attempt(
+                    "statement-cache",
+                    lambda: statement_cache.run(session, load, args.ab_rounds),
+                )
     elif "http" in want:
         attempt("http", lambda: http_stack.run(args))
         if "scaleout" in want:
@@ -449,6 +477,10 @@ def main() -> int:
                 "(run without --smoke, or --smoke --stack)"
             )
             sections.append(s.finish())
+    if not on_stack and "statement-cache" in want:
+        s = Section("statement-cache", "Statement cache: asyncpg's prepared statements on vs off")
+        s.skipped = "needs the `make up` stack (run without --smoke, or --smoke --stack)"
+        sections.append(s.finish())
     if "pgbouncer" in want:
 
         def pgb() -> Section:
@@ -470,7 +502,7 @@ def main() -> int:
                 sections.remove(queue_result)
             if "cache" in want and holder:
                 attempt("cache", lambda: cache.run(args, holder["lb"], holder["token"]))
-    if on_stack and want & {"http", "scaleout"}:
+    if on_stack and want & STACK_HTTP:
         # Before the deploy section: its site.yml re-run must find the stack as deployed.
         http_stack.resume_stack_workers()
     if "deploy" in want:
@@ -480,10 +512,7 @@ def main() -> int:
     results["seconds"] = time.time() - started
     results["finished_at"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     results["errors"] = errors
-    order = {
-        name: i
-        for i, name in enumerate(("http", "cache", "queue", "pgbouncer", "scaleout", "deploy"))
-    }
+    order = {name: i for i, name in enumerate(ORDER)}
     sections.sort(key=lambda s: order[s.name])
     results["section_objects"] = sections
     markdown = render(results)
