@@ -120,6 +120,13 @@ def start_probe(*args) -> subprocess.Popen:
     return process
 
 
+def probe_for(seconds: float, texting: dict) -> dict:
+    """The message load for SECONDS, waited for."""
+    return finish_probe(
+        start_probe("messages", str(seconds), texting["token"], texting["group"]), seconds + 180
+    )
+
+
 def finish_probe(process: subprocess.Popen, timeout: float) -> dict:
     out, err = process.stdout.read(), None
     process.wait(timeout=timeout)

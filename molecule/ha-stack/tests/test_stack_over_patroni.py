@@ -18,6 +18,7 @@ from conftest import (
     leader,
     members,
     messages_since,
+    probe_for,
     psql,
     start_probe,
     texted_once,
@@ -106,3 +107,27 @@ def test_leader_host_lost_under_message_load_writes_again_within_30_s_and_it_rej
         step=2,
         what=f"{old} streaming as a replica",
     )
+
+
+def test_etcd_majority_lost_the_leader_keeps_taking_writes_past_its_ttl(healthy_cluster, texting):
+    """failsafe_mode: with 2 of 3 etcd members gone, Patroni cannot renew the leader key,
+    but the leader keeps its role while every member answers it (README, "Database high
+    availability"). The load runs for twice the key's ttl, so a leader that stepped down when
+    its key expired would show as 503s."""
+    old = wait_for(leader, 30, what="the leader")
+    lost = [old, "hs-witness"]
+    started = time.time()
+    for node in lost:
+        docker_exec(node, "systemctl", "stop", "etcd", timeout=60)
+    try:
+        report = probe_for(40, texting)
+        recovery = [psql(node, "SELECT pg_is_in_recovery()") for node in DB_NODES]
+    finally:
+        for node in lost:
+            docker_exec(node, "systemctl", "start", "etcd", timeout=120)
+    print(f"etcd majority lost for {time.time() - started:.0f} s: answers {report['answers']}")
+    assert report["answers"].keys() == {"202"}, report["answers"]
+    assert sorted(recovery) == ["f", "t"], recovery  # still one primary: the same one
+    wait_for(healthy, 120, step=2, what="the cluster healthy with etcd back")
+    assert leader() == old
+    print("etcd majority lost:", texted_once(report))
