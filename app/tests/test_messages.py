@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import pytest
 
-from koinonia.delivery import messaging
+from koinonia.delivery import messaging, send_message
 from koinonia.delivery.sms import LogProvider
 from koinonia.models.core import Member
-from koinonia.models.messaging import Delivery, Message
+from koinonia.models.messaging import Delivery, Message, TargetType
+from koinonia.services import queue as queue_service
 from koinonia.web.state import get_state
 from tests.messaging_fixtures import create_group, create_member, redis_near_its_memory_limit
+from tests.pause import Pause
 
 
 async def _post(client, headers, body, key: str | None = None):
@@ -223,3 +226,44 @@ async def test_member_deleted_between_the_recipients_query_and_the_insert_is_lef
     [delivery] = await Delivery.filter(message_id=created["id"])
     assert str(delivery.member_id) == kept["id"]
     assert (await Message.get(id=created["id"])).recipient_count == 1
+
+
+async def test_a_send_cancelled_after_its_record_still_enqueues_its_deliveries(
+    app, client, church_a, monkeypatch
+):
+    # Before: a request cancelled between its commit and its enqueue (the client went away,
+    # and Quart cancels the handler) left the deliveries `queued` for the stalled sweep.
+    member = await create_member(client, church_a.headers)
+    state = get_state(app)
+    sender = send_message.Sender(state.sms_queue, state.settings, state.queue_headroom)
+    enqueued: list[uuid.UUID] = []
+    done = asyncio.Event()
+    real_enqueue = queue_service.enqueue_deliveries
+
+    async def enqueue_and_note(queue, settings, ids):
+        await real_enqueue(queue, settings, ids)
+        enqueued.extend(ids)
+        done.set()
+
+    pause = Pause()
+    monkeypatch.setattr(queue_service, "enqueue_deliveries", pause.before(enqueue_and_note))
+    sending = asyncio.create_task(
+        send_message.send_message(
+            sender,
+            church_id=uuid.UUID(church_a.church_id),
+            created_by_id=None,
+            content="Cancelled caller",
+            target_type=TargetType.MEMBERS,
+            target_ids=[member["id"]],
+            idempotency_key=None,
+        )
+    )
+    await asyncio.wait_for(pause.reached.wait(), 10)  # recorded, about to enqueue
+    sending.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await sending
+    pause.release.set()
+
+    await asyncio.wait_for(done.wait(), 10)
+    [delivery] = await Delivery.filter(member_id=member["id"])
+    assert enqueued == [delivery.id]

@@ -5,7 +5,8 @@ replies and recurring runs.
    nothing recorded), so the workers keep room to drain it.
 2. Record the message and one ``queued`` delivery per opted-in recipient (one statement).
 3. Enqueue the deliveries that still wait, in chunks. If Redis fails now, the message is
-   recorded anyway and the stalled sweep enqueues its deliveries later.
+   recorded anyway and the stalled sweep enqueues its deliveries later. Steps 2 and 3 finish
+   even if the sender is cancelled meanwhile (a client that went away).
 
 A repeat with the same idempotency key records nothing and enqueues only deliveries still
 ``queued`` (the first request may have died between its commit and its enqueue).
@@ -13,6 +14,7 @@ A repeat with the same idempotency key records nothing and enqueues only deliver
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Iterable
@@ -31,6 +33,9 @@ log = logging.getLogger(__name__)
 
 # What a refused sender is told to wait: workers drain thousands of deliveries a minute.
 QUEUE_FULL_RETRY_AFTER_SECONDS = 60
+
+# The record-then-enqueue tasks still running (send_message says why they are tasks).
+_recording: set[asyncio.Task[messaging.RecordedMessage]] = set()
 
 
 @dataclass(frozen=True)
@@ -90,13 +95,24 @@ async def send_message(
     idempotency_key: str | None,
 ) -> messaging.RecordedMessage:
     await refuse_if_queue_full(sender.headroom)
-    recorded = await messaging.record_message(
-        church_id=church_id,
-        created_by_id=created_by_id,
-        content=content,
-        target_type=target_type,
-        target_ids=target_ids,
-        idempotency_key=idempotency_key,
-    )
-    await enqueue(sender, recorded.waiting_ids)
-    return recorded
+
+    async def record_then_enqueue() -> messaging.RecordedMessage:
+        recorded = await messaging.record_message(
+            church_id=church_id,
+            created_by_id=created_by_id,
+            content=content,
+            target_type=target_type,
+            target_ids=target_ids,
+            idempotency_key=idempotency_key,
+        )
+        await enqueue(sender, recorded.waiting_ids)
+        return recorded
+
+    # Recording and enqueueing finish together even when the caller is cancelled (Quart
+    # cancels a request's handler when its client goes away): cancelled between the commit
+    # and the enqueue, the deliveries would wait for the stalled sweep, minutes. The task is
+    # kept referenced until it ends (the event loop holds only weak references to tasks).
+    task = asyncio.create_task(record_then_enqueue())
+    _recording.add(task)
+    task.add_done_callback(_recording.discard)
+    return await asyncio.shield(task)
