@@ -18,7 +18,8 @@ REPO_HOST = "hd-witness"
 TEXTFILE = "/var/lib/prometheus/node-exporter/pgbackrest.prom"
 RESTORE_PATH = "/var/lib/postgresql/pitr-restore"
 RESTORE_PORT = 5439
-PLAYBOOK = pathlib.Path(__file__).resolve().parents[3] / "playbooks" / "restore.yml"
+ROOT = pathlib.Path(__file__).resolve().parents[3]
+PLAYBOOK = ROOT / "playbooks" / "restore.yml"
 
 
 def as_postgres(command):
@@ -71,7 +72,8 @@ def test_stanza_exists_and_the_leaders_wal_reaches_the_encrypted_repository(host
     assert result.rc == 0, result.stdout + result.stderr
     assert archiver(node)[0] > 0
     info = repo_info(host)
-    assert info["status"]["code"] == 0, info["status"]
+    # 0: ok; 2: "no valid backups" (the stanza exists, the backup test takes the first one).
+    assert info["status"]["code"] in (0, 2), info["status"]
     assert [repo["cipher"] for repo in info["repo"]] == ["aes-256-cbc"]
     assert info["archive"][0]["max"]
     # Encrypted on disk: the repository's files are OpenSSL-salted ciphertext, not text.
@@ -139,6 +141,8 @@ def test_pitr_drill_restores_row_a_and_not_row_b_into_a_new_cluster(host, cfg):
             "-e",
             json.dumps({"restore_target_time": target, "restore_host": replica}),
         ],
+        # The collection's roles, however the tests were started.
+        env={**os.environ, "ANSIBLE_ROLES_PATH": str(ROOT / "roles")},
         capture_output=True,
         text=True,
         timeout=600,
