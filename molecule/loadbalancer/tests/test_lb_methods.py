@@ -40,3 +40,17 @@ def test_routed_methods_reach_the_app(host, method):
     assert status == 200, body
     assert json.loads(body)["method"] == method
     assert headers["x-served-by"] in ("lb-app1", "lb-app2")
+
+
+@pytest.mark.parametrize("method", ["TRACE", "PROPFIND"])
+def test_plain_http_port_answers_an_unrouted_method_the_same_way(host, method):
+    status, headers, body = curl(host, "-X", method, "http://localhost/api/echo")
+    assert status == 405, body
+    assert headers["allow"] == ALLOWED
+    assert json.loads(body)["error"]["code"] == "method_not_allowed"
+
+
+def test_plain_http_port_still_redirects_what_the_api_routes(host):
+    status, headers, _body = curl(host, "http://localhost/api/echo?x=1")
+    assert status == 301
+    assert headers["location"] == "https://localhost/api/echo?x=1"
