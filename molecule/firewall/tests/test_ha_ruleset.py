@@ -51,7 +51,9 @@ def render(inventory, out_dir):
 
 def sources(ruleset, match):
     """The source addresses every accept rule for `match` (e.g. "tcp dport 2379") lets in."""
-    found = re.findall(r"^\s*ip6? saddr \{ ([^}]*) \} " + re.escape(match) + " accept", ruleset, re.M)
+    found = re.findall(
+        r"^\s*ip6? saddr \{ ([^}]*) \} " + re.escape(match) + " accept", ruleset, re.M
+    )
     return {address for line in found for address in line.split(", ")}
 
 
