@@ -46,9 +46,10 @@ longest_first = $(filter-out $(TEST_ORDER),$(1)) $(filter $(1),$(TEST_ORDER))
 # Role scenarios whose servers differ most between the releases (PostgreSQL 15/17, PgBouncer
 # 1.18/1.24, Redis 7/8; our PgBouncer exporter vs Debian's; nginx and its Lua module) run on
 # Debian 13, then again on Debian 12 in the same stage: their containers have fixed names, so
-# the two passes cannot run side by side. The app and firewall roles meet Debian 12 in
-# molecule-operations, which converges, deploys and verifies the whole stack there.
-DEBIAN12_TOO := data monitoring loadbalancer
+# the two passes cannot run side by side. The app role meets Debian 12 in
+# molecule-operations, which converges, deploys and verifies the whole stack there; the
+# firewall scenario (real packets through nftables) runs on both releases.
+DEBIAN12_TOO := data monitoring loadbalancer firewall
 molecule_test = molecule test -s $(1)$(if $(filter $(1),$(DEBIAN12_TOO)), && KOINONIA_DEBIAN=12 molecule test -s $(1))
 stage_command = $(if $(filter molecule-%,$(1)),$(call molecule_test,$(1:molecule-%=%)),$(stage_$(1)))
 # $(call run_stages,NAMES): those stages through scripts/run-stages, TEST_JOBS at a time.
