@@ -87,9 +87,10 @@ def test_patroni_rest_api_takes_haproxy_the_members_and_prometheus(ha):
     assert "dport 8008" not in ha["ha-witness"]
 
 
-def test_postgresql_on_patroni_nodes_takes_only_the_other_patroni_nodes(ha):
+def test_postgresql_on_patroni_nodes_takes_only_the_patroni_nodes_and_haproxy(ha):
+    # HAProxy's direct write port (the migrations) leads to the leader's PostgreSQL.
     for node in PATRONI:
-        assert sources(ha[node], "tcp dport 5432") == addresses(*PATRONI)
+        assert sources(ha[node], "tcp dport 5432") == addresses(*PATRONI, "ha-witness")
 
 
 def test_pgbouncer_on_patroni_nodes_takes_the_app_servers_and_haproxy(ha):
@@ -98,7 +99,7 @@ def test_pgbouncer_on_patroni_nodes_takes_the_app_servers_and_haproxy(ha):
 
 
 def test_haproxy_ports_take_the_app_servers(ha):
-    assert sources(ha["ha-witness"], "tcp dport { 5000, 5001 }") == addresses(*APP_SERVERS)
+    assert sources(ha["ha-witness"], "tcp dport { 5000, 5001, 5002 }") == addresses(*APP_SERVERS)
 
 
 def test_pgbackrest_tls_servers_take_the_database_nodes_and_the_repository(ha):
