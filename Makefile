@@ -48,9 +48,9 @@ longest_first = $(filter-out $(TEST_ORDER),$(1)) $(filter $(1),$(TEST_ORDER))
 # 1.18/1.24, Redis 7/8; our PgBouncer exporter vs Debian's; nginx and its Lua module) run on
 # Debian 13, then again on Debian 12 in the same stage: their containers have fixed names, so
 # the two passes cannot run side by side. The app role (CPython 3.11's lock, PgBouncer 1.18 without
-# a statement cache) runs both passes too. The firewall role meets Debian 12 in
-# molecule-operations, which converges, deploys and verifies the whole stack there.
-DEBIAN12_TOO := data monitoring loadbalancer app
+# a statement cache) and the firewall role (real packets through each release's nftables) run
+# both passes too.
+DEBIAN12_TOO := data monitoring loadbalancer app firewall
 molecule_test = molecule test -s $(1)$(if $(filter $(1),$(DEBIAN12_TOO)), && KOINONIA_DEBIAN=12 molecule test -s $(1))
 stage_command = $(if $(filter molecule-%,$(1)),$(call molecule_test,$(1:molecule-%=%)),$(stage_$(1)))
 # $(call run_stages,NAMES): those stages through scripts/run-stages, TEST_JOBS at a time.

@@ -14,9 +14,9 @@ import testinfra
 TARGET = "fw-app"
 CONNECT_TIMEOUT = 3  # seconds a dropped connection attempt is given before it counts as dropped
 DROPPED = 124  # exit status of timeout(1) when the command ran out of time
-# Ports the tests listen on: SSH, API, PgBouncer, Redis, node exporter, and PostgreSQL
-# (not served by fw-app, so no rule opens it).
-PORTS = (22, 3000, 5432, 6379, 6432, 9100)
+# Ports the tests listen on: SSH, API, PgBouncer, Redis, node exporter, etcd's client and
+# peer ports, Redis Sentinel, and PostgreSQL (not served by fw-app, so no rule opens it).
+PORTS = (22, 2379, 2380, 3000, 5432, 6379, 6432, 9100, 26379)
 
 
 def other_host(name):

@@ -23,17 +23,26 @@ RULES_FILE = "/etc/nftables.d/koinonia.nft"
         (6432, "fw-worker", "fw-lb"),
         (6379, "fw-worker", "fw-lb"),
         (9100, "fw-lb", "fw-worker"),
+        (2380, "fw-lb", "fw-worker"),
+        (26379, "fw-worker", "fw-lb"),
     ],
     ids=[
         "app_port-accepts_the_balancer_and_refuses_other_hosts",
         "pgbouncer-accepts_app_servers_and_refuses_the_balancer",
         "redis-accepts_app_servers_and_refuses_the_balancer",
         "node_exporter-accepts_the_monitoring_host_and_refuses_other_hosts",
+        "etcd_peer-accepts_etcd_members_and_refuses_a_patroni_node",
+        "redis_sentinel-accepts_app_servers_and_refuses_the_balancer",
     ],
 )
 def test_port_accepts_its_tier_and_drops_the_others(listeners, port, allowed, refused):
     assert connects(allowed, port), f"{allowed} cannot reach fw-app:{port}"
     assert connect(refused, port) == DROPPED, f"{refused} was not dropped on fw-app:{port}"
+
+
+def test_etcd_client_port_accepts_a_patroni_node_that_its_peer_port_drops(listeners):
+    assert connects("fw-worker", 2379), "fw-worker (patroni) cannot reach etcd's client port"
+    assert connect("fw-worker", 2380) == DROPPED
 
 
 def test_port_no_rule_opens_is_dropped_for_every_host(listeners):

@@ -15,6 +15,7 @@ EXPORTERS = {
     9121: ("prometheus-redis-exporter", "redis_up"),
     9127: ("{pgbouncer}", "pgbouncer_up"),
     9187: ("prometheus-postgres-exporter", "pg_up"),
+    9355: ("koinonia-redis-sentinel-exporter", "redis_sentinel_masters"),
 }
 # Debian 13 packages a PgBouncer exporter that works (the prometheus-community one); Debian
 # 12's fails on its PgBouncer 1.18, so the role runs its own there.
@@ -82,6 +83,7 @@ def test_pgbouncer_exporter_reports_what_the_alert_rules_read(host):
     "path",
     [
         "/etc/default/prometheus-redis-exporter",
+        "/etc/default/koinonia-redis-sentinel-exporter",
         "/etc/default/prometheus-postgres-exporter",
         "/etc/default/{pgbouncer}",
     ],

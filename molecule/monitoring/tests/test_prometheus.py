@@ -24,6 +24,20 @@ ALERTS = {
     "KoinoniaQueueJobsFailing",
     "RedisMemoryNearMaxmemory",
     "RedisMemoryAtMaxmemory",
+    "PatroniNoLeader",
+    "PatroniLeaderLockMissing",
+    "PatroniPostgresNotRunning",
+    "PatroniReplicaLagging",
+    "EtcdNoLeader",
+    "EtcdMemberDown",
+    "EtcdMajorityLost",
+    "RedisMasterWithoutReplica",
+    "RedisReplicaLinkDown",
+    "RedisMoreThanOneMaster",
+    "RedisSentinelNotMonitoring",
+    "RedisSentinelMasterDown",
+    "RedisSentinelsDisagreeOnMaster",
+    "RedisSentinelPeerDown",
 }
 TARGETS = {
     ("prometheus", "mon-prom"),
@@ -33,6 +47,7 @@ TARGETS = {
     ("pgbouncer", "mon-target"),
     ("postgres", "mon-target"),
     ("redis", "mon-target"),
+    ("redis-sentinel", "mon-target"),
     ("koinonia-app", "mon-target"),
 }
 

@@ -1,0 +1,141 @@
+"""The HA tiers' rules as the role renders them for an HA-shaped inventory (render/ha.yml:
+Patroni, etcd, HAProxy, a pgBackRest repository, replicated Redis, two balancers sharing a
+virtual address), and none of them for the single-node topology (render/single.yml); nft on
+fw-app accepts every rendered ruleset. test_firewall.py sends real packets through some."""
+
+import os
+import pathlib
+import re
+import subprocess
+
+import pytest
+
+testinfra_hosts = ["fw-app"]
+
+RENDER_DIR = pathlib.Path(__file__).resolve().parent.parent / "render"
+ADDRESSES = {
+    "ha-lb1": "10.30.0.11",
+    "ha-lb2": "10.30.0.12",
+    "ha-app1": "10.30.1.11",
+    "ha-app2": "10.30.1.12",
+    "ha-db1": "10.30.2.11",
+    "ha-db2": "10.30.2.12",
+    "ha-witness": "10.30.2.13",
+    "ha-redis1": "10.30.3.11",
+    "ha-redis2": "10.30.3.12",
+    "ha-redis3": "10.30.3.13",
+    "ha-mon": "10.30.4.10",
+}
+ETCD = ("ha-db1", "ha-db2", "ha-witness")
+PATRONI = ("ha-db1", "ha-db2")
+APP_SERVERS = ("ha-app1", "ha-app2")
+REDIS = ("ha-redis1", "ha-redis2", "ha-redis3")
+BALANCERS = ("ha-lb1", "ha-lb2")
+
+
+def render(inventory, out_dir):
+    """{host: its koinonia.nft} as the role renders them for every host of `inventory`."""
+    env = dict(os.environ, ANSIBLE_FORCE_COLOR="0", ANSIBLE_NOCOLOR="1")
+    cmd = [
+        "ansible-playbook",
+        "-i",
+        str(RENDER_DIR / f"{inventory}.yml"),
+        "-e",
+        f"montest_out_dir={out_dir}",
+        str(RENDER_DIR / "ruleset.yml"),
+    ]
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    return {path.stem: path.read_text() for path in pathlib.Path(out_dir).glob("*.nft")}
+
+
+def sources(ruleset, match):
+    """The source addresses every accept rule for `match` (e.g. "tcp dport 2379") lets in."""
+    found = re.findall(
+        r"^\s*ip6? saddr \{ ([^}]*) \} " + re.escape(match) + " accept", ruleset, re.M
+    )
+    return {address for line in found for address in line.split(", ")}
+
+
+def addresses(*hosts):
+    return {ADDRESSES[h] for h in hosts}
+
+
+@pytest.fixture(scope="module")
+def ha(tmp_path_factory):
+    rulesets = render("ha", tmp_path_factory.mktemp("ha"))
+    assert set(rulesets) == set(ADDRESSES)
+    return rulesets
+
+
+def test_etcd_client_port_takes_the_members_the_patroni_nodes_and_prometheus(ha):
+    for member in ETCD:
+        assert sources(ha[member], "tcp dport 2379") == addresses(*ETCD, *PATRONI, "ha-mon")
+
+
+def test_etcd_peer_port_takes_the_members_only_and_is_closed_elsewhere(ha):
+    for member in ETCD:
+        assert sources(ha[member], "tcp dport 2380") == addresses(*ETCD)
+    for other in set(ADDRESSES) - set(ETCD):
+        assert "dport 2380" not in ha[other]
+        assert "dport 2379" not in ha[other]
+
+
+def test_patroni_rest_api_takes_haproxy_the_members_and_prometheus(ha):
+    for node in PATRONI:
+        assert sources(ha[node], "tcp dport 8008") == addresses("ha-witness", *PATRONI, "ha-mon")
+    assert "dport 8008" not in ha["ha-witness"]
+
+
+def test_postgresql_on_patroni_nodes_takes_only_the_patroni_nodes_and_haproxy(ha):
+    # HAProxy's direct write port (the migrations) leads to the leader's PostgreSQL.
+    for node in PATRONI:
+        assert sources(ha[node], "tcp dport 5432") == addresses(*PATRONI, "ha-witness")
+
+
+def test_pgbouncer_on_patroni_nodes_takes_the_app_servers_and_haproxy(ha):
+    for node in PATRONI:
+        assert sources(ha[node], "tcp dport 6432") == addresses(*APP_SERVERS, "ha-witness")
+
+
+def test_haproxy_ports_take_the_app_servers(ha):
+    assert sources(ha["ha-witness"], "tcp dport { 5000, 5001, 5002 }") == addresses(*APP_SERVERS)
+
+
+def test_pgbackrest_tls_servers_take_the_database_nodes_and_the_repository(ha):
+    assert sources(ha["ha-witness"], "tcp dport 8432") == addresses(*PATRONI)
+    for node in PATRONI:
+        assert sources(ha[node], "tcp dport 8432") == addresses("ha-witness")
+
+
+def test_replicated_redis_opens_redis_and_sentinel_to_the_nodes_and_the_app_servers(ha):
+    for node in REDIS:
+        assert sources(ha[node], "tcp dport 6379") == addresses(*REDIS, *APP_SERVERS)
+        assert sources(ha[node], "tcp dport 26379") == addresses(*REDIS, *APP_SERVERS)
+        assert sources(ha[node], "tcp dport 9355") == addresses("ha-mon")
+
+
+def test_vrrp_is_accepted_only_between_the_balancers(ha):
+    for balancer in BALANCERS:
+        assert sources(ha[balancer], "meta l4proto 112") == addresses(*BALANCERS)
+    for other in set(ADDRESSES) - set(BALANCERS):
+        assert "l4proto 112" not in ha[other]
+
+
+def test_every_rendered_ha_ruleset_is_valid_for_nft(host, ha):
+    for name, ruleset in sorted(ha.items()):
+        path = f"/tmp/ha-{name}.nft"
+        written = host.run("printf %%s %s > %s", ruleset, path)
+        assert written.rc == 0, written.stderr
+        checked = host.run("nft -c -f %s", path)
+        assert checked.rc == 0, f"{name}: {checked.stderr}"
+
+
+def test_single_node_topology_gets_none_of_the_ha_rules(tmp_path):
+    rulesets = render("single", tmp_path)
+    assert set(rulesets) == {"lb-1", "backend-1", "backend-2", "db-1", "redis-1", "mon-1"}
+    for name, ruleset in rulesets.items():
+        for ha_match in ("2379", "2380", "8008", "8432", "26379", "9355", "5000", "l4proto 112"):
+            assert ha_match not in ruleset, f"{name}: {ha_match}"
+    assert sources(rulesets["redis-1"], "tcp dport 6379") == {"10.0.1.11", "10.0.1.12"}
+    assert sources(rulesets["db-1"], "tcp dport 5432") == {"10.0.1.11", "10.0.1.12", "10.0.2.10"}
