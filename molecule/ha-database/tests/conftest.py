@@ -12,6 +12,7 @@ import os
 import pathlib
 import shlex
 import subprocess
+import sys
 import time
 
 import pytest
@@ -19,6 +20,8 @@ import testinfra
 import yaml
 
 SCENARIO_DIR = pathlib.Path(__file__).resolve().parent.parent
+# The shared test helpers (stackops.run_playbook: a playbook run as an operator would).
+sys.path.insert(0, str(SCENARIO_DIR.parent / "resources" / "tests"))
 DB_NODES = ["hd-db1", "hd-db2"]
 CLIENT = "hd-witness"
 WRITE_PORT = 5000

@@ -2,16 +2,13 @@
 replicas, timeline and WAL archiving, and the newest backup in the pgBackRest repository."""
 
 import json
-import os
-import pathlib
-import subprocess
 
 from conftest import wait_healthy
+from stackops import run_playbook
 from test_pgbackrest import ensure_full_backup
 
 testinfra_hosts = ["hd-witness"]
 
-PLAYBOOK = pathlib.Path(__file__).resolve().parents[3] / "playbooks" / "verify.yml"
 HA_ITEMS = {
     "Patroni: one leader",
     "Patroni: replicas streaming, lag within 1048576 bytes",
@@ -24,21 +21,7 @@ HA_ITEMS = {
 
 def verify(tmp_path, *extra):
     report = tmp_path / "verify.json"
-    result = subprocess.run(
-        [
-            "ansible-playbook",
-            "-i",
-            os.environ["MOLECULE_INVENTORY_FILE"],
-            str(PLAYBOOK),
-            "-e",
-            f"verify_report={report}",
-            *extra,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    result = run_playbook("verify.yml", "-e", f"verify_report={report}", *extra, timeout=300)
     rows = json.loads(report.read_text()) if report.exists() else []
     return result, rows
 
