@@ -38,6 +38,9 @@ ALERTS = {
     "RedisSentinelMasterDown",
     "RedisSentinelsDisagreeOnMaster",
     "RedisSentinelPeerDown",
+    "PgBackRestArchivingFailing",
+    "PgBackRestBackupTooOld",
+    "PgBackRestRepositoryUnreadable",
 }
 TARGETS = {
     ("prometheus", "mon-prom"),
