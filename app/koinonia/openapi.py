@@ -4,8 +4,9 @@ quart-schema builds each operation from the route's decorators; this provider ad
 cannot know: the error responses every operation can give (from its security, path, body
 and query, plus the ones a route declares with ``document_errors``), ``Retry-After`` on 429
 and 503, request bodies marked required, ``uuid`` path parameters, 204 answers
-(``document_no_content``) and links from each create operation to the operations that take
-the id it answers with (``LINKS``).
+(``document_no_content``), the headers of idempotent sends (``document_idempotency``) and of
+cached reads (``document_cache_status``), and links from each create operation to the
+operations that take the id it answers with (``LINKS``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any, TypeVar
 from quart_schema import OpenAPIProvider
 from werkzeug.routing import Rule, UUIDConverter
 
-from koinonia.schemas import ErrorResponse, ValidationErrorResponse
+from koinonia.schemas import IDEMPOTENCY_KEY_PATTERN, ErrorResponse, ValidationErrorResponse
 
 ERROR_REF = {"$ref": "#/components/schemas/ErrorResponse"}
 VALIDATION_ERROR_REF = {"$ref": "#/components/schemas/ValidationErrorResponse"}
@@ -24,6 +25,8 @@ REQUEST_MEDIA_ATTRIBUTE = "_koinonia_request_media"
 ERRORS_ATTRIBUTE = "_koinonia_errors"
 NO_CONTENT_ATTRIBUTE = "_koinonia_no_content"
 TEXT_RESPONSE_ATTRIBUTE = "_koinonia_text_response"
+IDEMPOTENCY_ATTRIBUTE = "_koinonia_idempotency"
+CACHE_STATUS_ATTRIBUTE = "_koinonia_cache_status"
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -31,6 +34,41 @@ RETRY_AFTER_HEADER = {
     "Retry-After": {
         "description": "Seconds to wait before trying again",
         "schema": {"type": "integer", "minimum": 0},
+    }
+}
+
+IDEMPOTENCY_KEY_PARAMETER = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": (
+        "Any client-chosen key, at most 255 characters: a repeated request with the same key "
+        "creates nothing and answers what the first one recorded (`Idempotent-Replayed`)"
+    ),
+    "schema": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 255,
+        "pattern": IDEMPOTENCY_KEY_PATTERN,
+    },
+}
+IDEMPOTENT_REPLAYED_HEADER = {
+    "Idempotent-Replayed": {
+        "description": (
+            "`true` when this answer repeats the one recorded for an earlier request with the "
+            "same `Idempotency-Key` (nothing new was created or sent); absent otherwise"
+        ),
+        "schema": {"type": "string", "enum": ["true"]},
+    }
+}
+CACHE_STATUS_HEADER = {
+    "X-Cache": {
+        "description": (
+            "Where the page came from: `HIT` the cache, `MISS` the database (then cached), "
+            "`BYPASS` the database with the cache not consulted, `ERROR` the database because "
+            "the cache was unreachable"
+        ),
+        "schema": {"type": "string", "enum": ["HIT", "MISS", "BYPASS", "ERROR"]},
     }
 }
 
@@ -144,6 +182,18 @@ def document_no_content(func: F) -> F:
     return func
 
 
+def document_idempotency(func: F) -> F:
+    """The route honours an ``Idempotency-Key`` header and marks a replayed answer."""
+    setattr(func, IDEMPOTENCY_ATTRIBUTE, True)
+    return func
+
+
+def document_cache_status(func: F) -> F:
+    """The route's success answer says in ``X-Cache`` whether it came from the cache."""
+    setattr(func, CACHE_STATUS_ATTRIBUTE, True)
+    return func
+
+
 def document_text_response(status: int, content_type: str, description: str) -> Callable[[F], F]:
     """The route answers ``status`` with a text body of ``content_type`` (TwiML, ...)."""
 
@@ -231,6 +281,12 @@ class KoinoniaOpenAPIProvider(OpenAPIProvider):
                     self._typed_path_parameter(parameter, rule)
                     for parameter in operation.get("parameters", [])
                 ]
+                success = next(code for code in responses if code.startswith("2"))
+                if getattr(func, IDEMPOTENCY_ATTRIBUTE, False):
+                    operation["parameters"].append(IDEMPOTENCY_KEY_PARAMETER)
+                    responses[success].setdefault("headers", {}).update(IDEMPOTENT_REPLAYED_HEADER)
+                if getattr(func, CACHE_STATUS_ATTRIBUTE, False):
+                    responses[success].setdefault("headers", {}).update(CACHE_STATUS_HEADER)
                 statuses = set(declared) | self._derived_errors(path, method, operation)
                 for status in sorted(statuses):
                     error = _error_response(status, queue_full=queue_full)

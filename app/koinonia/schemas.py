@@ -87,6 +87,9 @@ class ErrorResponse(ApiModel):
 
 # E.164: "+", a country code that does not start with 0, at most 15 digits in all.
 E164_PATTERN = r"^\+[1-9][0-9]{1,14}$"
+# An Idempotency-Key: 1 to 255 printable ASCII characters, no blank at either end (a header
+# value's ends are trimmed on the way, so a key that had them would not be the key sent).
+IDEMPOTENCY_KEY_PATTERN = r"^[!-~]([ -~]{0,253}[!-~])?$"
 
 
 class FieldError(ApiModel):

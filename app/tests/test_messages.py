@@ -92,6 +92,24 @@ async def test_target_all_and_members(client, church_a):
     assert (await picked.get_json())["recipientCount"] == 2
 
 
+@pytest.mark.parametrize("key", ["k" * 256, "caf\u00e9", "tab\tinside"])
+async def test_an_idempotency_key_outside_its_documented_form_is_refused_and_records_nothing(
+    client, church_a, key
+):
+    member = await create_member(client, church_a.headers)
+    body = {"content": "Bad key", "targetType": "members", "targetIds": [member["id"]]}
+
+    refused = await _post(client, church_a.headers, body, key)
+
+    assert refused.status_code == 400
+    assert (
+        "Idempotency-Key must be 1 to 255 printable ASCII"
+        in (await refused.get_json())["error"]["message"]
+    )
+    listing = await (await client.get("/api/messages", headers=church_a.headers)).get_json()
+    assert "Bad key" not in [m["content"] for m in listing["data"]]
+
+
 async def test_idempotency_key_makes_retried_post_create_nothing(client, church_a):
     member = await create_member(client, church_a.headers)
     body = {"content": "Once only", "targetType": "members", "targetIds": [member["id"]]}

@@ -151,6 +151,30 @@ async def test_sending_operations_document_queue_full(client):
         assert "Retry-After" in unavailable["headers"]
 
 
+async def test_sending_operations_document_the_idempotency_key_and_the_replay_header(client):
+    document = await _document(client)
+    for path in ("/api/messages", "/api/conversations/{conversation_id}/messages"):
+        operation = document["paths"][path]["post"]
+        [key] = [p for p in operation["parameters"] if p["name"] == "Idempotency-Key"]
+        assert key["in"] == "header" and not key["required"]
+        assert key["schema"]["maxLength"] == 255
+        assert operation["responses"]["202"]["headers"]["Idempotent-Replayed"]["schema"] == {
+            "type": "string",
+            "enum": ["true"],
+        }
+
+
+async def test_cached_reads_document_the_cache_status_their_answers_carry(client, church_a):
+    document = await _document(client)
+    for path in ("/api/members", "/api/analytics/summary"):
+        header = document["paths"][path]["get"]["responses"]["200"]["headers"]["X-Cache"]
+        first = await client.get(path, headers=church_a.headers)
+        second = await client.get(path, headers=church_a.headers)
+        assert first.status_code == second.status_code == 200
+        assert (first.headers["X-Cache"], second.headers["X-Cache"]) == ("MISS", "HIT")
+        assert {"MISS", "HIT"} <= set(header["schema"]["enum"])
+
+
 async def test_links_lead_to_existing_operations_and_their_parameters(client):
     document = await _document(client)
     operations = {op["operationId"]: op for _, _, op in _operations(document)}

@@ -61,6 +61,10 @@ class LinkStatus(enum.StrEnum):
     FAILED = "failed"
 
 
+# The longest idempotency key a message keeps (its column's length).
+MESSAGE_KEY_LENGTH = 255
+
+
 class Message(Model):
     id = fields.UUIDField(primary_key=True)
     church: fields.ForeignKeyRelation = fields.ForeignKeyField(
@@ -76,7 +80,7 @@ class Message(Model):
     recipient_count = fields.IntField(default=0)
     # Client-chosen key of the POST that created it, and a hash of that request's body so
     # that reusing a key for a different message is refused instead of silently ignored.
-    idempotency_key = fields.CharField(max_length=255, null=True)
+    idempotency_key = fields.CharField(max_length=MESSAGE_KEY_LENGTH, null=True)
     request_hash = fields.CharField(max_length=64, null=True)
     created_at = fields.DatetimeField(auto_now_add=True)
 

@@ -8,6 +8,7 @@ from pydantic import Field
 from quart import Blueprint, Response
 from quart_schema import document_response, tag, validate_querystring
 
+from koinonia.openapi import document_cache_status
 from koinonia.responses import json_response
 from koinonia.schemas import ApiModel
 from koinonia.services import analytics
@@ -50,6 +51,7 @@ class SummaryOut(ApiModel):
 @require_permission(Permission.SEE_ANALYTICS)
 @validate_querystring(SummaryQuery)
 @document_response(SummaryOut, 200)
+@document_cache_status
 async def summary(query_args: SummaryQuery) -> Response:
     body, cache_status = await analytics.summary_json(
         get_state().cache, current_church_id(), query_args.days

@@ -11,7 +11,7 @@ from quart import Blueprint
 from quart_schema import document_response, tag, validate_querystring, validate_request
 
 from koinonia.models.messaging import Direction
-from koinonia.openapi import document_errors
+from koinonia.openapi import document_errors, document_idempotency
 from koinonia.routes.messages import MAX_OFFSET, idempotency_key
 from koinonia.schemas import E164_PATTERN, ApiModel, Pagination
 from koinonia.services import conversations
@@ -99,6 +99,7 @@ async def conversation_messages(
 @validate_request(ReplyIn)
 @document_response(ConversationMessageOut, 202)
 @document_errors(400, 409, queue_full=True)
+@document_idempotency
 async def reply(
     conversation_id: uuid.UUID, data: ReplyIn
 ) -> tuple[dict[str, Any], int, dict[str, str]]:

@@ -10,7 +10,7 @@ from quart import Blueprint, Response
 from quart_schema import document_response, tag, validate_querystring, validate_request
 
 from koinonia.models.core import ConsentSource
-from koinonia.openapi import document_errors, document_no_content
+from koinonia.openapi import document_cache_status, document_errors, document_no_content
 from koinonia.responses import json_response
 from koinonia.schemas import E164_PATTERN, ApiModel
 from koinonia.services import consent, members
@@ -91,6 +91,7 @@ class MemberPatch(ApiModel):
 @require_permission(Permission.VIEW)
 @validate_querystring(MemberListQuery)
 @document_response(MemberPage, 200)
+@document_cache_status
 async def list_members(query_args: MemberListQuery) -> Response:
     """Newest first. ``page``/``limit`` or ``cursor`` (from ``pagination.nextCursor``)."""
     # Encoded once: a cache hit goes out exactly as Redis returned it.

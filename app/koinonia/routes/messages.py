@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime
 from typing import Annotated, Any, ClassVar
@@ -13,8 +14,8 @@ from quart_schema import document_response, tag, validate_querystring, validate_
 from koinonia.delivery import messaging, send_message
 from koinonia.errors import BadRequest
 from koinonia.models.messaging import DeliveryStatus, MessageStatus, TargetType
-from koinonia.openapi import document_errors
-from koinonia.schemas import ApiModel, Pagination
+from koinonia.openapi import document_errors, document_idempotency
+from koinonia.schemas import IDEMPOTENCY_KEY_PATTERN, ApiModel, Pagination
 from koinonia.services.permissions import Permission
 from koinonia.web import resources
 from koinonia.web.tenancy import current_church_id, current_user, require_permission
@@ -101,9 +102,11 @@ def idempotency_key() -> str | None:
     key = request.headers.get(IDEMPOTENCY_HEADER)
     if key is None:
         return None
-    key = key.strip()
-    if not key or len(key) > 255:
-        raise BadRequest(f"{IDEMPOTENCY_HEADER} must be 1 to 255 characters")
+    if re.fullmatch(IDEMPOTENCY_KEY_PATTERN, key) is None:
+        raise BadRequest(
+            f"{IDEMPOTENCY_HEADER} must be 1 to 255 printable ASCII characters, "
+            "with no blank at either end"
+        )
     return key
 
 
@@ -113,6 +116,7 @@ def idempotency_key() -> str | None:
 @validate_request(MessageIn)
 @document_response(MessageOut, 202)
 @document_errors(400, 404, 409, queue_full=True)
+@document_idempotency
 async def create_message(data: MessageIn) -> tuple[dict[str, Any], int, dict[str, str]]:
     """Record the message and one delivery per opted-in recipient; sending happens in workers.
 

@@ -3,6 +3,7 @@ queue."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import uuid
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from koinonia.delivery import send_message
 from koinonia.errors import Conflict, NotFound
 from koinonia.models.core import Church, ConsentSource, Member
 from koinonia.models.messaging import (
+    MESSAGE_KEY_LENGTH,
     ChurchPhoneNumber,
     Conversation,
     ConversationMessage,
@@ -36,6 +38,17 @@ class InboundResult:
     opt_change: bool | None = None  # False: opted out, True: opted in, None: unchanged
     conversation_id: uuid.UUID | None = None
     reply: str | None = None  # answered in the webhook's TwiML (HELP/INFO)
+
+
+def reply_key(conversation_id: uuid.UUID, client_key: str) -> str:
+    """The message's idempotency key for a reply: scoped to the conversation, so the same
+    client key on another endpoint is another text. A client key may be 255 characters, as
+    long as the column, so one that would not fit beside its scope is stored as its SHA-256
+    (keys that fit keep their plain form, which earlier replies were recorded under)."""
+    scoped = f"reply:{conversation_id}:{client_key}"
+    if len(scoped) <= MESSAGE_KEY_LENGTH:
+        return scoped
+    return f"reply:{conversation_id}:sha256:{hashlib.sha256(client_key.encode()).hexdigest()}"
 
 
 def normalise(number: str) -> str | None:
@@ -232,8 +245,7 @@ async def reply(
         content=body,
         target_type=TargetType.MEMBERS,
         target_ids=[str(member.id)],
-        # Scoped to the conversation: the same client key on another endpoint is another text.
-        idempotency_key=f"reply:{conversation.id}:{idempotency_key}" if idempotency_key else None,
+        idempotency_key=reply_key(conversation.id, idempotency_key) if idempotency_key else None,
     )
     if not recorded.created and recorded.delivery_ids:
         earlier = await ConversationMessage.get_or_none(delivery_id=recorded.delivery_ids[0])
