@@ -41,9 +41,12 @@ ALERTS = {
     "PgBackRestArchivingFailing",
     "PgBackRestBackupTooOld",
     "PgBackRestRepositoryUnreadable",
+    "AlertmanagerNotificationsFailing",
+    "PrometheusCannotNotifyAlertmanager",
 }
 TARGETS = {
     ("prometheus", "mon-prom"),
+    ("alertmanager", "mon-prom"),
     ("node", "mon-prom"),
     ("node", "mon-target"),
     ("nginx", "mon-target"),

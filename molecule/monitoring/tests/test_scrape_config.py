@@ -12,7 +12,16 @@ import yaml
 testinfra_hosts = ["mon-prom"]
 
 RENDER_DIR = pathlib.Path(__file__).resolve().parent.parent / "render"
-SINGLE_NODE_JOBS = {"prometheus", "node", "nginx", "pgbouncer", "postgres", "redis", "koinonia-app"}
+SINGLE_NODE_JOBS = {
+    "prometheus",
+    "alertmanager",
+    "node",
+    "nginx",
+    "pgbouncer",
+    "postgres",
+    "redis",
+    "koinonia-app",
+}
 
 
 def render(inventory, tmp_path):

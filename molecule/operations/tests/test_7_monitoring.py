@@ -9,7 +9,14 @@ from stackclient import wait_for
 
 MON = next(p["name"] for p in PLATFORMS if "monitoring" in p["groups"])
 EXPECTED = (
-    {("prometheus", MON), ("nginx", LB), ("pgbouncer", DB), ("postgres", DB), ("redis", REDIS)}
+    {
+        ("prometheus", MON),
+        ("alertmanager", MON),
+        ("nginx", LB),
+        ("pgbouncer", DB),
+        ("postgres", DB),
+        ("redis", REDIS),
+    }
     | {("node", p["name"]) for p in PLATFORMS}
     | {("koinonia-app", app) for app in APPS}
     | {("koinonia-worker", app) for app in APPS}
