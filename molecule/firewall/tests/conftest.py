@@ -6,10 +6,15 @@ to an open port without a listener would be refused at once (status 1) instead.
 """
 
 import os
+import pathlib
+import sys
 import time
 
 import pytest
 import testinfra
+
+# The helpers every scenario shares (molecule/resources/tests).
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "resources" / "tests"))
 
 TARGET = "fw-app"
 CONNECT_TIMEOUT = 3  # seconds a dropped connection attempt is given before it counts as dropped

@@ -3,12 +3,11 @@ Patroni, etcd, HAProxy, a pgBackRest repository, replicated Redis, two balancers
 virtual address), and none of them for the single-node topology (render/single.yml); nft on
 fw-app accepts every rendered ruleset. test_firewall.py sends real packets through some."""
 
-import os
 import pathlib
 import re
-import subprocess
 
 import pytest
+from rendering import run_render_playbook
 
 testinfra_hosts = ["fw-app"]
 
@@ -35,17 +34,9 @@ BALANCERS = ("ha-lb1", "ha-lb2")
 
 def render(inventory, out_dir):
     """{host: its koinonia.nft} as the role renders them for every host of `inventory`."""
-    env = dict(os.environ, ANSIBLE_FORCE_COLOR="0", ANSIBLE_NOCOLOR="1")
-    cmd = [
-        "ansible-playbook",
-        "-i",
-        str(RENDER_DIR / f"{inventory}.yml"),
-        "-e",
-        f"montest_out_dir={out_dir}",
-        str(RENDER_DIR / "ruleset.yml"),
-    ]
-    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
-    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    run_render_playbook(
+        RENDER_DIR / "ruleset.yml", RENDER_DIR / f"{inventory}.yml", montest_out_dir=out_dir
+    )
     return {path.stem: path.read_text() for path in pathlib.Path(out_dir).glob("*.nft")}
 
 

@@ -2,12 +2,11 @@
 prometheus.yml as the role renders it for an HA-shaped inventory and for the single-node one
 (render/), checked by promtool on the Prometheus host of this scenario."""
 
-import os
 import pathlib
-import subprocess
 
 import pytest
 import yaml
+from rendering import run_render_playbook
 
 testinfra_hosts = ["mon-prom"]
 
@@ -27,17 +26,9 @@ SINGLE_NODE_JOBS = {
 def render(inventory, tmp_path):
     """prometheus.yml rendered by the role's template for the monitoring host of `inventory`."""
     out = tmp_path / f"{inventory}-prometheus.yml"
-    env = dict(os.environ, ANSIBLE_FORCE_COLOR="0", ANSIBLE_NOCOLOR="1")
-    cmd = [
-        "ansible-playbook",
-        "-i",
-        str(RENDER_DIR / f"{inventory}.yml"),
-        "-e",
-        f"montest_rendered={out}",
-        str(RENDER_DIR / "prometheus.yml"),
-    ]
-    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
-    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    run_render_playbook(
+        RENDER_DIR / "prometheus.yml", RENDER_DIR / f"{inventory}.yml", montest_rendered=out
+    )
     return out.read_text()
 
 
