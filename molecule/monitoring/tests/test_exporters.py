@@ -108,3 +108,23 @@ def test_upstream_collector_reports_the_down_peer(host):
     )
     assert peer.format(1, 1) + " 1" in lines
     assert peer.format(2, 2) + " 0" in lines
+    assert 'koinonia_lb_upstream_panic{upstream="koinonia_app"} 0' in lines
+
+
+def test_upstream_collector_reports_panic_routing(host):
+    # The deployed collector, once, on a status page as the balancer shows it in panic
+    # (test_lb_panic.py): no peer up, both still answering and in rotation.
+    status = (
+        '{"upstream": "koinonia_app", "peers_up": 0, "peers_total": 2, "panic": true,'
+        ' "panic_since": 1765000000.5, "panic_when_all_down": true, "peers": ['
+        '{"name": "app1", "address": "10.9.0.1:3000", "status": "down", "answering": true},'
+        '{"name": "app2", "address": "10.9.0.2:3000", "status": "down", "answering": true}]}'
+    )
+    host.check_output("printf %%s %s > /tmp/panic-status.json", status)
+    host.check_output(
+        "/usr/local/lib/koinonia-monitoring/koinonia-upstream-status --once"
+        " --url file:///tmp/panic-status.json --output /tmp/panic.prom"
+    )
+    lines = host.file("/tmp/panic.prom").content_string.splitlines()
+    assert 'koinonia_lb_upstream_panic{upstream="koinonia_app"} 1' in lines
+    assert 'koinonia_lb_upstream_peers_up{upstream="koinonia_app"} 0' in lines

@@ -17,6 +17,7 @@ ALERTS = {
     "LoadBalancerUpstreamDown",
     "LoadBalancerNoUpstreamUp",
     "LoadBalancerUpstreamStatusUnknown",
+    "LoadBalancerPanicRouting",
     "LoadBalancerVirtualAddressNotHeldOnce",
     "LoadBalancerVrrpFault",
     "KoinoniaHttp5xxRateHigh",
