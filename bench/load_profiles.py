@@ -32,6 +32,7 @@ import tempfile
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -117,8 +118,30 @@ class MemoryWatch:
 # --- data ------------------------------------------------------------------------------------
 
 
-def seed(base: str, churches: int, members: int) -> list[dict]:
-    """Churches with opted-in members, an everyone group, a 5-member group and a number."""
+def staff_accounts(base: str, owner_token: str, church: int, count: int) -> list[str]:
+    """``count`` staff accounts of a church (invited, then accepted with PASSWORD), several
+    at once: each acceptance hashes a password (argon2)."""
+    emails = [f"staff{i}-c{church}-{uuid.uuid4().hex[:6]}@example.org" for i in range(count)]
+
+    def create(email: str) -> str:
+        invite = api(base, "POST", "/api/staff/invites", {"email": email}, owner_token)
+        api(
+            base,
+            "POST",
+            "/api/auth/invites/accept",
+            {"token": invite["token"], "password": PASSWORD, "firstName": "Sam"},
+        )
+        return email
+
+    with ThreadPoolExecutor(4) as pool:
+        return list(pool.map(create, emails))
+
+
+def seed(base: str, churches: int, members: int, accounts: int) -> list[dict]:
+    """Churches with opted-in members, an everyone group, a 5-member group, a number, and
+    staff accounts: one per user that may log in at the same time. (Logins of one account
+    at once count as attempts before the password is checked: more of them than
+    KOINONIA_LOGIN_MAX_FAILURES answer 429 even with the right password.)"""
     seeded = []
     for c in range(churches):
         email = f"load{c}-{uuid.uuid4().hex[:8]}@example.org"
@@ -158,6 +181,7 @@ def seed(base: str, churches: int, members: int) -> list[dict]:
         seeded.append(
             {
                 "email": email,
+                "staff": staff_accounts(base, token, c, accounts),
                 "password": PASSWORD,
                 "group_ids": list(groups.values()),
                 "small_group_id": groups["Choir"],
@@ -523,8 +547,9 @@ def main() -> int:
             "PgBouncer": servers.pgbouncer.proc.pid,
             "Redis": servers.redis.proc.pid,
         }
-        log(f"seeding {args.churches} churches of {args.members} members")
-        churches = seed(lb.base, args.churches, args.members)
+        log(f"seeding {args.churches} churches of {args.members} members and their staff")
+        peak = max(max(s.users for s in defs[name].stages) for name in args.profiles)
+        churches = seed(lb.base, args.churches, args.members, -(-peak // args.churches))
         config = {
             "base_url": lb.base,
             "churches": churches,

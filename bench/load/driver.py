@@ -23,6 +23,7 @@ from urllib.parse import urlencode, urlsplit
 import gevent
 from locust import FastHttpUser, LoadTestShape, between, task
 from locust.env import Environment
+from locust.exception import StopUser
 from locust.runners import STATE_STOPPED
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -48,6 +49,14 @@ def church(kind: str) -> dict:
     return churches[next(NEXT_CHURCH[kind]) % len(churches)]
 
 
+def staff_account(kind: str) -> tuple[dict, str]:
+    """The next user's church and its own staff login (round robin over all of them)."""
+    churches = CONFIG["churches"]
+    n = next(NEXT_CHURCH[kind])
+    chosen = churches[n % len(churches)]
+    return chosen, chosen["staff"][(n // len(churches)) % len(chosen["staff"])]
+
+
 def expect(response, *statuses: int) -> bool:
     """Mark the response failed unless its status is one of ``statuses``."""
     if response.status_code in statuses:
@@ -64,16 +73,18 @@ class ApiUser(FastHttpUser):
     kind = STAFF
 
     def on_start(self) -> None:
-        self.church = church(self.kind)
-        self.auth = {}
+        self.church, email = staff_account(self.kind)
         with self.client.post(
             "/api/auth/login",
-            json={"email": self.church["email"], "password": self.church["password"]},
+            json={"email": email, "password": self.church["password"]},
             name="POST /api/auth/login",
             catch_response=True,
         ) as response:
-            if expect(response, 200):
+            logged_in = expect(response, 200)
+            if logged_in:
                 self.auth = {"Authorization": f"Bearer {response.json()['token']}"}
+        if not logged_in:
+            raise StopUser  # the failed login is its one error, not every request after it
 
 
 class StaffUser(ApiUser):
