@@ -14,8 +14,9 @@ worker per core) and one `koinonia worker` with the log provider, started and st
 Locust runs each profile in its own process (bench/load/driver.py), aimed at 127.0.0.1 only.
 Recorded per profile: req/s, p50/p95/p99 per time slice and per request, errors by kind,
 the RSS (and PSS) of each service process tree at start, end and its peak, and the queue's
-drain after it. Writes .cache/bench/load_profiles.{json,md} (--smoke: .cache/bench/smoke/);
---write puts the markdown into BENCHMARKS.md between its load-profile markers.
+drain after it. Writes .cache/bench/load_profiles.{json,md} (a soak alone:
+load_profiles-soak.*; --smoke: under .cache/bench/smoke/); --write puts the markdown into
+BENCHMARKS.md between the markers of that name (added at the end the first time).
 
 Exit status 1 when a profile had an error, produced no samples, or an acknowledged inbound
 text or reply is missing from the database.
@@ -47,8 +48,6 @@ from bench.loopback import Loopback, free_port  # noqa: E402
 TWILIO_AUTH_TOKEN = "load-profile-auth-token-" + uuid.uuid4().hex
 PUBLIC_BASE_URL = "https://sms.load.example.org"
 PASSWORD = "load-password-123"  # noqa: S105 - the seeded churches on loopback
-MARK_START = "<!-- load-profiles:start (bench/load_profiles.py --write) -->"
-MARK_END = "<!-- load-profiles:end -->"
 ALL = ("smoke", "load", "spike", "soak", "conversation")
 
 
@@ -300,11 +299,22 @@ def ms(value) -> str:
     return "-" if value is None else f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
 
 
-def render(run: dict) -> str:
+def markers(stem: str) -> tuple[str, str]:
+    return f"<!-- {stem}:start (bench/load_profiles.py --write) -->", f"<!-- {stem}:end -->"
+
+
+def aligned(lines: list[str], text_columns: set[int]) -> list[str]:
+    """A table() whose ``text_columns`` are left-aligned."""
+    cells = lines[1].strip("| ").split(" | ")
+    cells = ["---" if i in text_columns else c for i, c in enumerate(cells)]
+    return [lines[0], "| " + " | ".join(cells) + " |", *lines[2:]]
+
+
+def render(run: dict, stem: str) -> str:
     results = run["profiles"]
     lines = [
-        MARK_START,
-        "## Load profiles: smoke, load, spike, soak, conversation (Locust, loopback)",
+        markers(stem)[0],
+        f"## Load profiles: {', '.join(results)} (Locust, loopback)",
         "",
         f"`python bench/load_profiles.py{run['command_args']}` on {run['finished_at']}, "
         f"{run['seconds']:.0f} s in all. The service on loopback as in the other loopback "
@@ -344,22 +354,25 @@ def render(run: dict) -> str:
                 r["profile"]["claim"],
             ]
         )
-    lines += table(
-        [
-            "profile",
-            "peak users",
-            "s",
-            "requests",
-            "req/s",
-            "p50 ms",
-            "p95 ms",
-            "p99 ms",
-            "errors",
-            "Locust CPU %",
-            "load before",
-            "the seeds' claim",
-        ],
-        rows,
+    lines += aligned(
+        table(
+            [
+                "profile",
+                "peak users",
+                "s",
+                "requests",
+                "req/s",
+                "p50 ms",
+                "p95 ms",
+                "p99 ms",
+                "errors",
+                "Locust CPU %",
+                "load before",
+                "the seeds' claim",
+            ],
+            rows,
+        ),
+        {10, 11},
     )
     lines += [
         "",
@@ -470,16 +483,17 @@ def render(run: dict) -> str:
             ),
             "",
         ]
-    lines.append(MARK_END)
+    lines.append(markers(stem)[1])
     return "\n".join(lines) + "\n"
 
 
-def write_benchmarks(markdown: str) -> None:
+def write_benchmarks(markdown: str, stem: str) -> None:
     path = ROOT / "BENCHMARKS.md"
     text = path.read_text()
-    if MARK_START in text and MARK_END in text:
-        head, _, rest = text.partition(MARK_START)
-        _, _, tail = rest.partition(MARK_END + "\n")
+    start, end = markers(stem)
+    if start in text and end in text:
+        head, _, rest = text.partition(start)
+        _, _, tail = rest.partition(end + "\n")
         text = head + markdown + tail
     else:
         text = text.rstrip("\n") + "\n\n" + markdown
@@ -503,6 +517,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--members", type=int, default=100, help="per church")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="Hypercorn workers")
     p.add_argument("--write", action="store_true", help="put the markdown into BENCHMARKS.md")
+    p.add_argument(
+        "--render",
+        metavar="RESULTS_JSON",
+        type=Path,
+        help="measure nothing: render the markdown of an earlier run (with --write: into "
+        "BENCHMARKS.md)",
+    )
     args = p.parse_args()
     args.profiles = [x.strip() for x in args.profiles.split(",") if x.strip()]
     unknown = set(args.profiles) - set(ALL)
@@ -517,6 +538,14 @@ def main() -> int:
     import importlib.metadata
 
     args = parse_args()
+    if args.render:
+        run = json.loads(args.render.read_text())
+        stem = "load_profiles-soak" if list(run["profiles"]) == ["soak"] else "load_profiles"
+        markdown = render(run, stem)
+        if args.write:
+            write_benchmarks(markdown, stem)
+        print(markdown)
+        return 0
     defs = profile_defs.build(
         args.smoke,
         load_users=args.load_users,
@@ -572,16 +601,18 @@ def main() -> int:
         "churches": [c["email"] for c in churches],
         "profiles": results,
     }
-    markdown = render(run)
+    # A soak alone (make bench-soak) keeps the other profiles' results, and its own section.
+    stem = "load_profiles-soak" if args.profiles == ["soak"] else "load_profiles"
+    markdown = render(run, stem)
     out_dir = OUT_DIR / "smoke" if args.smoke else OUT_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "load_profiles.json").write_text(json.dumps(run, indent=2) + "\n")
-    (out_dir / "load_profiles.md").write_text(markdown)
+    (out_dir / f"{stem}.json").write_text(json.dumps(run, indent=2) + "\n")
+    (out_dir / f"{stem}.md").write_text(markdown)
     if args.write:
-        write_benchmarks(markdown)
+        write_benchmarks(markdown, stem)
     print(markdown)
     found = problems(results)
-    log(f"wrote {out_dir / 'load_profiles.json'} in {run['seconds']:.0f} s")
+    log(f"wrote {out_dir / (stem + '.json')} in {run['seconds']:.0f} s")
     if found:
         print("load profiles: " + "; ".join(found), file=sys.stderr)
         return 1

@@ -23,7 +23,7 @@ from urllib.parse import urlencode, urlsplit
 import gevent
 from locust import FastHttpUser, LoadTestShape, between, task
 from locust.env import Environment
-from locust.exception import StopUser
+from locust.exception import CatchResponseError, StopUser
 from locust.runners import STATE_STOPPED
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -41,6 +41,8 @@ NEXT_CHURCH = {STAFF: itertools.count(), TEXTER: itertools.count(), RESPONDER: i
 RANDOM = random.Random(4242)  # noqa: S311 - which member texts, which page: not secrets
 
 INBOUND_PATH = "/api/webhooks/sms/inbound"
+# How long a user waits for an answer (Locust's default; NGINX's proxy_read_timeout too).
+CLIENT_TIMEOUT = 60.0
 TEXTS = ("Thanks, see you Sunday", "Can I bring a friend?", "Running late", "Amen", "What time?")
 
 
@@ -62,7 +64,12 @@ def expect(response, *statuses: int) -> bool:
     if response.status_code in statuses:
         response.success()
         return True
-    response.failure(f"HTTP {response.status_code}")
+    error = getattr(response, "error", None)
+    if not response.status_code and error is not None:
+        # No answer at all: a timeout (CLIENT_TIMEOUT) or a refused or reset connection.
+        response.failure(f"no answer: {type(error).__name__}")
+    else:
+        response.failure(f"HTTP {response.status_code}")
     return False
 
 
@@ -248,9 +255,11 @@ def on_request(name, response_time, exception, start_time=None, response=None, *
     started = start_time if start_time is not None else time.time() - response_time / 1000
     error = ""
     if exception is not None:
-        # "HTTP 503" or a failed check from expect(); a socket error has no status.
-        status = getattr(response, "status_code", 0) if response is not None else 0
-        error = str(exception) if status else f"{type(exception).__name__}: {exception}"
+        # What expect() or a check said ("HTTP 503", "no answer: ..."); else the exception.
+        if isinstance(exception, CatchResponseError):
+            error = str(exception)
+        else:
+            error = f"{type(exception).__name__}: {exception}"
     SAMPLES.append((started - STARTED[0], float(response_time), error[:120], name))
 
 
@@ -270,7 +279,7 @@ def main() -> int:
     for cls in classes:
         cls.wait_time = between(low, high)
         cls.host = CONFIG["base_url"]
-        cls.network_timeout = cls.connection_timeout = 30.0
+        cls.network_timeout = cls.connection_timeout = CLIENT_TIMEOUT
     shape = StagesShape(list(profile.stages))
     env = Environment(user_classes=classes, shape_class=shape, stop_timeout=15)
     env.events.request.add_listener(on_request)

@@ -73,7 +73,7 @@ def build(
     """Every profile, at the given size; `smoke` makes each a few seconds long and small
     (the soak a minute), so that `make test` proves they run."""
     if smoke:
-        load_users, spike_base, spike_users, soak_users, texters = 8, 3, 15, 5, 4
+        load_users, spike_base, spike_users, soak_users, texters = 8, 3, 10, 5, 4
         soak_seconds = 60
     slice_s = 5.0 if smoke else 10.0
     ramp = 5.0 if smoke else 20.0
