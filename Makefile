@@ -32,7 +32,7 @@ stage_example-inventory := python scripts/check-example-inventory.py
 stage_lint-ansible     := ansible-lint --profile production
 stage_alert-rules      := scripts/test-alert-rules.sh
 stage_app-tests        := pytest app/tests -q --durations=10
-stage_bench-smoke      := python bench/app_http.py --smoke && python bench/run.py --smoke
+stage_bench-smoke      := python bench/app_http.py --smoke && python bench/run.py --smoke && python bench/load_profiles.py --smoke
 stage_collection-build := scripts/test-collection.sh
 stage_ansible-core-oldest := scripts/test-ansible-core-oldest.sh
 stage_ansible-test-sanity := scripts/test-sanity.sh
@@ -116,6 +116,14 @@ bench-app: ## The service's req/s and p50/p95/p99 per route next to a bare Quart
 bench: ## Every benchmark against the `make up` stack (HTTP, cache, queue, PgBouncer, scale-out, deploy) -> BENCHMARKS.md, then the member import
 	@$(STAGE) bench python bench/run.py --write
 	@$(STAGE) bench-member-import python bench/import_members.py
+
+.PHONY: bench-load
+bench-load: ## The load profiles (Locust, loopback): smoke, load, spike with its recovery time, conversation -> .cache/bench/load_profiles.md
+	@$(STAGE) bench-load python bench/load_profiles.py --profiles smoke,load,spike,conversation
+
+.PHONY: bench-soak
+bench-soak: ## The soak profile: 15 minutes of the realistic mix on loopback, memory and latency over time
+	@$(STAGE) bench-soak python bench/load_profiles.py --profiles soak --soak-seconds 900
 
 .PHONY: bench-smoke
 bench-smoke: ## The benchmarks in their smallest mode, so they cannot rot (part of make test)
