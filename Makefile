@@ -16,6 +16,10 @@ export STAGE_LOG ?= $(abspath .cache/stages.log)
 TEST_JOBS  ?= $(shell echo $$(( $$(nproc) + 1 )))
 # Debian release of `make up`'s containers: 13 (trixie) or 12 (bookworm).
 DEBIAN     ?= 13
+# `make up HA=1` / `make down HA=1`: the high-availability stack (inventories/local-ha).
+HA         ?= 0
+# `make up SKIP_SETUP=1`: on a machine `make setup` already prepared, go straight to the stack.
+SKIP_SETUP ?= 0
 
 # Every stage's command, defined once: `make test` runs them side by side, the targets
 # below run their own. A stage molecule-NAME is `molecule test -s NAME`.
@@ -134,13 +138,14 @@ test-collection: ## Build the collection tarball, install it, run its roles by F
 	@$(call run_stages,collection-build)
 
 .PHONY: up
-up: ## The whole stack on local containers (Debian 13; DEBIAN=12 for the other), deployed by site.yml; prints the URL
-	@$(MAKE) --no-print-directory setup
-	@$(STAGE) up env DEBIAN=$(DEBIAN) scripts/up.sh
+up: ## The whole stack on local containers (Debian 13; DEBIAN=12 for the other; HA=1: the HA stack), deployed by site.yml; prints the URL
+	@env DEBIAN=$(DEBIAN) HA=$(HA) scripts/up.sh --check-args
+	@$(if $(filter 1,$(SKIP_SETUP)),:,$(MAKE) --no-print-directory setup)
+	@$(STAGE) up$(if $(filter 1,$(HA)),-ha) env DEBIAN=$(DEBIAN) HA=$(HA) scripts/up.sh
 
 .PHONY: down
-down: ## Remove the containers of make up
-	@scripts/down.sh
+down: ## Remove the containers of make up (HA=1: of make up HA=1)
+	@env HA=$(HA) scripts/down.sh
 
 .PHONY: molecule
 molecule: ## molecule test of every scenario, TEST_JOBS at once (SCENARIOS="data default" to choose)

@@ -7,10 +7,15 @@ example, so this renders both with Ansible (the real templating, the example vau
 checks where the app, its migrations, PgBouncer, Patroni and HAProxy point. It also runs
 `playbooks/check_topology.yml`, the first play of site.yml, against each, and against an
 inventory naming both topologies, which it must refuse.
+
+`inventories/local-ha` (`make up HA=1`) gets the same checks, and the app must find Redis
+through every Sentinel; its containers' addresses and published ports (read by
+scripts/up.sh) must stay in its subnet and on the host's loopback.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import shutil
@@ -23,6 +28,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "inventories" / "production"
+LOCAL_HA = ROOT / "inventories" / "local-ha"
 # Published in inventories/production/README.md on purpose: the vault holds example values.
 EXAMPLE_VAULT_PASSWORD = "koinonia-example-vault-password"  # noqa: S105
 HA_MARKER = "# --- High-availability database topology"
@@ -35,13 +41,20 @@ CHECKS = """
     - name: Check the app's database endpoints
       ansible.builtin.assert:
         that:
-          - koinonia_pgbouncer_host == expected.app_host
-          - koinonia_pgbouncer_port | int == expected.app_port
-          - koinonia_db_direct_host == expected.app_host
-          - koinonia_db_direct_port | int == expected.migration_port
+          - app_pgbouncer_host == expected.app_host
+          - app_pgbouncer_port | int == expected.app_port
+          - app_postgresql_host == expected.app_host
+          - app_postgresql_port | int == expected.migration_port
         fail_msg: >-
-          app -> {{ koinonia_pgbouncer_host }}:{{ koinonia_pgbouncer_port }}, migrations ->
-          {{ koinonia_db_direct_host }}:{{ koinonia_db_direct_port }}; expected {{ expected }}
+          app -> {{ app_pgbouncer_host }}:{{ app_pgbouncer_port }}, migrations ->
+          {{ app_postgresql_host }}:{{ app_postgresql_port }}; expected {{ expected }}
+    - name: Check that the app asks every Redis node's Sentinel for the master
+      ansible.builtin.assert:
+        that: >-
+          app_redis_sentinels | map('regex_replace', ':[0-9]+$', '') | sort
+          == groups['redis'] | sort
+        fail_msg: "Sentinels {{ app_redis_sentinels }}; the redis group {{ groups['redis'] }}"
+      when: app_redis_sentinels | default([]) | length > 0
 - name: Where PgBouncer points
   hosts: pgbouncer
   gather_facts: false
@@ -58,7 +71,7 @@ CHECKS = """
       ansible.builtin.assert:
         that: >-
           patroni_direct_client_addresses | sort == groups['haproxy']
-          | map('extract', hostvars, 'ansible_host') | map('regex_replace', '$', '/32') | sort
+          | map('extract', hostvars, expected.address_var) | map('regex_replace', '$', '/32') | sort
 - name: HAProxy routes to every Patroni node
   hosts: haproxy
   gather_facts: false
@@ -67,7 +80,7 @@ CHECKS = """
       ansible.builtin.assert:
         that: >-
           haproxy_postgresql_servers | map(attribute='address') | sort
-          == groups['patroni'] | map('extract', hostvars, 'ansible_host') | sort
+          == groups['patroni'] | map('extract', hostvars, expected.address_var) | sort
 """
 
 
@@ -85,6 +98,43 @@ def ha_hosts(single: str) -> str:
         sys.exit(f"hosts.yml: the commented HA block after {HA_MARKER!r} did not parse")
     children.update(ha_groups)
     return yaml.safe_dump(inventory)
+
+
+def check_local_ha_containers() -> None:
+    """What scripts/up.sh makes from inventories/local-ha: addresses and ports."""
+    inventory = yaml.safe_load((LOCAL_HA / "hosts.yml").read_text())["all"]
+    subnet = ipaddress.ip_network(inventory["vars"]["koinonia_local_subnet"])
+    hosts: dict[str, dict] = {}
+
+    def collect(group: dict) -> None:
+        for name, hostvars in (group.get("hosts") or {}).items():
+            hosts.setdefault(name, {}).update(hostvars or {})
+        for child in (group.get("children") or {}).values():
+            collect(child or {})
+
+    collect(inventory)
+    balancers = yaml.safe_load((LOCAL_HA / "group_vars" / "loadbalancers.yml").read_text())
+    addresses = {name: hostvars.get("koinonia_local_address") for name, hostvars in hosts.items()}
+    addresses["the virtual address"] = balancers["keepalived_virtual_address"]
+    problems = [f"{name}: no address" for name, address in addresses.items() if not address]
+    problems += [
+        f"{name}: {address} is outside {subnet}"
+        for name, address in addresses.items()
+        if address and ipaddress.ip_address(address) not in subnet
+    ]
+    if len(set(addresses.values())) != len(addresses):
+        problems.append(f"two hosts share an address: {addresses}")
+    ports = [
+        port
+        for hostvars in hosts.values()
+        for port in hostvars.get("koinonia_local_published_ports", [])
+    ]
+    problems += [f"{port}: beyond 127.0.0.1" for port in ports if not port.startswith("127.0.0.1:")]
+    if len({port.split(":")[1] for port in ports}) != len(ports):
+        problems.append(f"a host port is published twice: {ports}")
+    if problems:
+        sys.exit("inventories/local-ha: " + "; ".join(problems))
+    print(f"local high availability: {len(hosts)} containers in {subnet}, ports {', '.join(ports)}")
 
 
 def ansible_playbook(inventory: Path, playbook: Path, vault: Path, extra: str) -> str:
@@ -140,6 +190,7 @@ def main() -> int:
                     "app_port": 6432,
                     "migration_port": 5432,
                     "pgbouncer_server": single_address,
+                    "address_var": "ansible_host",
                 },
             ),
             "high availability": (
@@ -149,9 +200,21 @@ def main() -> int:
                     "app_port": 5000,
                     "migration_port": 5002,
                     "pgbouncer_server": "127.0.0.1",
+                    "address_var": "ansible_host",
+                },
+            ),
+            "local high availability (make up HA=1)": (
+                LOCAL_HA / "hosts.yml",
+                {
+                    "app_host": "127.0.0.1",
+                    "app_port": 5000,
+                    "migration_port": 5002,
+                    "pgbouncer_server": "127.0.0.1",
+                    "address_var": "koinonia_local_address",
                 },
             ),
         }
+        check_local_ha_containers()
         for name, (inventory, expected) in cases.items():
             extra = yaml.safe_dump({"expected": expected}, default_flow_style=True).strip()
             ansible_playbook(inventory, topology, vault, "{}")
