@@ -223,9 +223,10 @@ for pid in "${pids[@]}"; do wait "$pid"; done
 
 if [ "$HA" = 1 ]; then
   # pgBackRest's TLS server and its clients need certificates: a throw-away CA and one
-  # certificate per host, made once on this machine (the ha-database scenario's playbook).
+  # certificate per host, made once on this machine (the playbook the pgBackRest scenarios
+  # share; its certificates are for a demo stack, never for production).
   say "pgBackRest's demo certificates in .cache/local-ha/pgbackrest-tls"
-  ANSIBLE_STDOUT_CALLBACK=ansible.builtin.default ansible-playbook molecule/ha-database/pgbackrest-tls.yml \
+  ANSIBLE_STDOUT_CALLBACK=ansible.builtin.default ansible-playbook molecule/resources/pgbackrest-tls.yml \
     -i "$INVENTORY" -e "koinonia_test_pgbackrest_tls_dir=$PWD/.cache/local-ha/pgbackrest-tls"
 fi
 
