@@ -1,6 +1,10 @@
 """A provider that takes DELAY seconds per call: answers Twilio's Messages.json like Twilio
 (201 with a sid) after sleeping, on 127.0.0.1:PORT. asyncio, so hundreds of calls can wait
 at once without a thread each. Run: python bench/fake_twilio.py PORT DELAY [--hang SECONDS]
+[--listen ADDRESS]
+
+``--listen ADDRESS`` serves on ADDRESS instead of the loopback, for app servers on other hosts
+(molecule/ha-edge runs it on its database host, so both app servers text through it).
 
 ``--hang SECONDS`` plays a provider that accepts and then hangs: each send is recorded (the
 message exists, it is in the Messages list) at once, and its answer comes SECONDS later,
@@ -91,9 +95,9 @@ async def handle(
         writer.close()
 
 
-async def main(port: int, delay: float, hang: float = 0.0) -> None:
+async def main(port: int, delay: float, hang: float = 0.0, listen: str = "127.0.0.1") -> None:
     server = await asyncio.start_server(
-        lambda r, w: handle(r, w, delay, hang), "127.0.0.1", port, backlog=1024
+        lambda r, w: handle(r, w, delay, hang), listen, port, backlog=1024
     )
     async with server:
         await server.serve_forever()
@@ -106,5 +110,8 @@ if __name__ == "__main__":
     parser.add_argument(
         "--hang", type=float, default=0.0, help="seconds between accepting a send and answering"
     )
+    parser.add_argument(
+        "--listen", default="127.0.0.1", help="address to serve on (default: the loopback)"
+    )
     args = parser.parse_args()
-    asyncio.run(main(args.port, args.delay, args.hang))
+    asyncio.run(main(args.port, args.delay, args.hang, args.listen))

@@ -6,10 +6,13 @@ ha-edge tests; standard library only. One JSON object per line on stdout.
       cycles of: log in (a session written to Redis), GET /api/auth/me (the session read
       back), GET /api/admin/queue/health (SAQ's keys); each cycle: start, end, ok.
   probe.py write SECONDS EMAIL PASSWORD
-      logins one after another; prints the tokens of the acknowledged ones (200) and the
-      count of the refused ones at the end.
+      logins one after another; prints the acknowledged ones (200) as [token, start, end]
+      (the request's times) and the count of the refused ones at the end.
   probe.py check        (tokens on stdin, one per line)
-      GET /api/auth/me with each; prints how many answered each status (401: unknown).
+      GET /api/auth/me with each; prints how many answered each status and the tokens that
+      answered 401 (unknown: the session is not there).
+  probe.py schedule TOKEN GROUP SEND_AT
+      schedules a message to the group at SEND_AT (an instant with its offset); its id.
 """
 
 import json
@@ -66,9 +69,10 @@ def write(seconds, email, password):
     stop = time.time() + seconds
     tokens, refused = [], {}
     while time.time() < stop:
+        start = time.time()
         status, token = login(email, password)
         if token:
-            tokens.append(token)
+            tokens.append([token, start, time.time()])
         else:
             refused[str(status)] = refused.get(str(status), 0) + 1
         time.sleep(0.02)
@@ -77,16 +81,32 @@ def write(seconds, email, password):
 
 def check():
     tokens = [line.strip() for line in sys.stdin if line.strip()]
-    statuses = {}
+    statuses, unknown = {}, []
     for token in tokens:
         status = str(call("GET", "/api/auth/me", token=token)[0])
         statuses[status] = statuses.get(status, 0) + 1
-    print(json.dumps({"checked": len(tokens), "statuses": statuses}))
+        if status == "401":
+            unknown.append(token)
+    print(json.dumps({"checked": len(tokens), "statuses": statuses, "unknown": unknown}))
+
+
+def schedule(token, group, send_at):
+    body = {
+        "targetType": "group",
+        "targetIds": [group],
+        "content": f"Scheduled for {send_at}",
+        "sendAt": send_at,
+    }
+    status, answer = call("POST", "/api/scheduled-messages", body, token=token)
+    assert status == 201, (status, answer)
+    print(json.dumps({"id": answer["id"]}))
 
 
 if __name__ == "__main__":
     mode = sys.argv[1]
     if mode == "check":
         check()
+    elif mode == "schedule":
+        schedule(*sys.argv[2:5])
     else:
         {"serve": serve, "write": write}[mode](float(sys.argv[2]), sys.argv[3], sys.argv[4])

@@ -1,7 +1,7 @@
-"""Redis with Sentinel under the app (issue 18): the set as converged, a crashed master, a
-planned failover. Traffic stays inside the scenario's containers (the app on 127.0.0.1)."""
+"""Redis with Sentinel under the app (issue 18): the set as converged, a crashed master
+(serving again, texting once), a planned failover. Traffic stays inside the scenario's
+containers (the app on 127.0.0.1, the provider stand-in on he-db)."""
 
-import json
 import time
 
 from conftest import (
@@ -9,18 +9,30 @@ from conftest import (
     OPERATOR,
     REDIS_NODES,
     REDIS_VARS,
+    TEXTING_PROBE,
     announced_master,
-    copy_probe,
     docker_exec,
     info,
+    kill_master,
+    messages_per_key,
+    new_master_announced,
     ops,
     probe_lines,
+    psql,
+    run_probe,
     sentinel,
     start_probe,
+    texting_outcome,
     wait_for,
 )
 
 SERVE_AGAIN_BOUND_SECONDS = 10
+# The message load: long enough to text on both sides of the failover (a new master within
+# about 4 s), short enough to keep the scenario's time down.
+TEXTING_SECONDS = 15
+MEMBERS = 5  # the texting group's opted-in members (ha-stack's probe `setup`)
+# Every delivery settled: seconds normally; the bound covers a loaded machine.
+SETTLE_BOUND_SECONDS = 120
 
 
 def test_one_master_two_replicas_and_three_sentinels_with_quorum_2(healthy_master):
@@ -61,17 +73,9 @@ def test_killed_master_is_replaced_and_the_app_serves_sessions_and_queue_within_
         wait_for(lambda: announced_master(healthy_master), 10, "probe warm-up")
         time.sleep(5)  # a few good cycles before the fault
         killed_at = time.time()
-        docker_exec(healthy_master, "sh", "-c", "kill -9 $(cat /run/redis/redis-server.pid)")
-        new_master = wait_for(
-            lambda: (
-                (m := announced_master(REDIS_NODES[REDIS_NODES.index(healthy_master) - 1]))
-                not in (None, healthy_master)
-                and m
-            ),
-            30,
-            "a new master announced",
-            step=0.1,
-        )
+        kill_master(healthy_master)
+        other = REDIS_NODES[REDIS_NODES.index(healthy_master) - 1]
+        new_master = new_master_announced(healthy_master, asked=other)
         announced_after = time.time() - killed_at
         cycles = probe_lines(probe, 120)
     finally:
@@ -102,26 +106,16 @@ def test_planned_failover_under_write_load_loses_no_acknowledged_session(healthy
         ops(healthy_master, "CLIENT", "PAUSE", "5000", "WRITE")
         switched_at = time.time()
         assert sentinel(healthy_master, "SENTINEL", "FAILOVER", "koinonia") == "OK"
-        new_master = wait_for(
-            lambda: (m := announced_master(healthy_master)) not in (None, healthy_master) and m,
-            30,
-            "the new master announced",
-            step=0.1,
-        )
+        new_master = new_master_announced(healthy_master)
         announced_after = time.time() - switched_at
         (result,) = probe_lines(writer, 120)
     finally:
         if writer.poll() is None:
             writer.kill()
-    acknowledged = result["acknowledged"]
+    acknowledged = [token for token, _start, _end in result["acknowledged"]]
     assert len(acknowledged) >= 5  # logins hash a password: a few per second under load
     # Read back on the other app server: its session cache never saw these sessions.
-    copy_probe(APP_SERVERS[1])
-    check = json.loads(
-        docker_exec(
-            APP_SERVERS[1], "python3", "/root/probe.py", "check", stdin="\n".join(acknowledged)
-        )
-    )
+    check = run_probe(APP_SERVERS[1], "check", stdin="\n".join(acknowledged))
     lost = check["statuses"].get("401", 0)
     print(
         f"\nSENTINEL FAILOVER {healthy_master} -> {new_master} (announced after "
@@ -131,3 +125,49 @@ def test_planned_failover_under_write_load_loses_no_acknowledged_session(healthy
     assert check["checked"] == len(acknowledged)
     assert check["statuses"] == {"200": len(acknowledged)}
     assert set(result["refused"]) <= {"503"}
+
+
+def test_killed_master_loses_no_message_and_calls_the_provider_once_per_delivery(
+    healthy_master, texting, provider
+):
+    started = time.time()
+    load = start_probe(
+        APP_SERVERS[0],
+        "messages",
+        str(TEXTING_SECONDS),
+        texting["token"],
+        texting["group"],
+        probe=TEXTING_PROBE,
+    )
+    try:
+        # The fault while the load texts: its first messages recorded.
+        since = f"to_timestamp({started:.3f})"
+        wait_for(
+            lambda: int(psql(f"SELECT count(*) FROM message WHERE created_at >= {since}")) >= 3,  # noqa: S608 - a float
+            30,
+            "the load's first messages recorded",
+        )
+        killed_at = time.time()
+        kill_master(healthy_master)
+        new_master = new_master_announced(healthy_master)
+        (report,) = probe_lines(load, TEXTING_SECONDS + 120)
+    finally:
+        if load.poll() is None:
+            load.kill()
+    keys = [accepted["key"] for accepted in report["accepted"]]
+    per_key = messages_per_key(keys)
+    outcome = texting_outcome(
+        [accepted["id"] for accepted in report["accepted"]], MEMBERS, SETTLE_BOUND_SECONDS
+    )
+    after = sum(1 for accepted in report["accepted"] if accepted["at"] > killed_at)
+    print(
+        f"\nkill -9 of {healthy_master}'s redis-server ({new_master} the new master) under "
+        f"message load: answers {report['answers']}, {after} messages accepted after the kill\n"
+        + "\n".join(f"  {what:>17}: {count}" for what, count in outcome.items())
+    )
+    assert not report["given_up"], report["given_up"]
+    assert after >= 1  # the load texted across the failover, not only before it
+    assert all(count == 1 for count in per_key.values()), per_key
+    assert outcome["deliveries"] == MEMBERS * len(keys)
+    assert outcome["lost"] == 0 and outcome["unknown-left"] == 0, outcome
+    assert outcome["duplicated"] == 0 and outcome["provider calls"] == outcome["deliveries"]
