@@ -803,7 +803,8 @@ async def test_unresolved_unknown_is_reported_and_resent_only_when_an_operator_c
         json={"deliveryIds": [str(delivery.id)], "confirm": False},
         headers=operator.headers,
     )
-    assert unconfirmed.status_code == 400
+    assert unconfirmed.status_code == 422
+    assert [d["field"] for d in (await unconfirmed.get_json())["error"]["details"]] == ["confirm"]
     assert (await Delivery.get(id=delivery.id)).status == DeliveryStatus.UNKNOWN
 
     confirmed = await client.post(
