@@ -6,7 +6,6 @@ import os
 import pathlib
 import shlex
 import sys
-import time
 
 import pytest
 import testinfra
@@ -14,7 +13,7 @@ import yaml
 
 SCENARIO_DIR = pathlib.Path(__file__).resolve().parent.parent
 # The shared test helpers (stackops.run_playbook: a playbook run as an operator would;
-# debian: the PostgreSQL major each release packages).
+# debian: the PostgreSQL major each release packages; stackclient.wait_for: a bounded poll).
 sys.path.insert(0, str(SCENARIO_DIR.parent / "resources" / "tests"))
 STANZA = "koinonia"
 REPO_PATH = "/var/lib/pgbackrest"
@@ -60,15 +59,3 @@ def repo_info(repo):
 
 def backups(repo, backup_type):
     return [b for b in repo_info(repo).get("backup", []) if b["type"] == backup_type]
-
-
-def wait_for(what, check, timeout, interval=1.0):
-    """check() until it returns a true value, at most `timeout` seconds; that value."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"{what}: not within {timeout} s (last: {last!r})")

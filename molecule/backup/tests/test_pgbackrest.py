@@ -7,8 +7,9 @@ import json
 import uuid
 
 import stackops
-from conftest import REPO_PATH, STANZA, as_postgres, backups, psql, repo_info, wait_for
+from conftest import REPO_PATH, STANZA, as_postgres, backups, psql, repo_info
 from debian import postgresql_major, postgresql_unit
+from stackclient import wait_for
 
 testinfra_hosts = ["bk-repo"]
 
@@ -35,14 +36,16 @@ def test_a_forced_wal_switch_reaches_the_repository_and_check_passes(db, repo):
     segment = db.check_output(psql("SELECT pg_walfile_name(pg_switch_wal())"))
     archived = f"find {REPO_PATH}/archive/{STANZA} -name '{segment}-*'"
     wait_for(
-        f"segment {segment} in the repository",
         lambda: repo.run(archived).stdout.strip(),
         60,
+        step=1,
+        what=f"segment {segment} in the repository",
     )
     wait_for(
-        "pg_stat_archiver counts it",
         lambda: db.check_output(psql("SELECT last_archived_wal FROM pg_stat_archiver")) >= segment,
         30,
+        step=1,
+        what="pg_stat_archiver counts it",
     )
     result = db.run(as_postgres(f"pgbackrest --stanza={STANZA} check"))
     assert result.rc == 0, result.stdout + result.stderr
@@ -145,10 +148,10 @@ def test_pitr_drill_restores_row_a_not_row_b_into_a_new_cluster_and_leaves_the_l
     target = db.check_output(psql("SELECT clock_timestamp()"))
     # B strictly after the target (the clock moves on before it commits).
     wait_for(
-        "the clock passes the target",
         lambda: db.check_output(psql(f"SELECT clock_timestamp() > '{target}'")) == "t",
         10,
-        0.05,
+        step=0.05,
+        what="the clock passes the target",
     )
     db.run_test(sql("INSERT INTO pitr_drill VALUES ({run}, 'B')"))
     # B's commit must be in the archive, or recovery could not know it passed the target.
