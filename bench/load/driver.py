@@ -93,6 +93,11 @@ class ApiUser(FastHttpUser):
         if not logged_in:
             raise StopUser  # the failed login is its one error, not every request after it
 
+    def get_ok(self, path: str, name: str) -> None:
+        """GET as this user; any answer but 200 counts as that request's failure."""
+        with self.client.get(path, headers=self.auth, name=name, catch_response=True) as response:
+            expect(response, 200)
+
 
 class StaffUser(ApiUser):
     """The realistic mix: list members, read a group, text a small group, read deliveries."""
@@ -104,24 +109,12 @@ class StaffUser(ApiUser):
     @task(4)
     def list_members(self) -> None:
         page = RANDOM.choice((1, 1, 1, 2))  # mostly the first (cached) page
-        with self.client.get(
-            f"/api/members?page={page}&limit=20",
-            headers=self.auth,
-            name="GET /api/members",
-            catch_response=True,
-        ) as response:
-            expect(response, 200)
+        self.get_ok(f"/api/members?page={page}&limit=20", "GET /api/members")
 
     @task(3)
     def read_group(self) -> None:
         group = RANDOM.choice(self.church["group_ids"])
-        with self.client.get(
-            f"/api/groups/{group}",
-            headers=self.auth,
-            name="GET /api/groups/:id",
-            catch_response=True,
-        ) as response:
-            expect(response, 200)
+        self.get_ok(f"/api/groups/{group}", "GET /api/groups/:id")
 
     @task(1)
     def text_small_group(self) -> None:
@@ -209,13 +202,10 @@ class ResponderUser(ApiUser):
         if not conversations:
             return
         conversation = RANDOM.choice(conversations)["id"]
-        with self.client.get(
+        self.get_ok(
             f"/api/conversations/{conversation}/messages?limit=20",
-            headers=self.auth,
-            name="GET /api/conversations/:id/messages",
-            catch_response=True,
-        ) as response:
-            expect(response, 200)
+            "GET /api/conversations/:id/messages",
+        )
         with self.client.post(
             f"/api/conversations/{conversation}/messages",
             json={"body": "Thanks for your message!"},
