@@ -1,7 +1,8 @@
-"""Property-based API testing (Schemathesis) through the balancer, as the owner of a church
-of its own (registered here, so generated messages to "all" reach no one of the other
-tests): every check and the stateful phase, a bounded number of examples per operation,
-no failure and no 5xx."""
+"""Property-based API testing (Schemathesis) through the balancer, as the users meet it: as
+the owner of a church of its own (registered here, so generated messages to "all" reach no
+one of the other tests) and as a platform operator over the operators' own operations. Every
+check and the stateful phase, a bounded number of examples per operation, no failure and no
+5xx."""
 
 import re
 import shutil
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from .conftest import HTTPS_PORT, LB_VARS, https
+from .conftest import CFG, HTTPS_PORT, LB_VARS, https, login
 
 ROOT = Path(__file__).resolve().parents[4]
 # Stateful bounds and the rules beyond the schema, shared with app/tests/test_api_fuzz.py.
@@ -46,8 +47,6 @@ SESSION_ENDING = (
 
 
 def test_7_fuzzed_api_answers_no_5xx_and_conforms_to_its_openapi_schema(tmp_path, healthy_stack):
-    schemathesis = shutil.which("schemathesis")
-    assert schemathesis, "schemathesis is not installed (the dev dependencies pin it)"
     tag = uuid.uuid4().hex[:8]
     r = https(
         "POST",
@@ -59,7 +58,25 @@ def test_7_fuzzed_api_answers_no_5xx_and_conforms_to_its_openapi_schema(tmp_path
         },
     )
     assert r.status == 201, r
-    token = r.json()["token"]
+    fuzzed(tmp_path, r.json()["token"])
+
+
+def test_7_fuzzed_operator_api_answers_no_5xx_and_conforms_to_its_openapi_schema(
+    tmp_path, healthy_stack
+):
+    # The operators' own operations (queue, deliveries in doubt, cache, locks, phone
+    # numbers); the church's are fuzzed as its owner above.
+    token = login(CFG["koinonia_operator_email"], CFG["koinonia_operator_password"])
+    summary = fuzzed(tmp_path, token, "--include-path-regex=^/api/admin/")
+    # Reached as an operator, not only refused: no operation answered only 401/403.
+    assert "Authentication failed" not in summary, summary
+
+
+def fuzzed(tmp_path, token: str, *options: str) -> str:
+    """A Schemathesis run through the balancer as the holder of `token`, every check and
+    phase; its summary once it passed."""
+    schemathesis = shutil.which("schemathesis")
+    assert schemathesis, "schemathesis is not installed (the dev dependencies pin it)"
     cmd = [
         schemathesis,
         f"--config-file={balancer_config(tmp_path)}",
@@ -83,6 +100,8 @@ def test_7_fuzzed_api_answers_no_5xx_and_conforms_to_its_openapi_schema(tmp_path
         "--report=junit",
         f"--report-dir={tmp_path}",
         "--output-truncate=false",
+        "--no-color",
+        *options,
     ]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, check=False)
     shown = [c if "Bearer" not in c else "--header=Authorization: Bearer ***" for c in cmd]
@@ -91,3 +110,6 @@ def test_7_fuzzed_api_answers_no_5xx_and_conforms_to_its_openapi_schema(tmp_path
     exit_code = run.returncode  # not the CompletedProcess: its args hold the token
     summary = run.stdout[run.stdout.rfind("SUMMARY") :]
     assert exit_code == 0, summary
+    for phase in ("Examples", "Coverage", "Fuzzing", "Stateful"):
+        assert f"✅ {phase}" in summary, summary
+    return summary
