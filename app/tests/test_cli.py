@@ -195,7 +195,7 @@ async def test_concurrent_run_migrations_in_process_apply_once(servers, make_set
 async def test_revoke_sessions_logs_everyone_out_and_keeps_other_keys(servers, spare_redis):
     from redis.asyncio import Redis
 
-    from koinonia.stores.sessions import create_session, get_session
+    from koinonia.stores.sessions import create_session, get_session, user_generation
 
     redis = Redis.from_url(spare_redis.url, decode_responses=True)
     try:
@@ -209,7 +209,7 @@ async def test_revoke_sessions_logs_everyone_out_and_keeps_other_keys(servers, s
                     role="admin",
                     is_operator=False,
                     ttl_seconds=600,
-                    generation="0",
+                    generation=await user_generation(redis, user),
                 )
                 tokens.append(token)
         await redis.set("cache:church:unrelated", "kept")

@@ -188,6 +188,44 @@ async def test_login_that_raced_a_password_change_gets_no_session(app, church_a,
     assert "token" not in (await response.get_json())
 
 
+async def test_login_that_raced_revoke_all_sessions_gets_no_session(
+    app, church_a, redis, monkeypatch
+):
+    checked, release = asyncio.Event(), asyncio.Event()
+    real_verify = auth.verify_password
+
+    async def verify_then_pause(password_hash: str, password: str) -> bool:
+        ok = await real_verify(password_hash, password)
+        if not checked.is_set():
+            checked.set()
+            await release.wait()
+        return ok
+
+    monkeypatch.setattr(auth, "verify_password", verify_then_pause)
+    # The login has checked the password and pauses before creating its session...
+    login = asyncio.create_task(
+        app.test_client().post(
+            "/api/auth/login", json={"email": church_a.email, "password": church_a.password}
+        )
+    )
+    await asyncio.wait_for(checked.wait(), 10)
+    # ...while an operator logs everyone out (`koinonia revoke-sessions`); its scan has
+    # passed by the time the login goes on.
+    assert await sessions.revoke_all_sessions(redis) >= 1
+    release.set()
+
+    response = await login
+    assert response.status_code == 401
+    body = await response.get_json()
+    assert body["error"]["code"] == "sessions_revoked"
+    assert "token" not in body
+    # A login after the revocation works.
+    again = await app.test_client().post(
+        "/api/auth/login", json={"email": church_a.email, "password": church_a.password}
+    )
+    assert again.status_code == 200
+
+
 async def test_session_index_names_every_session_created_while_revoking(
     app, church_a, servers, monkeypatch
 ):

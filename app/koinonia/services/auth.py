@@ -124,7 +124,12 @@ class PasswordChangedDuringLogin(Unauthorized):
     message = "The password was changed while logging in; log in again"
 
 
-async def authenticate(redis: Redis, email: str, password: str) -> tuple[User, str]:
+class SessionsRevokedDuringLogin(Unauthorized):
+    code = "sessions_revoked"
+    message = "Every session was revoked while logging in; log in again"
+
+
+async def authenticate(redis: Redis, email: str, password: str) -> tuple[User, sessions.Generation]:
     """The user and their session generation, read before the password hash was."""
     user = await User.get_or_none(email=normalise_email(email))
     if user is None:
@@ -192,10 +197,16 @@ async def _redis_value(call: Awaitable[T]) -> T:
 
 
 async def start_session(
-    redis: Redis, user: User, ttl_seconds: int, generation: str = sessions.FIRST_GENERATION
+    redis: Redis,
+    user: User,
+    ttl_seconds: int,
+    generation: sessions.Generation | None = None,
 ) -> LoginResult:
-    """``generation``: as read before the password was checked (a new account: the first)."""
+    """``generation``: as read before the password was checked; a new account, which no
+    revocation can have aimed at yet, reads it now."""
     try:
+        if generation is None:
+            generation = await _redis_value(sessions.user_generation(redis, user.id))
         token, session = await _redis_value(
             sessions.create_session(
                 redis,
@@ -207,6 +218,8 @@ async def start_session(
                 generation=generation,
             )
         )
+    except sessions.AllSessionsRevoked:
+        raise SessionsRevokedDuringLogin() from None
     except sessions.GenerationChanged:
         raise PasswordChangedDuringLogin() from None
     return LoginResult(token=token, session=session, user=user)

@@ -11,7 +11,8 @@ while a user's sessions are being revoked is either revoked with them or refused
 index always names every live session of the user. A login reads the user's generation
 before it reads the password hash; the session is created only if the generation is still
 the same, so a login that checked the old password cannot outlive a password change that
-landed meanwhile.
+landed meanwhile. ``koinonia revoke-sessions`` moves a generation of every session on before
+it deletes them, so a login in flight then is refused the same way.
 
 Every revocation is also published on ``REVOCATION_CHANNEL`` (the revoked session ids, or
 ``*`` for all), so each process drops the sessions from its in-process cache
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 SESSION_PREFIX = "session:"
 USER_SESSIONS_PREFIX = "user-sessions:"
 USER_GENERATION_PREFIX = "user-session-generation:"
+# Moved on by every revoke-all: one counter, so a revoke-all is one INCR, not one per user.
+ALL_SESSIONS_GENERATION_KEY = "all-sessions-generation"
 REVOCATION_CHANNEL = "session-revocations"
 # The message that revokes every session (``koinonia revoke-sessions``).
 REVOKE_ALL = "*"
@@ -54,19 +57,36 @@ class SessionData:
 
 
 class GenerationChanged(Exception):
-    """The user's sessions were revoked (password change) after the login read the password."""
+    """The user's sessions were revoked (password change, role change, removal) after the
+    login read the password."""
 
 
-# KEYS: session, user index, user generation. ARGV: session JSON, TTL, the generation the
-# login read before it checked the password, session id, the generation of a missing key.
-# 1 = created, 0 = refused.
+class AllSessionsRevoked(GenerationChanged):
+    """Every session was revoked (``koinonia revoke-sessions``) after the login read the
+    password."""
+
+
+@dataclass(frozen=True)
+class Generation:
+    """What a login read before it checked the password: the user's generation and the
+    generation of all sessions."""
+
+    user: str
+    everyone: str
+
+
+# KEYS: session, user index, user generation, all-sessions generation. ARGV: session JSON,
+# TTL, the user's and everyone's generation as the login read them, session id, the
+# generation of a missing key. 1 = created, 0 = refused (the user's), -1 = refused (all).
 _CREATE_SCRIPT = """
-local generation = redis.call('GET', KEYS[3]) or ARGV[5]
-if generation ~= ARGV[3] then
+if (redis.call('GET', KEYS[4]) or ARGV[6]) ~= ARGV[4] then
+    return -1
+end
+if (redis.call('GET', KEYS[3]) or ARGV[6]) ~= ARGV[3] then
     return 0
 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-redis.call('SADD', KEYS[2], ARGV[4])
+redis.call('SADD', KEYS[2], ARGV[5])
 redis.call('EXPIRE', KEYS[2], ARGV[2])
 return 1
 """
@@ -97,10 +117,19 @@ def valid_token(token: str | None) -> bool:
     return bool(token) and len(token) <= 256  # type: ignore[arg-type]
 
 
-async def user_generation(redis: Redis, user_id: uuid.UUID | str) -> str:
+async def user_generation(redis: Redis, user_id: uuid.UUID | str) -> Generation:
     """Read before the password hash; passed to ``create_session``."""
-    value = await redis.get(USER_GENERATION_PREFIX + str(user_id))
-    return str(value) if value is not None else FIRST_GENERATION
+    user, everyone = await redis.mget(
+        USER_GENERATION_PREFIX + str(user_id), ALL_SESSIONS_GENERATION_KEY
+    )
+    return Generation(
+        user=_text(user) if user is not None else FIRST_GENERATION,
+        everyone=_text(everyone) if everyone is not None else FIRST_GENERATION,
+    )
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 async def create_session(
@@ -111,9 +140,10 @@ async def create_session(
     role: str,
     is_operator: bool,
     ttl_seconds: int,
-    generation: str,
+    generation: Generation,
 ) -> tuple[str, SessionData]:
-    """Raises ``GenerationChanged`` if the user's sessions were revoked since ``generation``."""
+    """Raises ``GenerationChanged`` (``AllSessionsRevoked``) if the user's sessions (every
+    session) were revoked since ``generation`` was read."""
     token = new_token()
     data = SessionData(
         session_id=session_id_of(token),
@@ -128,15 +158,19 @@ async def create_session(
             SESSION_PREFIX + data.session_id,
             USER_SESSIONS_PREFIX + data.user_id,
             USER_GENERATION_PREFIX + data.user_id,
+            ALL_SESSIONS_GENERATION_KEY,
         ],
         args=[
             orjson.dumps(asdict(data)),
             ttl_seconds,
-            generation,
+            generation.user,
+            generation.everyone,
             data.session_id,
             FIRST_GENERATION,
         ],
     )
+    if created == -1:
+        raise AllSessionsRevoked()
     if not created:
         raise GenerationChanged()
     return token, data
@@ -196,9 +230,11 @@ async def revoke_all_sessions(redis: Redis, *, batch_size: int = 500) -> int:
     """Revoke every session of every user (secret rotation: everyone logs in again).
 
     SCAN, not KEYS: the app's Redis user may not run KEYS (it blocks the server), and SCAN
-    walks a large keyspace in small steps while the service keeps answering. Returns how
-    many sessions were live.
+    walks a large keyspace in small steps while the service keeps answering. The generation
+    of all sessions moves on first, so a login that checked its password before it and
+    creates its session after the scan passed is refused. Returns how many sessions were live.
     """
+    await redis.incr(ALL_SESSIONS_GENERATION_KEY)
     revoked = 0
     for pattern, counts in ((SESSION_PREFIX + "*", True), (USER_SESSIONS_PREFIX + "*", False)):
         batch: list[str] = []
