@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import uuid
 
+from koinonia.services import auth
 from tests.conftest import register_church
 
 
@@ -175,3 +178,34 @@ async def test_unknown_route_and_wrong_method_use_error_shape(client):
     wrong = await client.put("/api/auth/login", json={})
     assert wrong.status_code == 405
     assert (await wrong.get_json())["error"]["code"] == "method_not_allowed"
+
+
+async def test_a_burst_of_logins_runs_one_argon2_check_at_a_time(monkeypatch):
+    # Each check holds 64 MiB and already spreads over the cores: overlapping ones only
+    # multiply the memory of a login burst.
+    running, most = 0, 0
+    lock = threading.Lock()
+    real = auth._hasher
+
+    class CountingHasher:
+        def hash(self, password: str) -> str:
+            return real.hash(password)
+
+        def verify(self, password_hash: str, password: str) -> bool:
+            nonlocal running, most
+            with lock:
+                running += 1
+                most = max(most, running)
+            try:
+                return real.verify(password_hash, password)
+            finally:
+                with lock:
+                    running -= 1
+
+    monkeypatch.setattr(auth, "_hasher", CountingHasher())
+    stored = await auth.hash_password("a burst of logins")
+    results = await asyncio.gather(
+        *(auth.verify_password(stored, "a burst of logins") for _ in range(6))
+    )
+    assert results == [True] * 6
+    assert most == 1

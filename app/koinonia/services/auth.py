@@ -16,6 +16,7 @@ import asyncio
 import hashlib
 import uuid
 from collections.abc import Awaitable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -34,6 +35,11 @@ from koinonia.stores.sessions import SessionData
 T = TypeVar("T")
 
 _hasher = PasswordHasher()
+# One argon2 computation at a time per process. Each already spreads over the cores (its
+# `parallelism` lanes are threads) and holds `memory_cost` (64 MiB) while it runs: more at
+# once do not finish sooner, they only multiply the memory (a burst of 12 logins took the
+# API from 240 MiB to 1 GiB with asyncio's default pool of cpu + 4 threads).
+_hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="argon2")
 # Verified against when the email is unknown, to spend the same time as a real check.
 _DUMMY_HASH = _hasher.hash("not-a-real-password")
 
@@ -60,7 +66,7 @@ def login_failures_key(email: str) -> str:
 
 async def hash_password(password: str) -> str:
     # argon2 is deliberately slow; keep it off the event loop.
-    return await asyncio.to_thread(_hasher.hash, password)
+    return await asyncio.get_running_loop().run_in_executor(_hashing, _hasher.hash, password)
 
 
 async def verify_password(password_hash: str, password: str) -> bool:
@@ -70,7 +76,7 @@ async def verify_password(password_hash: str, password: str) -> bool:
         except (VerificationError, InvalidHashError):
             return False
 
-    return await asyncio.to_thread(check)
+    return await asyncio.get_running_loop().run_in_executor(_hashing, check)
 
 
 async def create_user(
