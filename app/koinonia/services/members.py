@@ -41,6 +41,7 @@ def normalise_phone(raw: str, default_region: str) -> str:
 
 
 def member_json(member: Member) -> dict[str, Any]:
+    # The member list writes the same in SQL (_page_sql); test_member_listing holds them equal.
     return {
         "id": str(member.id),
         "churchId": str(member.church_id),  # type: ignore[attr-defined]
@@ -88,8 +89,9 @@ def _page_sql(rows: str, total: str) -> str:
     would write (row_to_json is compact, keys in this order), the total, whether more follow
     and the last shown member's ``createdAt`` and ``id`` for the cursor.
 
-    ``rows`` selects the church's members from ``$3`` on, newest first, ``$2 + 1`` of them
-    (the extra one says whether more follow); ``$1`` is the church, ``$2`` the page size.
+    ``rows`` selects ``$2 + 1`` of the church's members, newest first, after the offset or
+    cursor given from ``$3`` on (the extra one says whether more follow); ``$1`` is the
+    church, ``$2`` the page size.
     The text is a constant, so where asyncpg's statement cache is on it is prepared once.
     """
     return f"""
