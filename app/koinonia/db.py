@@ -187,3 +187,11 @@ async def run_migrations(
         finally:
             await lock_conn.close()
     return applied
+
+
+async def fetch_row(query: str, *args: Any) -> asyncpg.Record | None:
+    """The first row of a query, through the ORM's connection (the current transaction's
+    inside ``in_transaction``), for reads that need no models: no query building, no model
+    construction, and a constant text asyncpg can keep prepared where its cache is on."""
+    async with connections.get(CONNECTION_NAME).acquire_connection() as connection:
+        return await connection.fetchrow(query, *args)

@@ -5,14 +5,15 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import phonenumbers
 from tortoise.exceptions import IntegrityError
-from tortoise.expressions import Q
 from tortoise.transactions import in_transaction
 
+from koinonia.db import fetch_row
 from koinonia.errors import Conflict, NotFound, ValidationFailed
 from koinonia.models.core import ConsentSource, Member
 from koinonia.responses import json_bytes
@@ -40,6 +41,7 @@ def normalise_phone(raw: str, default_region: str) -> str:
 
 
 def member_json(member: Member) -> dict[str, Any]:
+    # The member list writes the same in SQL (_page_sql); test_member_listing holds them equal.
     return {
         "id": str(member.id),
         "churchId": str(member.church_id),  # type: ignore[attr-defined]
@@ -53,8 +55,9 @@ def member_json(member: Member) -> dict[str, Any]:
     }
 
 
-def encode_cursor(member: Member) -> str:
-    raw = f"{member.created_at.isoformat()}|{member.id}".encode()
+def encode_cursor(created_at: str, member_id: str) -> str:
+    """The cursor after a member: its ``createdAt`` and ``id`` as the page shows them."""
+    raw = f"{created_at}|{member_id}".encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
@@ -70,34 +73,99 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         ) from None
 
 
+def _utc_isoformat(column: str) -> str:
+    """SQL for ``datetime.isoformat()`` of a timestamptz in UTC, as ``member_json`` writes it:
+    six digits of microseconds unless they are 0, then none."""
+    utc = f"({column} AT TIME ZONE 'UTC')"
+    return (
+        f"to_char({utc}, 'YYYY-MM-DD\"T\"HH24:MI:SS')"
+        f" || CASE WHEN date_trunc('second', {utc}) = {utc} THEN '' ELSE to_char({utc}, '.US') END"
+        " || '+00:00'"
+    )
+
+
+def _page_sql(rows: str, total: str) -> str:
+    """One statement for a page: its members as the JSON array ``member_json`` and orjson
+    would write (row_to_json is compact, keys in this order), the total, whether more follow
+    and the last shown member's ``createdAt`` and ``id`` for the cursor.
+
+    ``rows`` selects ``$2 + 1`` of the church's members, newest first, after the offset or
+    cursor given from ``$3`` on (the extra one says whether more follow); ``$1`` is the
+    church, ``$2`` the page size.
+    The text is a constant, so where asyncpg's statement cache is on it is prepared once.
+    """
+    return f"""
+SELECT
+    {total} AS total,
+    count(*) > $2 AS has_more,
+    '[' || coalesce(
+        string_agg(row_to_json(shown)::text, ',' ORDER BY page.n) FILTER (WHERE page.n <= $2),
+        ''
+    ) || ']' AS data,
+    min(shown."createdAt") FILTER (WHERE page.n = $2) AS last_created_at,
+    min(shown.id::text) FILTER (WHERE page.n = $2) AS last_id
+FROM (
+    SELECT rows.*, row_number() OVER (ORDER BY rows.created_at DESC, rows.id DESC) AS n
+    FROM ({rows}) AS rows
+) AS page
+CROSS JOIN LATERAL (
+    SELECT
+        page.id,
+        page.church_id AS "churchId",
+        page.first_name AS "firstName",
+        page.last_name AS "lastName",
+        page.phone,
+        page.email,
+        page.opt_in_sms AS "optInSms",
+        {_utc_isoformat("page.created_at")} AS "createdAt",
+        {_utc_isoformat("page.updated_at")} AS "updatedAt"
+) AS shown
+"""  # noqa: S608 - built at import from this module's own parts; values are parameters
+
+
+_NUMBERED_PAGE_SQL = _page_sql(
+    rows="""
+        SELECT * FROM member
+        WHERE church_id = $1
+        ORDER BY created_at DESC, id DESC
+        OFFSET $3 LIMIT $2 + 1""",
+    total="(SELECT count(*) FROM member WHERE church_id = $1)",
+)
+
+# Keyset pagination on (created_at, id), newest first: stable under inserts.
+_CURSOR_PAGE_SQL = _page_sql(
+    rows="""
+        SELECT * FROM member
+        WHERE church_id = $1 AND (created_at, id) < ($3, $4)
+        ORDER BY created_at DESC, id DESC
+        LIMIT $2 + 1""",
+    total="NULL::bigint",
+)
+
+
 async def _page_query(
     church_id: uuid.UUID, limit: int, page: int | None, cursor: str | None
 ) -> dict[str, Any]:
-    query = Member.filter(church_id=church_id)
-    total: int | None = None
+    """The page as ``list_members_json`` sends it, from one statement, no ORM models: the
+    members' JSON is PostgreSQL's text, embedded as it is."""
     current_page: int | None = None
     if cursor:
         created, member_id = decode_cursor(cursor)
-        # Keyset pagination on (created_at, id), newest first: stable under inserts.
-        query = query.filter(Q(created_at__lt=created) | Q(created_at=created, id__lt=member_id))
-        rows = await query.order_by("-created_at", "-id").limit(limit + 1)
+        if created.tzinfo is None:  # as Tortoise reads a naive time with use_tz: UTC
+            created = created.replace(tzinfo=UTC)
+        row = await fetch_row(_CURSOR_PAGE_SQL, church_id, limit, created, member_id)
     else:
         current_page = page or 1
-        total = await query.count()
-        rows = (
-            await query.order_by("-created_at", "-id")
-            .offset((current_page - 1) * limit)
-            .limit(limit + 1)
-        )
-    has_more = len(rows) > limit
-    rows = rows[:limit]
+        row = await fetch_row(_NUMBERED_PAGE_SQL, church_id, limit, (current_page - 1) * limit)
     return {
-        "data": [member_json(m) for m in rows],
+        "data": orjson.Fragment(row["data"]),
         "pagination": {
             "limit": limit,
             "page": current_page,
-            "total": total,
-            "nextCursor": encode_cursor(rows[-1]) if has_more and rows else None,
+            "total": row["total"],
+            "nextCursor": (
+                encode_cursor(row["last_created_at"], row["last_id"]) if row["has_more"] else None
+            ),
         },
     }
 
