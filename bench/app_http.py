@@ -208,8 +208,9 @@ def main() -> int:
     parser.add_argument(
         "--profile",
         metavar="ROW",
-        help="py-spy (dev extra) one app worker during the rows whose name contains ROW; "
-        "folded stacks go to .cache/bench/profile-<n>.folded, a summary to stderr",
+        help="py-spy (dev extra) one server worker during the rows whose name contains ROW "
+        "(comma-separated for several, e.g. hello,health,cached); folded stacks go to "
+        ".cache/bench/profile-<n>.folded, a summary to stderr",
     )
     parser.add_argument(
         "--rounds",
@@ -302,10 +303,10 @@ def main() -> int:
         for number, (name, url, lua_env) in enumerate(rows):
             connections = int(lua_env.pop("CONNECTIONS", args.connections))
             spy = None
-            if args.profile and args.profile in name and number > 0:
-                folded = OUT_DIR / f"profile-{number}.folded"
-                spy = profile(app.pid, args.seconds, folded)
             server = hello if number == 0 else app
+            if args.profile and any(part in name for part in args.profile.split(",")):
+                folded = OUT_DIR / f"profile-{number}.folded"
+                spy = profile(server.pid, args.seconds, folded)
             figures = measured(server, url, args.seconds, connections, **lua_env)
             if spy is not None:
                 spy.wait()
