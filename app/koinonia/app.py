@@ -26,7 +26,7 @@ from koinonia.stores.client import create_redis
 from koinonia.stores.session_cache import RevocationListener, SessionCache
 from koinonia.web import resources
 from koinonia.web.edge import RequestEdge
-from koinonia.web.fast_path import WarmReadFastPath
+from koinonia.web.fast_path import FastPath
 from koinonia.web.state import AppState, KoinoniaApp
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ def create_app(settings: Settings | None = None) -> KoinoniaApp:
         log.info("koinonia stopped")
 
     # In front of Quart's own ASGI entry (Quart.__call__ calls ``app.asgi_app``).
-    app.fast_path = WarmReadFastPath(app.asgi_app, state, edge)
+    app.fast_path = FastPath(app.asgi_app, state, edge)
     app.asgi_app = app.fast_path  # type: ignore[method-assign]
     app.register_blueprint(metrics_bp)
     app.register_blueprint(docs_bp)

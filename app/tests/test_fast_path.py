@@ -1,7 +1,8 @@
-"""The warm-read fast path (``koinonia/web/fast_path.py``): a cached ``GET /api/members``
-whose session and page this process holds is answered before Quart, exactly as Quart would
-answer it; whatever else comes (revoked or expired session, stale page, another church, a
-role or an account without the permission, a query, another method) is Quart's to decide.
+"""The fast path (``koinonia/web/fast_path.py``): ``GET /health``, and a cached
+``GET /api/members`` whose session and page this process holds, are answered before Quart,
+exactly as Quart would answer them; whatever else comes (revoked or expired session, stale
+page, another church, a role or an account without the permission, a query, another method)
+is Quart's to decide.
 
 Each parity test sends the same request both ways (the fast path switched off, then on) and
 compares status, headers and body, and checks which way answered (``fast_path.answered``).
@@ -175,6 +176,36 @@ async def test_a_fast_answer_writes_the_access_log_line_quart_writes(app, client
     assert all(r.durationMs >= 0 for r in lines)
 
 
+async def test_health_answers_what_quart_answers_status_headers_and_body(app, client, monkeypatch):
+    from koinonia.routes import health
+
+    monkeypatch.setattr(health, "_now", lambda: "2026-12-07T03:00:00.000000Z")
+    by_quart, fast, answered_fast = await _quart_then_fast(app, client, "/health", REQUEST_ID)
+    assert answered_fast
+    assert by_quart.status_code == fast.status_code == 200
+    assert _headers(by_quart) == _headers(fast)
+    assert await by_quart.get_data() == await fast.get_data()
+    assert await fast.get_json() == {"status": "ok", "timestamp": "2026-12-07T03:00:00.000000Z"}
+
+
+async def test_health_answered_fast_is_counted_under_its_route(app, client):
+    registry = get_state(app).metrics.registry
+    labels = {"route": "/health", "method": "GET", "status": "200"}
+    before = registry.get_sample_value("koinonia_http_requests_total", labels) or 0
+    answered = app.fast_path.answered
+    assert (await client.get("/health")).status_code == 200
+    assert app.fast_path.answered == answered + 1
+    assert registry.get_sample_value("koinonia_http_requests_total", labels) == before + 1
+
+
+async def test_health_with_a_query_or_by_head_is_quarts(app, client):
+    before = app.fast_path.answered
+    assert (await client.get("/health?verbose=1")).status_code == 200
+    assert (await client.head("/health")).status_code == 200
+    assert (await client.get("/health/live")).status_code == 200
+    assert app.fast_path.answered == before
+
+
 # --- never the fast answer ---------------------------------------------------------------
 
 
@@ -303,4 +334,4 @@ async def test_other_methods_and_requests_with_a_body_go_to_quart(app, client, c
 
 def test_the_fast_path_is_off_when_the_setting_says_so(make_settings):
     assert create_app(make_settings()).fast_path.enabled is True
-    assert create_app(make_settings(warm_read_fast_path=False)).fast_path.enabled is False
+    assert create_app(make_settings(fast_path=False)).fast_path.enabled is False

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from koinonia.stores.events import EventHub
     from koinonia.stores.locks import LockService
     from koinonia.stores.session_cache import RevocationListener, SessionCache
-    from koinonia.web.fast_path import WarmReadFastPath
+    from koinonia.web.fast_path import FastPath
 
 
 @dataclass
@@ -59,7 +59,7 @@ class KoinoniaApp(Quart):
 
     koinonia: AppState
     # In front of Quart's ASGI entry (``app.asgi_app``); tests switch it and count its answers.
-    fast_path: WarmReadFastPath
+    fast_path: FastPath
 
 
 def get_state(app: Quart | None = None) -> AppState:
