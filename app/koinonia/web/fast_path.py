@@ -2,20 +2,21 @@
 (first page, default size) when this process already holds both the caller's session and
 the page; and ``GET /health``, which has no check and does no I/O.
 
-Why: profiled under wrk (``bench/app_http.py --profile hello,health,cached``), a cached
-members request cost ~550 µs of server CPU against the bare Quart hello-world's ~340 µs,
-and the profile showed where: Quart's request machinery around the view (request and
-context objects, routing, before/after hooks, response conversion) plus quart-schema's query
-validation, which builds a pydantic ``TypeAdapter`` per request, and the role-guard wrapper.
-The answer itself (a session and a page from this process's memory) is a few microseconds.
-Trimming hooks could not bring 550 µs under ~430 µs (80% of the hello-world); skipping the
-machinery for the one answer that needs none of it does.
+Why: profiled under wrk (``bench/app_http.py --profile hello,health,cached``, py-spy), a
+cached members request cost ~520-550 µs of server CPU against the bare Quart hello-world's
+~340-360 µs. Quart's request handling was 30% of its samples against 17% in the
+hello-world; inside it, quart-schema's query validation (10%: it builds a pydantic
+``TypeAdapter`` per request) and the role-guard wrapper (14% inclusive); our hooks, request
+id and metrics together were ~5%. The answer itself (a session and a page from this
+process's memory) is a few microseconds. Trimming the hooks could not take 550 µs under
+~430 µs (80% of the hello-world); not running the machinery for the one answer that needs
+none of it does.
 
-``/health`` (liveness of the HTTP layer) was at ~410 µs after its hooks were trimmed to one
-pair, against the hello-world's ~340-360: what remained was Quart's own per-request work
-(routing over 73 rules, request context, hooks). Its body comes from the route's own
-``health_body``, so the two cannot differ; it is still answered by the same server and event
-loop, which is what the probe checks.
+``/health`` (liveness of the HTTP layer) with its hooks trimmed to one pair still cost
+~50 µs of CPU more than the hello-world in-process (the app called through ASGI, no server:
+routing over 73 rules, request context, hooks) and stayed under 90% of it under wrk. Its
+body comes from the route's own ``health_body``, so the two answers cannot differ; it is
+still answered by the same server and event loop, which is what the probe checks.
 
 For the members page, the fast path only ever answers the success case, and only when every
 check the Quart route makes passes on the same data by the same functions:
