@@ -9,10 +9,11 @@ cores, and it keeps a full latency histogram (percentiles read by bench/wrk/repo
 Load is bounded (duration and connections) and aimed only at 127.0.0.1.
 
 Writes a markdown table to stdout and both forms to .cache/bench/app_http.{md,json}.
-`--profile ROW` also samples one app worker with py-spy (dev extra) during the matching
-rows, writes the folded stacks next to them (.cache/bench/profile-<n>.folded, for
-flamegraph tools) and prints where the samples were: profile the worker under load, compare
-rows. The machine's load average is printed with the figures: compare ratios from one run.
+`--profile ROW[,ROW...]` also samples one server worker (the hello-world's for its row)
+with py-spy (dev extra) during the matching rows, writes the folded stacks next to them
+(.cache/bench/profile-<n>.folded, for flamegraph tools) and prints where the samples were:
+profile the worker under load, compare rows. The machine's load average is printed with the
+figures: compare ratios from one run.
 Each row also says how much CPU the server spent per request (its processes' user + system
 time over the row): on a shared machine req/s follows the other work, CPU per request much
 less. `--rounds N` repeats hello-world, /health and cached members back to back N times.
