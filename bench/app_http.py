@@ -9,10 +9,11 @@ cores, and it keeps a full latency histogram (percentiles read by bench/wrk/repo
 Load is bounded (duration and connections) and aimed only at 127.0.0.1.
 
 Writes a markdown table to stdout and both forms to .cache/bench/app_http.{md,json}.
-`--profile ROW` also samples one app worker with py-spy (dev extra) during the matching
-rows, writes the folded stacks next to them (.cache/bench/profile-<n>.folded, for
-flamegraph tools) and prints where the samples were: profile the worker under load, compare
-rows. The machine's load average is printed with the figures: compare ratios from one run.
+`--profile ROW[,ROW...]` also samples one server worker (the hello-world's for its row)
+with py-spy (dev extra) during the matching rows, writes the folded stacks next to them
+(.cache/bench/profile-<n>.folded, for flamegraph tools) and prints where the samples were:
+profile the worker under load, compare rows. The machine's load average is printed with the
+figures: compare ratios from one run.
 Each row also says how much CPU the server spent per request (its processes' user + system
 time over the row): on a shared machine req/s follows the other work, CPU per request much
 less. `--rounds N` repeats hello-world, /health and cached members back to back N times.
@@ -208,8 +209,9 @@ def main() -> int:
     parser.add_argument(
         "--profile",
         metavar="ROW",
-        help="py-spy (dev extra) one app worker during the rows whose name contains ROW; "
-        "folded stacks go to .cache/bench/profile-<n>.folded, a summary to stderr",
+        help="py-spy (dev extra) one server worker during the rows whose name contains ROW "
+        "(comma-separated for several, e.g. hello,health,cached); folded stacks go to "
+        ".cache/bench/profile-<n>.folded, a summary to stderr",
     )
     parser.add_argument(
         "--rounds",
@@ -302,10 +304,10 @@ def main() -> int:
         for number, (name, url, lua_env) in enumerate(rows):
             connections = int(lua_env.pop("CONNECTIONS", args.connections))
             spy = None
-            if args.profile and args.profile in name and number > 0:
-                folded = OUT_DIR / f"profile-{number}.folded"
-                spy = profile(app.pid, args.seconds, folded)
             server = hello if number == 0 else app
+            if args.profile and any(part in name for part in args.profile.split(",")):
+                folded = OUT_DIR / f"profile-{number}.folded"
+                spy = profile(server.pid, args.seconds, folded)
             figures = measured(server, url, args.seconds, connections, **lua_env)
             if spy is not None:
                 spy.wait()

@@ -16,9 +16,8 @@ from quart_schema import QuartSchema
 from koinonia import db
 from koinonia.docs import bp as docs_bp
 from koinonia.errors import register_error_handlers
-from koinonia.logging import install_request_logging
+from koinonia.metrics import Metrics
 from koinonia.metrics import bp as metrics_bp
-from koinonia.metrics import install_metrics
 from koinonia.openapi import KoinoniaOpenAPIProvider
 from koinonia.responses import OrjsonProvider, install_response_conversion
 from koinonia.settings import Settings, load_settings
@@ -26,6 +25,8 @@ from koinonia.stores.cache import CacheService
 from koinonia.stores.client import create_redis
 from koinonia.stores.session_cache import RevocationListener, SessionCache
 from koinonia.web import resources
+from koinonia.web.edge import RequestEdge
+from koinonia.web.fast_path import FastPath
 from koinonia.web.state import AppState, KoinoniaApp
 
 log = logging.getLogger(__name__)
@@ -91,8 +92,9 @@ def create_app(settings: Settings | None = None) -> KoinoniaApp:
 
     state = AppState(settings=settings)
     app.koinonia = state
-    metrics = state.metrics = install_metrics(app, settings.release)
-    install_request_logging(app, access_log=settings.access_log)
+    metrics = state.metrics = Metrics(settings.release)
+    edge = RequestEdge(metrics, access_log=settings.access_log)
+    edge.install(app)
     register_error_handlers(app)
 
     @app.before_serving
@@ -130,6 +132,9 @@ def create_app(settings: Settings | None = None) -> KoinoniaApp:
             state.db = None
         log.info("koinonia stopped")
 
+    # In front of Quart's own ASGI entry (Quart.__call__ calls ``app.asgi_app``).
+    app.fast_path = FastPath(app.asgi_app, state, edge)
+    app.asgi_app = app.fast_path  # type: ignore[method-assign]
     app.register_blueprint(metrics_bp)
     app.register_blueprint(docs_bp)
     for blueprint in BLUEPRINTS:

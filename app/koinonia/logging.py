@@ -1,39 +1,27 @@
 """Structured JSON logs, one object per line, carrying the request id.
 
-The request id comes from ``X-Request-ID`` when NGINX sends one (so a request can be followed
-from the load balancer to the app), otherwise a fresh one; it is echoed in the response.
+The request id (``web/edge.py`` assigns it to each request, and echoes it in the response)
+is in every line written while the request is handled.
 """
 
 from __future__ import annotations
 
 import contextvars
 import logging
-import re
-import socket
 import sys
-import time
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from quart import Quart, Response, request
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "koinonia_request_id", default=None
-)
-
-# When the current request started, for the access log (cheaper than ``g``: no proxy).
-_request_started: contextvars.ContextVar[float | None] = contextvars.ContextVar(
-    "koinonia_request_started", default=None
 )
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # Names the app server that answered, so operators (and the checklist's distribution test)
 # can see the balancer spread requests without reading its logs.
 SERVED_BY_HEADER = "X-Served-By"
-# Only echo ids that look like ids: a header is attacker-controlled input.
-_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 _STANDARD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
@@ -81,35 +69,3 @@ def configure_logging(level: str = "INFO") -> None:
         lg.handlers[:] = []
         lg.propagate = True
     logging.getLogger("hypercorn.access").setLevel(logging.WARNING)
-
-
-def install_request_logging(app: Quart, *, access_log: bool = True) -> None:
-    access_logger = logging.getLogger("koinonia.access")
-    served_by = socket.gethostname()
-
-    @app.before_request
-    async def _assign_request_id() -> None:
-        incoming = request.headers.get(REQUEST_ID_HEADER)
-        valid = incoming is not None and _VALID_REQUEST_ID.match(incoming)
-        request_id_var.set(incoming if valid else uuid.uuid4().hex)
-        _request_started.set(time.perf_counter())
-
-    @app.after_request
-    async def _echo_request_id(response: Response) -> Response:
-        request_id = request_id_var.get()
-        if request_id:
-            response.headers[REQUEST_ID_HEADER] = request_id
-        response.headers[SERVED_BY_HEADER] = served_by
-        started = _request_started.get()
-        # isEnabledFor first: with access logs off or below the level this costs nothing more.
-        if access_log and started is not None and access_logger.isEnabledFor(logging.INFO):
-            access_logger.info(
-                "request",
-                extra={
-                    "method": request.method,
-                    "path": request.path,
-                    "status": response.status_code,
-                    "durationMs": round((time.perf_counter() - started) * 1000, 2),
-                },
-            )
-        return response

@@ -19,11 +19,9 @@ so the cron-cycle gauge is a per-instance series) served by ``start_worker_metri
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import os
 import threading
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 from wsgiref.simple_server import WSGIServer
@@ -38,7 +36,7 @@ from prometheus_client import (
     multiprocess,
     start_http_server,
 )
-from quart import Blueprint, Quart, Response, request
+from quart import Blueprint, Quart, Response
 
 from koinonia import db
 from koinonia.openapi import document_text_response
@@ -46,12 +44,6 @@ from koinonia.openapi import document_text_response
 log = logging.getLogger(__name__)
 
 ScrapeHook = Callable[[], Awaitable[None]]
-
-# When the current request started (set by the before-request hook; a context variable is
-# cheaper than ``g``, which goes through a proxy on every access).
-_request_started: contextvars.ContextVar[float | None] = contextvars.ContextVar(
-    "koinonia_metrics_request_started", default=None
-)
 
 
 class Metrics:
@@ -105,6 +97,20 @@ class Metrics:
             multiprocess_mode="livesum",
         )
         self._scrape_hooks: list[ScrapeHook] = []
+        # The labelled children per (route, method, status), so a request skips ``labels()``
+        # (label validation and a lock) twice: a few microseconds of every request's overhead.
+        self._http_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """One finished HTTP request (``web/edge.py`` calls this for every request)."""
+        labelled = self._http_children.get((route, method, status))
+        if labelled is None:
+            labelled = self._http_children[(route, method, status)] = (
+                self.http_requests.labels(route, method, str(status)),
+                self.http_latency.labels(route, method),
+            )
+        labelled[0].inc()
+        labelled[1].observe(seconds)
 
     def add_scrape_hook(self, hook: ScrapeHook) -> None:
         self._scrape_hooks.append(hook)
@@ -147,36 +153,6 @@ async def metrics_endpoint() -> Response:
     metrics = get_metrics()
     await metrics.refresh()
     return Response(metrics.render(), content_type=CONTENT_TYPE_LATEST)
-
-
-def install_metrics(app: Quart, release: str = "dev") -> Metrics:
-    """Per-request HTTP metrics on ``app``; the caller keeps the ``Metrics`` (``AppState``)."""
-    metrics = Metrics(release)
-    # The labelled children per (route, method, status), so a request skips ``labels()``
-    # (label validation and a lock) twice: a few microseconds of every request's overhead.
-    children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
-
-    @app.before_request
-    async def _start_timer() -> None:
-        _request_started.set(time.perf_counter())
-
-    @app.after_request
-    async def _observe(response: Response) -> Response:
-        started = _request_started.get()
-        if started is not None:
-            rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
-            method, status = request.method, response.status_code
-            labelled = children.get((rule, method, status))
-            if labelled is None:
-                labelled = children[(rule, method, status)] = (
-                    metrics.http_requests.labels(rule, method, str(status)),
-                    metrics.http_latency.labels(rule, method),
-                )
-            labelled[0].inc()
-            labelled[1].observe(time.perf_counter() - started)
-        return response
-
-    return metrics
 
 
 # --- the SAQ worker's metrics ---------------------------------------------------------------

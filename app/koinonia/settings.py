@@ -123,6 +123,12 @@ class Settings(BaseSettings):
     health_check_timeout: float = Field(default=1.0, gt=0)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     access_log: bool = Field(default=True, description="One JSON log line per request.")
+    fast_path: bool = Field(
+        default=True,
+        description="Answer GET /health, and a cached GET /api/members whose session and page "
+        "this process holds, before Quart's request machinery (koinonia/web/fast_path.py); "
+        "same checks, same response.",
+    )
 
     # --- sessions -------------------------------------------------------------------------
     session_cookie_name: str = "koinonia_session"

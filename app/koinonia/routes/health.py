@@ -11,10 +11,11 @@ import logging
 import time
 from datetime import UTC, datetime
 
-from quart import Blueprint
+from quart import Blueprint, Response
 from quart_schema import document_response, tag
 
 from koinonia import db
+from koinonia.responses import json_bytes, json_response
 from koinonia.schemas import ApiModel
 from koinonia.stores.client import ping_redis
 from koinonia.web.state import get_state
@@ -86,9 +87,15 @@ async def _dependencies() -> tuple[bool, bool]:
 @bp.get("/health")
 @tag(["health"])
 @document_response(HealthOut, 200)
-async def health() -> dict:
+async def health() -> Response:
     """Liveness of the HTTP layer only; no I/O."""
-    return {"status": "ok", "timestamp": _now()}
+    # Usually answered before Quart by web/fast_path.py, with this same body.
+    return json_response(health_body())
+
+
+def health_body() -> bytes:
+    """The body of ``/health``, encoded (no conversion of a returned dict)."""
+    return json_bytes({"status": "ok", "timestamp": _now()})
 
 
 @bp.get("/health/detailed")

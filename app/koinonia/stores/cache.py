@@ -274,6 +274,14 @@ class CacheService:
             await pipe.execute()
         self._unflushed.subtract(pending)
 
+    def local_hit(self, family: str, key: str) -> bytes | None:
+        """The page of ``key`` if this process's copy holds it, counted as a hit; else
+        ``None`` and nothing counted (the caller then asks ``get_or_load_json``)."""
+        local = self.local.get(key)
+        if local is not None:
+            self._observe(family, "hit")
+        return local
+
     async def get_or_load_json(
         self,
         family: str,
@@ -287,9 +295,8 @@ class CacheService:
         itself, no decoding, no re-encoding: from this process's copy (no round trip) or
         from Redis (one).
         """
-        local = self.local.get(key)
+        local = self.local_hit(family, key)
         if local is not None:
-            self._observe(family, "hit")
             return local, "hit"
         epoch = self.local.epoch()
         church = str(church_id)

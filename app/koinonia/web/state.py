@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from koinonia.stores.events import EventHub
     from koinonia.stores.locks import LockService
     from koinonia.stores.session_cache import RevocationListener, SessionCache
+    from koinonia.web.fast_path import FastPath
 
 
 @dataclass
@@ -57,6 +58,8 @@ class KoinoniaApp(Quart):
     """The Quart app with its typed per-process state."""
 
     koinonia: AppState
+    # In front of Quart's ASGI entry (``app.asgi_app``); tests switch it and count its answers.
+    fast_path: FastPath
 
 
 def get_state(app: Quart | None = None) -> AppState:

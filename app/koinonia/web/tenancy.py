@@ -62,7 +62,7 @@ class CurrentUser:
     token: str
 
 
-def _token_from(headers: Any, cookies: Any, cookie_name: str) -> tuple[str | None, bool]:
+def token_from(headers: Any, cookies: Any, cookie_name: str) -> tuple[str | None, bool]:
     """The session token and whether it came from the cookie (rather than a bearer header)."""
     authorization = headers.get("Authorization", "")
     scheme, _, value = authorization.partition(" ")
@@ -76,7 +76,7 @@ async def _resolve(
     headers: Any, cookies: Any, csrf_check: Callable[[Any], None] | None = None
 ) -> CurrentUser:
     state = get_state()
-    token, from_cookie = _token_from(headers, cookies, state.settings.session_cookie_name)
+    token, from_cookie = token_from(headers, cookies, state.settings.session_cookie_name)
     if token is None:
         raise Unauthorized()
     if from_cookie and csrf_check is not None:
