@@ -6,6 +6,7 @@ from conftest import (
     PREFERRED,
     VIRTUAL_ADDRESS,
     answers_over_tls,
+    config_test_command,
     docker,
     holders,
     vrrp_state_metric,
@@ -26,18 +27,35 @@ def test_keepalived_runs_enabled_on_both_balancers():
         )
 
 
-def test_the_written_configuration_passes_keepalived_config_test():
+def test_the_written_configuration_passes_the_roles_config_test():
     for name in BALANCERS:
+        result = docker(
+            "exec", name, *config_test_command(name, "/etc/keepalived/keepalived.conf"), check=False
+        )
+        assert result.returncode == 0, result.stderr
+
+
+def test_the_roles_config_test_refuses_a_wrong_value_with_keepalived_own_message():
+    # On Debian 12 the check runs with SIGTERM ignored: it must still give a verdict.
+    for name in BALANCERS:
+        docker(
+            "exec",
+            name,
+            "sh",
+            "-c",
+            "sed 's/^    priority .*/    priority 999/' /etc/keepalived/keepalived.conf"
+            " > /root/keepalived-wrong-priority.conf",
+        )
         result = docker(
             "exec",
             name,
-            "keepalived",
-            "--config-test",
-            "-f",
-            "/etc/keepalived/keepalived.conf",
+            *config_test_command(name, "/root/keepalived-wrong-priority.conf"),
             check=False,
         )
-        assert result.returncode == 0, result.stderr
+        docker("exec", name, "rm", "/root/keepalived-wrong-priority.conf")
+        # 143: killed by SIGTERM, no verdict.
+        assert result.returncode not in (0, 143), (result.returncode, result.stderr)
+        assert "999" in result.stdout + result.stderr
 
 
 def test_adverts_go_unicast_to_the_other_balancer():
