@@ -56,7 +56,8 @@ longest_first = $(filter-out $(TEST_ORDER),$(1)) $(filter $(1),$(TEST_ORDER))
 # PgBouncer 1.18 without a statement cache) in molecule-operations, which converges, deploys
 # and verifies the whole stack there; its own scenario's Debian 12 pass (62 passed,
 # 2026-12-06) costs about 500 s of stage time the budget does not have today.
-DEBIAN12_TOO := data monitoring loadbalancer firewall
+# ha-balancer runs both passes: keepalived 2.2.7 and 2.3.3, failover timed on each.
+DEBIAN12_TOO := data monitoring loadbalancer firewall ha-balancer
 molecule_test = molecule test -s $(1)$(if $(filter $(1),$(DEBIAN12_TOO)), && KOINONIA_DEBIAN=12 molecule test -s $(1))
 stage_command = $(if $(filter molecule-%,$(1)),$(call molecule_test,$(1:molecule-%=%)),$(stage_$(1)))
 # $(call run_stages,NAMES): those stages through scripts/run-stages, TEST_JOBS at a time.

@@ -16,6 +16,7 @@ import testinfra
 import yaml
 
 SCENARIO_DIR = pathlib.Path(__file__).resolve().parent.parent
+ROLE_DIR = SCENARIO_DIR.parent.parent / "roles" / "keepalived"
 BALANCERS = ["hb-lb1", "hb-lb2"]
 PREFERRED, OTHER = BALANCERS
 CLIENT = "hb-client"
@@ -44,6 +45,15 @@ def client():
 
 def docker(*args, check=True):
     return subprocess.run(["docker", *args], check=check, capture_output=True, text=True)
+
+
+def config_test_command(name, path):
+    """keepalived's check of the configuration at `path` on `name`, as the role runs it there
+    (vars/main.yml's __keepalived_config_test_command, on a file with no x bit)."""
+    release = docker("exec", name, "sh", "-c", ". /etc/os-release && echo $VERSION_ID").stdout
+    role_vars = yaml.safe_load((ROLE_DIR / "vars" / f"Debian-{release.strip()}.yml").read_text())
+    runner = role_vars["__keepalived_config_test_runner"].split()
+    return [*runner, "/usr/sbin/keepalived", "--all-config", "--config-test", "-f", path]
 
 
 def wait_for(what, check, timeout, interval=0.5):

@@ -1,11 +1,17 @@
 """Two balancers, one virtual address: configured as the role promises, and answering."""
 
+import os
+import subprocess
+
 from conftest import (
     BALANCERS,
     OTHER,
     PREFERRED,
+    ROLE_DIR,
+    SCENARIO_DIR,
     VIRTUAL_ADDRESS,
     answers_over_tls,
+    config_test_command,
     docker,
     holders,
     vrrp_state_metric,
@@ -26,18 +32,42 @@ def test_keepalived_runs_enabled_on_both_balancers():
         )
 
 
-def test_the_written_configuration_passes_keepalived_config_test():
+def test_the_written_configuration_passes_the_roles_config_test():
     for name in BALANCERS:
         result = docker(
-            "exec",
-            name,
-            "keepalived",
-            "--config-test",
-            "-f",
-            "/etc/keepalived/keepalived.conf",
-            check=False,
+            "exec", name, *config_test_command(name, "/etc/keepalived/keepalived.conf"), check=False
         )
         assert result.returncode == 0, result.stderr
+
+
+def test_a_wrong_value_fails_the_play_with_keepalived_own_message_and_nothing_changes():
+    # 300 s passes the role's own checks; keepalived allows at most 255. The role's check runs
+    # on Ansible's candidate file, which keepalived would skip (and pass) were it executable.
+    before = docker("exec", OTHER, "sha256sum", "/etc/keepalived/keepalived.conf").stdout
+    pid = docker("exec", OTHER, "systemctl", "show", "-P", "MainPID", "keepalived").stdout
+    env = dict(os.environ, ANSIBLE_ROLES_PATH=str(ROLE_DIR.parent), ANSIBLE_NOCOLOR="1")
+    run = subprocess.run(
+        [
+            "ansible-playbook",
+            "-i",
+            os.environ["MOLECULE_INVENTORY_FILE"],
+            str(SCENARIO_DIR / "wrong_value.yml"),
+            "--tags",
+            "keepalived_config",
+            "-e",
+            "keepalived_advert_interval=300",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    output = " ".join((run.stdout + run.stderr).split())
+    assert run.returncode != 0, output[-3000:]
+    assert "Advert interval (300) not valid" in output, output[-3000:]
+    assert docker("exec", OTHER, "sha256sum", "/etc/keepalived/keepalived.conf").stdout == before
+    assert docker("exec", OTHER, "systemctl", "show", "-P", "MainPID", "keepalived").stdout == pid
 
 
 def test_adverts_go_unicast_to_the_other_balancer():
