@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from typing import Annotated, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -257,6 +257,28 @@ class Settings(BaseSettings):
             _host, sep, port = value.rpartition(":")
             if not sep or not port.isdigit() or not 0 < int(port) < 65536:
                 raise ValueError("must be host:port (or empty to disable)")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_tls_parameters(cls, value: SecretStr) -> SecretStr:
+        # Caught here rather than at the first connection, where they look like an
+        # unreachable Redis: TLS files asked for on a plain-text URL (the traffic would go
+        # unencrypted, to Redis and to the Sentinels alike), and TLS files that cannot be read.
+        url = urlsplit(value.get_secret_value())
+        files = {
+            name: path
+            for name, path in parse_qsl(url.query)
+            if name in {"ssl_ca_certs", "ssl_certfile", "ssl_keyfile"}
+        }
+        if files and url.scheme != "rediss":
+            raise ValueError(
+                f"{', '.join(files)} given on a {url.scheme}:// URL: use rediss:// for TLS "
+                "(to Redis and to its Sentinels)"
+            )
+        for name, path in files.items():
+            if not os.access(path, os.R_OK) or not os.path.isfile(path):
+                raise ValueError(f"{name}: {path} is not a file this process can read")
         return value
 
     @field_validator("redis_sentinels", mode="before")

@@ -1,5 +1,8 @@
 """A replicated Redis on loopback for the Sentinel tests: a master, a replica and three
-Sentinels (quorum 2), real ``redis-server`` processes on free ports."""
+Sentinels (quorum 2), real ``redis-server`` processes on free ports. With ``tls_dir`` (a
+directory holding ``ca.pem``, ``server.pem`` and ``server.key``: ``make_test_certificates``)
+every port is TLS only and replication and the Sentinels' links use TLS, as the redis role
+sets them up when Redis's TLS is on."""
 
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ class ReplicatedRedis:
     replica_port: int = field(default_factory=free_port)
     sentinel_ports: list[int] = field(default_factory=lambda: [free_port() for _ in range(3)])
     procs: list[subprocess.Popen] = field(default_factory=list)
+    tls_dir: Path | None = None
 
     @property
     def sentinels(self) -> list[str]:
@@ -36,8 +40,18 @@ class ReplicatedRedis:
         workdir.mkdir(parents=True, exist_ok=True)
         # A config file of its own: Sentinel's failover rewrites it (CONFIG REWRITE).
         conf = workdir / "redis.conf"
-        conf.write_text(f"port {port}\nbind 127.0.0.1\ndir {workdir}\n")
+        conf.write_text(f"{self._listen(port)}bind 127.0.0.1\ndir {workdir}\n")
         return [str(conf), "--save", "", "--appendonly", "no", "--protected-mode", "no"]
+
+    def _listen(self, port: int) -> str:
+        if self.tls_dir is None:
+            return f"port {port}\n"
+        return (
+            f"port 0\ntls-port {port}\ntls-replication yes\ntls-auth-clients no\n"
+            f"tls-cert-file {self.tls_dir / 'server.pem'}\n"
+            f"tls-key-file {self.tls_dir / 'server.key'}\n"
+            f"tls-ca-cert-file {self.tls_dir / 'ca.pem'}\n"
+        )
 
     def start(self) -> None:
         self.base.mkdir(parents=True, exist_ok=True)
@@ -55,7 +69,7 @@ class ReplicatedRedis:
         for number, port in enumerate(self.sentinel_ports):
             conf = self.base / f"sentinel{number}.conf"
             conf.write_text(
-                f"port {port}\nbind 127.0.0.1\ndir {self.base}\n"
+                f"{self._listen(port)}bind 127.0.0.1\ndir {self.base}\n"
                 f"requirepass {SENTINEL_PASSWORD}\nsentinel sentinel-pass {SENTINEL_PASSWORD}\n"
                 f"sentinel monitor {MASTER_NAME} 127.0.0.1 {self.master_port} 2\n"
                 f"sentinel down-after-milliseconds {MASTER_NAME} 1000\n"
@@ -67,3 +81,26 @@ class ReplicatedRedis:
         for proc in reversed(self.procs):
             _stop(proc)
         self.procs.clear()
+
+
+def make_test_certificates(directory: Path) -> Path:
+    """A throw-away CA (ca.pem) and a certificate it signed for 127.0.0.1 and localhost
+    (server.pem, server.key), with the openssl command line; test only."""
+    directory.mkdir(parents=True, exist_ok=True)
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+            "-subj", "/CN=koinonia app tests CA",
+            "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign")  # fmt: skip
+    openssl("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1")
+    (directory / "server.ext").write_text(
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n"
+    )
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "server.pem", "-days", "2",
+            "-extfile", "server.ext")  # fmt: skip
+    return directory

@@ -166,6 +166,7 @@ def _sentinel_pool(
             "password": sentinel_password.get_secret_value() if sentinel_password else None,
             "socket_timeout": settings.redis_socket_timeout,
             "socket_connect_timeout": settings.redis_socket_timeout,
+            **_sentinel_tls_kwargs(url_kwargs, tls=tls),
         },
     )
     return sentinel.master_for(
@@ -178,6 +179,16 @@ def _sentinel_pool(
         **url_kwargs,
         **pool_kwargs,
     )
+
+
+def _sentinel_tls_kwargs(url_kwargs: dict[str, Any], *, tls: bool) -> dict[str, Any]:
+    """The Sentinels are spoken to as Redis is: over TLS with the same CA and checks
+    (redis_url's ssl_* parameters) when redis_url is rediss://. A Sentinel set up with
+    Redis's TLS (the redis role's redis_sentinel_tls_port) answers only over TLS, and the
+    master it names must be the one the CA vouches for."""
+    if not tls:
+        return {}
+    return {"ssl": True, **{k: v for k, v in url_kwargs.items() if k.startswith("ssl_")}}
 
 
 def _host_port(address: str) -> tuple[str, int]:
