@@ -45,7 +45,7 @@ CHECK_STAGES := lint-ruff lint-shell lint-lua changelog argument-specs example-i
 # Longest first, so the longest stage does not start last (scripts/run-stages orders by the
 # last run's times instead when .cache/stage-history has them). Unlisted stages go first.
 TEST_ORDER := molecule-operations molecule-default molecule-data molecule-app molecule-monitoring \
-  molecule-loadbalancer molecule-ha-database molecule-ha-stack molecule-ha-edge molecule-ha-balancer app-tests molecule-backup molecule-firewall ansible-test-sanity lint-ansible \
+  molecule-loadbalancer molecule-ha-stack molecule-ha-edge molecule-ha-balancer app-tests molecule-backup molecule-firewall ansible-test-sanity lint-ansible \
   bench-smoke collection-build ansible-core-oldest alert-rules argument-specs example-inventory lint-ruff lint-shell lint-lua changelog
 longest_first = $(filter-out $(TEST_ORDER),$(1)) $(filter $(1),$(TEST_ORDER))
 # Role scenarios whose servers differ most between the releases (PostgreSQL 15/17, PgBouncer

@@ -1,11 +1,13 @@
 """playbooks/switchover.yml against the scenario's cluster."""
 
-from conftest import wait_healthy
+import pytest
+from conftest import WITNESS, wait_healthy
 from stackops import run_playbook
 
-testinfra_hosts = ["hd-witness"]
+testinfra_hosts = [WITNESS]
 
 
+@pytest.mark.fault
 def test_switchover_playbook_hands_the_leader_to_the_replica(host):
     leader, replica = wait_healthy(host)
     # The scenario's inventory (and its group_vars: the REST API account) as Molecule wrote it.
