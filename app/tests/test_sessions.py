@@ -154,7 +154,10 @@ async def test_without_the_revocation_subscription_the_cache_is_cleared_and_bypa
             assert await _me(client, other) == 503
 
 
-async def test_login_that_raced_a_password_change_gets_no_session(app, church_a, monkeypatch):
+@contextlib.asynccontextmanager
+async def login_paused_after_its_password_check(app, user, monkeypatch):
+    """A login of ``user`` that has checked the password and waits, before it creates its
+    session, until the block ends; yields the task that answers it."""
     checked, release = asyncio.Event(), asyncio.Event()
     real_verify = auth.verify_password
 
@@ -166,21 +169,26 @@ async def test_login_that_raced_a_password_change_gets_no_session(app, church_a,
         return ok
 
     monkeypatch.setattr(auth, "verify_password", verify_then_pause)
-    # The login has checked the old password and pauses before creating its session...
     login = asyncio.create_task(
         app.test_client().post(
-            "/api/auth/login", json={"email": church_a.email, "password": church_a.password}
+            "/api/auth/login", json={"email": user.email, "password": user.password}
         )
     )
     await asyncio.wait_for(checked.wait(), 10)
-    # ...while the password is changed.
-    changed = await app.test_client().post(
-        "/api/auth/password",
-        headers=church_a.headers,
-        json={"currentPassword": church_a.password, "newPassword": "a brand new passphrase"},
-    )
-    assert changed.status_code == 204
-    release.set()
+    try:
+        yield login
+    finally:
+        release.set()
+
+
+async def test_login_that_raced_a_password_change_gets_no_session(app, church_a, monkeypatch):
+    async with login_paused_after_its_password_check(app, church_a, monkeypatch) as login:
+        changed = await app.test_client().post(
+            "/api/auth/password",
+            headers=church_a.headers,
+            json={"currentPassword": church_a.password, "newPassword": "a brand new passphrase"},
+        )
+        assert changed.status_code == 204
 
     response = await login
     assert response.status_code == 401
@@ -191,28 +199,10 @@ async def test_login_that_raced_a_password_change_gets_no_session(app, church_a,
 async def test_login_that_raced_revoke_all_sessions_gets_no_session(
     app, church_a, redis, monkeypatch
 ):
-    checked, release = asyncio.Event(), asyncio.Event()
-    real_verify = auth.verify_password
-
-    async def verify_then_pause(password_hash: str, password: str) -> bool:
-        ok = await real_verify(password_hash, password)
-        if not checked.is_set():
-            checked.set()
-            await release.wait()
-        return ok
-
-    monkeypatch.setattr(auth, "verify_password", verify_then_pause)
-    # The login has checked the password and pauses before creating its session...
-    login = asyncio.create_task(
-        app.test_client().post(
-            "/api/auth/login", json={"email": church_a.email, "password": church_a.password}
-        )
-    )
-    await asyncio.wait_for(checked.wait(), 10)
-    # ...while an operator logs everyone out (`koinonia revoke-sessions`); its scan has
-    # passed by the time the login goes on.
-    assert await sessions.revoke_all_sessions(redis) >= 1
-    release.set()
+    async with login_paused_after_its_password_check(app, church_a, monkeypatch) as login:
+        # An operator logs everyone out (`koinonia revoke-sessions`); its scan has passed
+        # by the time the login goes on.
+        assert await sessions.revoke_all_sessions(redis) >= 1
 
     response = await login
     assert response.status_code == 401
