@@ -36,7 +36,7 @@ case "$HA" in
   0|"") HA=0 ;;
   1) if [ "$DEBIAN" != 13 ]; then
        echo "HA=1 DEBIAN=$DEBIAN: the high-availability stack runs on Debian 13 only (its roles," >&2
-       echo "etcd, patroni, haproxy, pgbackrest and keepalived, support Debian 13 only today)." >&2
+       echo "etcd, patroni and haproxy, support Debian 13 only today)." >&2
        exit 2
      fi ;;
   *) echo "HA=$HA: HA=1 brings up the high-availability stack, HA=0 (the default) the single-node one" >&2; exit 2 ;;
