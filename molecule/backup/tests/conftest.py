@@ -1,6 +1,7 @@
 """Shared helpers of the backup scenario's Testinfra tests (pgBackRest on the single-node
 topology). The test-only values live in molecule.yml's inventory; the tests read them there."""
 
+import json
 import os
 import pathlib
 import shlex
@@ -10,13 +11,11 @@ import pytest
 import testinfra
 import yaml
 
-# The shared test helpers (stackops.run_playbook: a playbook run as an operator would;
-# debian: the PostgreSQL major each release packages; stackclient.wait_for: a bounded poll;
-# pgbackrestrepo: commands as postgres, the repository's info).
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "resources" / "tests"))
-from pgbackrestrepo import as_postgres, repo_info
-
 SCENARIO_DIR = pathlib.Path(__file__).resolve().parent.parent
+# The shared test helpers (stackops.run_playbook: a playbook run as an operator would;
+# debian: the PostgreSQL major each release packages; stackclient.wait_for: a bounded poll).
+sys.path.insert(0, str(SCENARIO_DIR.parent / "resources" / "tests"))
+STANZA = "koinonia"
 REPO_PATH = "/var/lib/pgbackrest"
 
 
@@ -41,11 +40,21 @@ def repo():
     return get_host("bk-repo")
 
 
+def as_postgres(command):
+    return f"runuser -u postgres -- {command}"
+
+
 def psql(sql, database="postgres", port=5432):
     """psql as the postgres superuser over the local socket (peer authentication)."""
     return as_postgres(
         f"psql -XAtq -v ON_ERROR_STOP=1 -p {port} -d {database} -c {shlex.quote(sql)}"
     )
+
+
+def repo_info(repo):
+    result = repo.run(as_postgres(f"pgbackrest --stanza={STANZA} --output=json info"))
+    assert result.rc == 0, result.stderr
+    return json.loads(result.stdout)[0]
 
 
 def backups(repo, backup_type):

@@ -7,9 +7,8 @@ import json
 import uuid
 
 import stackops
-from conftest import REPO_PATH, backups, psql
+from conftest import REPO_PATH, STANZA, as_postgres, backups, psql, repo_info
 from debian import postgresql_major, postgresql_unit
-from pgbackrestrepo import STANZA, as_postgres, repo_info
 from stackclient import wait_for
 
 testinfra_hosts = ["bk-repo"]

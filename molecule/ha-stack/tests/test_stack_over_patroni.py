@@ -7,11 +7,9 @@ import re
 import subprocess
 import time
 
-import pytest
 from conftest import (
     APP,
     DB_NODES,
-    WITNESS,
     WRITES_AGAIN_WITHIN,
     app_ready,
     docker_exec,
@@ -21,7 +19,7 @@ from conftest import (
     members,
     messages_since,
     probe_for,
-    psql_on,
+    psql,
     start_probe,
     texted_once,
     unavailable_window,
@@ -52,10 +50,9 @@ def test_the_app_reaches_the_leader_through_haproxy_on_its_own_host():
     assert app_ready()
     # The migrations ran through the direct port (on the leader), and streamed to the replica.
     for node in DB_NODES:
-        assert psql_on(node, "SELECT to_regclass('public.delivery') IS NOT NULL") == "t", node
+        assert psql(node, "SELECT to_regclass('public.delivery') IS NOT NULL") == "t", node
 
 
-@pytest.mark.fault
 def test_switchover_under_message_load_fails_no_request_and_texts_once(healthy_cluster, texting):
     old = wait_for(leader, 30, what="the leader")
     new = next(node for node in DB_NODES if node != old)
@@ -78,7 +75,6 @@ def test_switchover_under_message_load_fails_no_request_and_texts_once(healthy_c
     print("switchover:", texted_once(report))
 
 
-@pytest.mark.fault
 def test_leader_host_lost_under_message_load_writes_again_within_30_s_and_it_rejoins(
     healthy_cluster, texting
 ):
@@ -113,20 +109,19 @@ def test_leader_host_lost_under_message_load_writes_again_within_30_s_and_it_rej
     )
 
 
-@pytest.mark.fault
 def test_etcd_majority_lost_the_leader_keeps_taking_writes_past_its_ttl(healthy_cluster, texting):
     """failsafe_mode: with 2 of 3 etcd members gone, Patroni cannot renew the leader key,
     but the leader keeps its role while every member answers it (README, "Database high
     availability"). The load runs for twice the key's ttl, so a leader that stepped down when
     its key expired would show as 503s."""
     old = wait_for(leader, 30, what="the leader")
-    lost = [old, WITNESS]
+    lost = [old, "hs-witness"]
     started = time.time()
     for node in lost:
         docker_exec(node, "systemctl", "stop", "etcd", timeout=60)
     try:
         report = probe_for(40, texting)
-        recovery = [psql_on(node, "SELECT pg_is_in_recovery()") for node in DB_NODES]
+        recovery = [psql(node, "SELECT pg_is_in_recovery()") for node in DB_NODES]
     finally:
         for node in lost:
             docker_exec(node, "systemctl", "start", "etcd", timeout=120)

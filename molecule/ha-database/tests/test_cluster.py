@@ -1,5 +1,4 @@
-"""The HA database tier at rest: etcd, Patroni, PgBouncer and HAProxy as deployed (HAProxy on the
-app server, the client of these tests)."""
+"""The HA database tier at rest: etcd, Patroni, PgBouncer and HAProxy as deployed."""
 
 import json
 import re
@@ -8,22 +7,20 @@ import time
 from conftest import (
     DB_NODES,
     READ_PORT,
-    WITNESS,
     ensure_table,
     get_host,
     http_json,
     psql,
     select_run,
+    wait_for,
     wait_healthy,
-    wait_until,
 )
 
-# The witness (an etcd member without a database); the HAProxy checks run on the client.
-testinfra_hosts = [WITNESS]
+testinfra_hosts = ["hd-witness"]
 
 
 def test_etcd_has_three_healthy_members(host):
-    endpoints = ",".join(f"http://{n}:2379" for n in [*DB_NODES, WITNESS])
+    endpoints = ",".join(f"http://{n}:2379" for n in ["hd-db1", "hd-db2", "hd-witness"])
     result = host.run(f"etcdctl --endpoints {endpoints} endpoint health -w json")
     assert result.rc == 0, result.stderr
     health = json.loads(result.stdout)
@@ -33,7 +30,7 @@ def test_etcd_has_three_healthy_members(host):
 
 def test_one_leader_and_one_streaming_replica_in_patronictl_list(host):
     wait_healthy(host)
-    result = get_host(DB_NODES[0]).run("patronictl -c /etc/patroni/config.yml list -f json")
+    result = get_host("hd-db1").run("patronictl -c /etc/patroni/config.yml list -f json")
     assert result.rc == 0, result.stderr
     members = {m["Member"]: m for m in json.loads(result.stdout)}
     assert sorted(members) == DB_NODES
@@ -44,7 +41,7 @@ def test_one_leader_and_one_streaming_replica_in_patronictl_list(host):
 
 
 def test_cluster_settings_are_in_etcd_with_failsafe_and_rewind(host, patroni_cfg):
-    status, config = http_json(host, f"http://{DB_NODES[0]}:8008/config")
+    status, config = http_json(host, "http://hd-db1:8008/config")
     assert status == 200
     assert config["ttl"] == patroni_cfg["patroni_ttl"]
     assert config["loop_wait"] == patroni_cfg["patroni_loop_wait"]
@@ -91,20 +88,20 @@ def test_secrets_are_in_no_process_argument_and_no_world_readable_file(patroni_c
         assert not any(secret in arguments for secret in secrets)
 
 
-def test_write_through_haproxy_lands_on_leader_and_is_read_on_replica(host, client, cfg):
+def test_write_through_haproxy_lands_on_leader_and_is_read_on_replica(host, cfg):
     _leader, replica = wait_healthy(host)
-    ensure_table(client, cfg)
-    result = client.run(psql(cfg, "SELECT pg_is_in_recovery(), inet_server_addr()"))
+    ensure_table(host, cfg)
+    result = host.run(psql(cfg, "SELECT pg_is_in_recovery(), inet_server_addr()"))
     assert result.rc == 0, result.stderr
     assert result.stdout.startswith("f|")
     marker = f"read-on-replica-{time.time_ns()}"
     insert = f"INSERT INTO ha_writes (run, seq) VALUES ('{marker}', 1)"  # noqa: S608 (test-made id)
-    client.run_test(psql(cfg, insert))
+    host.run_test(psql(cfg, insert))
     # The replica port reaches the replica, which has the row once it has replayed it.
-    assert client.run(psql(cfg, "SELECT pg_is_in_recovery()", port=READ_PORT)).stdout.strip() == "t"
-    wait_until(
+    assert host.run(psql(cfg, "SELECT pg_is_in_recovery()", port=READ_PORT)).stdout.strip() == "t"
+    wait_for(
         "the row on the replica",
-        lambda: client.run(psql(cfg, select_run(marker), port=READ_PORT)).stdout.strip() == "1",
+        lambda: host.run(psql(cfg, select_run(marker), port=READ_PORT)).stdout.strip() == "1",
         30,
         0.5,
     )
@@ -114,25 +111,23 @@ def test_write_through_haproxy_lands_on_leader_and_is_read_on_replica(host, clie
     assert on_replica.stdout.strip() == "1"
 
 
-def test_haproxy_write_port_has_only_the_leader_up(host, client):
+def test_haproxy_write_port_has_only_the_leader_up(host):
     leader, replica = wait_healthy(host)
 
     def states():
-        csv = client.run(
+        csv = host.run(
             "python3 -c \"import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:7000/;csv').read().decode())\""
         ).stdout
         rows = [
             line.split(",")
             for line in csv.splitlines()
-            if line.startswith("postgresql_write,hs-db")
+            if line.startswith("postgresql_write,hd-db")
         ]
         return {row[1]: row[17] for row in rows}
 
     expected = {leader: "UP", replica: "DOWN"}
     assert (
-        wait_until(
-            "HAProxy's view of the write port", lambda: states() == expected and states(), 15
-        )
+        wait_for("HAProxy's view of the write port", lambda: states() == expected and states(), 15)
         == expected
     )
 

@@ -1,13 +1,11 @@
 """playbooks/switchover.yml against the scenario's cluster."""
 
-import pytest
-from conftest import WITNESS, wait_healthy
+from conftest import wait_healthy
 from stackops import run_playbook
 
-testinfra_hosts = [WITNESS]
+testinfra_hosts = ["hd-witness"]
 
 
-@pytest.mark.fault
 def test_switchover_playbook_hands_the_leader_to_the_replica(host):
     leader, replica = wait_healthy(host)
     # The scenario's inventory (and its group_vars: the REST API account) as Molecule wrote it.

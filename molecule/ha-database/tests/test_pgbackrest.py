@@ -1,6 +1,5 @@
-"""pgBackRest: WAL archived to the repository on the witness, a backup timer's run, a
-point-in-time recovery drill into a new cluster, and an archive failure made and seen. The
-SQL through HAProxy runs on the client (the app server)."""
+"""pgBackRest: WAL archived to the repository on hd-witness, a backup timer's run, a
+point-in-time recovery drill into a new cluster, and an archive failure made and seen."""
 
 import json
 import os
@@ -10,12 +9,12 @@ import subprocess
 import time
 import uuid
 
-from conftest import WITNESS, get_host, psql, wait_healthy, wait_until
-from pgbackrestrepo import STANZA, as_postgres, repo_info
+from conftest import get_host, psql, wait_for, wait_healthy
 
-# The repository host.
-testinfra_hosts = [WITNESS]
+testinfra_hosts = ["hd-witness"]
 
+STANZA = "koinonia"
+REPO_HOST = "hd-witness"
 TEXTFILE = "/var/lib/prometheus/node-exporter/pgbackrest.prom"
 RESTORE_PATH = "/var/lib/postgresql/pitr-restore"
 RESTORE_PORT = 5439
@@ -23,9 +22,19 @@ ROOT = pathlib.Path(__file__).resolve().parents[3]
 PLAYBOOK = ROOT / "playbooks" / "restore.yml"
 
 
+def as_postgres(command):
+    return f"runuser -u postgres -- {command}"
+
+
 def drill_sql(statement, run):
     """SQL of the drill's rows of one test run (run ids are made by the tests)."""
     return statement.format(run=f"'{run}'")
+
+
+def repo_info(repo):
+    result = repo.run(as_postgres(f"pgbackrest --stanza={STANZA} --output=json info"))
+    assert result.rc == 0, result.stderr
+    return json.loads(result.stdout)[0]
 
 
 def full_backups(repo):
@@ -99,23 +108,23 @@ def test_backup_timer_service_takes_a_full_backup_seen_in_info_and_metrics(host)
     assert diffs and diffs[-1]["reference"][0] == new[0]["label"]
 
 
-def test_pitr_drill_restores_row_a_and_not_row_b_into_a_new_cluster(host, client, cfg):
+def test_pitr_drill_restores_row_a_and_not_row_b_into_a_new_cluster(host, cfg):
     leader, replica = wait_healthy(host)
     ensure_full_backup(host)
     run = uuid.uuid4().hex[:8]
-    client.run_test(
+    host.run_test(
         psql(
             cfg,
             "CREATE TABLE IF NOT EXISTS pitr_drill (run text, label text, at timestamptz DEFAULT now())",
         )
     )
-    client.run_test(
+    host.run_test(
         psql(cfg, drill_sql("INSERT INTO pitr_drill (run, label) VALUES ({run}, 'A')", run))
     )
     time.sleep(1)
-    target = client.check_output(psql(cfg, "SELECT clock_timestamp()"))
+    target = host.check_output(psql(cfg, "SELECT clock_timestamp()"))
     time.sleep(1)
-    client.run_test(
+    host.run_test(
         psql(cfg, drill_sql("INSERT INTO pitr_drill (run, label) VALUES ({run}, 'B')", run))
     )
     # B's commit must be in the archive, or recovery could not know it has passed the target.
@@ -126,10 +135,8 @@ def test_pitr_drill_restores_row_a_and_not_row_b_into_a_new_cluster(host, client
     playbook = subprocess.run(
         [
             "ansible-playbook",
-            # The inventory directory: the stack's variables are a second source beside the
-            # file Molecule writes (molecule/resources/stack/inventory.yml, linked).
             "-i",
-            os.path.dirname(os.environ["MOLECULE_INVENTORY_FILE"]),
+            os.environ["MOLECULE_INVENTORY_FILE"],
             str(PLAYBOOK),
             "-e",
             json.dumps({"restore_target_time": target, "restore_host": replica}),
@@ -161,7 +168,7 @@ def test_pitr_drill_restores_row_a_and_not_row_b_into_a_new_cluster(host, client
             )
             == "f"
         )
-        live = client.check_output(
+        live = host.check_output(
             psql(
                 cfg,
                 drill_sql(
@@ -178,21 +185,19 @@ def test_pitr_drill_restores_row_a_and_not_row_b_into_a_new_cluster(host, client
         )
 
 
-def test_archive_failure_with_the_repository_server_stopped_is_seen_in_the_metric(
-    host, client, cfg
-):
+def test_archive_failure_with_the_repository_server_stopped_is_seen_in_the_metric(host, cfg):
     leader, _replica = wait_healthy(host)
     node = get_host(leader)
     archived_before, failed_before = archiver(node)
     host.run_test("systemctl stop pgbackrest.service")
     try:
         # A row, then a segment switch: the segment must go to the archive and cannot.
-        client.run_test(
+        host.run_test(
             psql(cfg, "CREATE TABLE IF NOT EXISTS archive_probe (at timestamptz DEFAULT now())")
         )
-        client.run_test(psql(cfg, "INSERT INTO archive_probe DEFAULT VALUES"))
+        host.run_test(psql(cfg, "INSERT INTO archive_probe DEFAULT VALUES"))
         node.run_test(as_postgres("psql -XAtq -c 'SELECT pg_switch_wal()'"))
-        wait_until(
+        wait_for(
             "pg_stat_archiver's failed_count rises",
             lambda: archiver(node)[1] > failed_before,
             120,
@@ -211,7 +216,7 @@ def test_archive_failure_with_the_repository_server_stopped_is_seen_in_the_metri
     finally:
         host.run_test("systemctl start pgbackrest.service")
     # With the server back, PostgreSQL retries the segment and the alert's condition clears.
-    wait_until("archiving resumes", lambda: archiver(node)[0] > archived_before, 120, 2)
+    wait_for("archiving resumes", lambda: archiver(node)[0] > archived_before, 120, 2)
     good = metrics(node)
     assert (
         good["pgbackrest_archiver_last_archived_timestamp_seconds"]
