@@ -136,7 +136,7 @@ class FastPath:
         return (
             not scope.get("root_path", "")
             and not scope["query_string"]
-            and not any(key.lower() in _BODY_HEADERS for key, _ in scope["headers"])
+            and not any(key.lower() in _BODY_HEADERS for key, _value in scope["headers"])
         )
 
     @staticmethod
@@ -151,7 +151,7 @@ class FastPath:
         if session_cache is None or cache is None:
             return None
         headers = _ScopeHeaders(raw)
-        token, _ = token_from(headers, headers.cookies(), state.settings.session_cookie_name)
+        token = token_from(headers, headers.cookies(), state.settings.session_cookie_name)[0]
         if token is None or not sessions.valid_token(token):
             return None
         session = session_cache.get(sessions.session_id_of(token))
