@@ -60,7 +60,7 @@ class MemberPage(ApiModel):
 
 
 class MemberListQuery(ApiModel):
-    limit: int = Field(default=50, ge=1, le=members.MAX_PAGE_SIZE)
+    limit: int = Field(default=members.DEFAULT_PAGE_SIZE, ge=1, le=members.MAX_PAGE_SIZE)
     page: int | None = Field(default=None, ge=1, le=10_000_000)
     cursor: str | None = Field(default=None, max_length=200)
 

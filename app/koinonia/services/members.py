@@ -21,6 +21,8 @@ from koinonia.services import consent
 from koinonia.stores.cache import MEMBERS, CacheService, cache_key
 
 MAX_PAGE_SIZE = 100
+# What a listing without a limit gets (the route's default, and the fast path's page).
+DEFAULT_PAGE_SIZE = 50
 
 
 def normalise_phone(raw: str, default_region: str) -> str:
@@ -174,11 +176,16 @@ def _first_page(page: int | None, cursor: str | None) -> bool:
     return cursor is None and (page is None or page == 1)
 
 
+def first_page_key(church_id: uuid.UUID, limit: int) -> str:
+    """The cache key of a church's first page of ``limit`` members."""
+    return cache_key(MEMBERS, church_id, "first", limit)
+
+
 async def list_members_json(
     cache: CacheService | None,
     church_id: uuid.UUID,
     *,
-    limit: int = 50,
+    limit: int = DEFAULT_PAGE_SIZE,
     page: int | None = None,
     cursor: str | None = None,
 ) -> tuple[str | bytes, str]:
@@ -191,7 +198,7 @@ async def list_members_json(
 
     if _first_page(page, cursor) and cache is not None:
         return await cache.get_or_load_json(
-            MEMBERS, church_id, cache_key(MEMBERS, church_id, "first", limit), load
+            MEMBERS, church_id, first_page_key(church_id, limit), load
         )
     return json_bytes(await load()), "bypass"
 

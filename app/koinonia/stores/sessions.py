@@ -220,7 +220,7 @@ async def revoke_user_sessions(redis: Redis, user_id: uuid.UUID | str) -> list[s
         keys=[USER_SESSIONS_PREFIX + user_id, USER_GENERATION_PREFIX + user_id],
         args=[SESSION_PREFIX],
     )
-    ids = [i.decode() if isinstance(i, bytes) else str(i) for i in session_ids]
+    ids = [_text(i) for i in session_ids]
     if ids:
         await publish_revocation(redis, ids)
     return ids

@@ -51,9 +51,10 @@ from typing import Any
 from werkzeug.sansio.http import parse_cookie
 
 from koinonia.routes.health import health_body
+from koinonia.services.members import DEFAULT_PAGE_SIZE, first_page_key
 from koinonia.services.permissions import Permission, allows
 from koinonia.stores import sessions
-from koinonia.stores.cache import MEMBERS, cache_key
+from koinonia.stores.cache import MEMBERS
 from koinonia.web.edge import RequestEdge
 from koinonia.web.state import AppState
 from koinonia.web.tenancy import token_from
@@ -66,8 +67,6 @@ ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 MEMBERS_ROUTE = "/api/members"
 HEALTH_ROUTE = "/health"
 ROUTES = {"/api/members": MEMBERS_ROUTE, "/health": HEALTH_ROUTE}
-# ``MemberListQuery``'s default page size: what an empty query string asks for.
-DEFAULT_LIMIT = 50
 _BODY_HEADERS = (b"content-length", b"transfer-encoding")
 
 
@@ -120,7 +119,7 @@ class FastPath:
             if route is not None and self._plain(scope):
                 started = time.perf_counter()
                 try:
-                    body = self._health() if route == HEALTH_ROUTE else self._members_page(scope)
+                    body = health_body() if route == HEALTH_ROUTE else self._members_page(scope)
                 except Exception:
                     # Never an answer from here on a surprise: Quart answers it, as it would.
                     log.exception("fast path failed; answered by Quart")
@@ -139,10 +138,6 @@ class FastPath:
             and not any(key.lower() in _BODY_HEADERS for key, _value in scope["headers"])
         )
 
-    @staticmethod
-    def _health() -> bytes:
-        return health_body()
-
     def _members_page(self, scope: dict[str, Any]) -> bytes | None:
         """The page the Quart route would answer 200 with, or ``None`` to let it decide."""
         raw = scope["headers"]
@@ -160,7 +155,7 @@ class FastPath:
         if not allows(session.role, Permission.VIEW):
             return None
         church_id = uuid.UUID(session.church_id)
-        return cache.local_hit(MEMBERS, cache_key(MEMBERS, church_id, "first", DEFAULT_LIMIT))
+        return cache.local_hit(MEMBERS, first_page_key(church_id, DEFAULT_PAGE_SIZE))
 
     async def _send(
         self, scope: dict[str, Any], send: Any, route: str, body: bytes, started: float
