@@ -6,10 +6,10 @@ On loopback (real PostgreSQL, PgBouncer and Redis from app/tests/servers.py): a 
 POST /api/messages is sent DELIVERIES/100 times (4 at a time) and the clock runs from the
 first POST until the database has every delivery of those messages `sent`. The 200 ms
 provider is bench/fake_twilio.py playing Twilio's API on loopback (KOINONIA_SMS_PROVIDER=
-twilio, KOINONIA_TWILIO_BASE_URL); there the provider calls a worker runs at once (its jobs,
-KOINONIA_WORKER_CONCURRENCY, x each job's sends, KOINONIA_SMS_SEND_CONCURRENCY, a job
-carrying a chunk of KOINONIA_SMS_CHUNK_SIZE deliveries) bound the rate at workers x
-concurrency ÷ 0.2 s. The fake counts every call per delivery (no dedup): `calls` and
+twilio, KOINONIA_TWILIO_BASE_URL); there the provider calls a worker runs at once (its send
+slots, KOINONIA_SMS_WORKER_SEND_CONCURRENCY, shared by KOINONIA_WORKER_CONCURRENCY jobs of
+KOINONIA_SMS_CHUNK_SIZE deliveries each) bound the rate at workers x concurrency ÷ 0.2 s.
+The fake counts every call per delivery (no dedup): `calls` and
 `repeated` (calls beyond a delivery's first) come from it.
 The same servers then serve section 2 (cache), whose church holds these deliveries.
 """
@@ -182,11 +182,14 @@ def one_run(
     provider_pids: list[int] | None = None,
 ) -> dict:
     messages = max(1, deliveries // 100)
-    # ``concurrency`` provider calls per worker: jobs of at most one chunk's sends each.
+    # ``concurrency`` provider calls per worker (its send slots): jobs of at most one chunk's
+    # sends each, and one job more than the slots need, so a job waits with its chunk
+    # claimed-ready while the others drain their last calls.
     sends_per_job = min(concurrency, CHUNK)
     worker_env = env | {
-        "KOINONIA_WORKER_CONCURRENCY": str(-(-concurrency // sends_per_job)),
+        "KOINONIA_WORKER_CONCURRENCY": str(-(-concurrency // sends_per_job) + 1),
         "KOINONIA_SMS_SEND_CONCURRENCY": str(sends_per_job),
+        "KOINONIA_SMS_WORKER_SEND_CONCURRENCY": str(concurrency),
         "KOINONIA_SMS_CHUNK_SIZE": str(CHUNK),
     }
     calls_before = fake_calls(env)

@@ -23,7 +23,12 @@ from saq.types import Context
 
 from koinonia.db import close_db, init_db
 from koinonia.delivery import send_message, store
-from koinonia.delivery.jobs import send_deliveries, settle_in_doubt
+from koinonia.delivery.jobs import (
+    ProviderSlots,
+    provider_slots,
+    send_deliveries,
+    settle_in_doubt,
+)
 from koinonia.delivery.sms import SmsProvider, build_provider
 from koinonia.metrics import WorkerMetrics, start_worker_metrics_server
 from koinonia.services import phone_links, recurring, scheduled
@@ -46,6 +51,7 @@ class WorkerContext(Context, total=False):
     db: TortoiseContext
     redis: Redis
     provider: SmsProvider
+    provider_slots: ProviderSlots | None
     locks: LockService
     sender: send_message.Sender
 
@@ -275,6 +281,7 @@ def build_worker(
         else:
             ctx["redis"] = redis
             ctx["provider"] = provider
+        ctx["provider_slots"] = provider_slots(settings)
         ctx["locks"] = LockService(ctx["redis"])
         ctx["sender"] = send_message.Sender(
             queue,

@@ -216,6 +216,11 @@ class Settings(BaseSettings):
     # chunk / concurrency rounds of a provider call that times out (10 s).
     sms_chunk_size: int = Field(default=100, ge=1, le=1000)
     sms_send_concurrency: int = Field(default=50, ge=1, le=500)
+    # Provider calls one worker process has in flight across all its jobs (0: no bound but
+    # worker_concurrency x sms_send_concurrency). A provider account has a concurrency limit
+    # of its own (Twilio answers 429 beyond it), and with this bound and a job or two more
+    # than it needs, a worker keeps its calls in flight while a job drains its last ones.
+    sms_worker_send_concurrency: int = Field(default=0, ge=0, le=5000)
     sms_job_timeout_seconds: int = Field(default=60, ge=1)
     # How long an ``unknown`` delivery (the provider may have texted it) is looked up at the
     # provider before it is reported as unresolved for an operator to decide.

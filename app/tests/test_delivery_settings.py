@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from koinonia.delivery.jobs import provider_slots
 from koinonia.settings import SettingsError, load_settings
 
 REQUIRED = {
@@ -19,6 +20,8 @@ REQUIRED = {
         ("KOINONIA_SMS_CHUNK_SIZE", "1001"),
         ("KOINONIA_SMS_SEND_CONCURRENCY", "0"),
         ("KOINONIA_SMS_SEND_CONCURRENCY", "501"),
+        ("KOINONIA_SMS_WORKER_SEND_CONCURRENCY", "-1"),
+        ("KOINONIA_SMS_WORKER_SEND_CONCURRENCY", "5001"),
         ("KOINONIA_SMS_UNKNOWN_RESOLVE_SECONDS", "59"),
         ("KOINONIA_SMS_UNKNOWN_RESOLVE_SECONDS", "604801"),
         ("KOINONIA_SMS_CHUNK_SIZE", "many"),
@@ -38,6 +41,17 @@ def test_delivery_settings_in_range_are_read(monkeypatch):
     monkeypatch.setenv("KOINONIA_SMS_CHUNK_SIZE", "1000")
     monkeypatch.setenv("KOINONIA_SMS_SEND_CONCURRENCY", "1")
     monkeypatch.setenv("KOINONIA_SMS_UNKNOWN_RESOLVE_SECONDS", "60")
+    monkeypatch.setenv("KOINONIA_SMS_WORKER_SEND_CONCURRENCY", "5000")
     loaded = load_settings()
+    assert loaded.sms_worker_send_concurrency == 5000
     assert (loaded.sms_chunk_size, loaded.sms_send_concurrency) == (1000, 1)
     assert loaded.sms_unknown_resolve_seconds == 60
+
+
+def test_a_worker_without_a_send_slot_bound_is_bounded_by_its_jobs_windows_only(monkeypatch):
+    for key, default in REQUIRED.items():
+        monkeypatch.setenv(key, default)
+    assert provider_slots(load_settings()) is None
+    monkeypatch.setenv("KOINONIA_SMS_WORKER_SEND_CONCURRENCY", "40")
+    slots = provider_slots(load_settings())
+    assert slots is not None and slots.free == 40

@@ -26,6 +26,7 @@ from saq.job import Status
 from koinonia.delivery import jobs as delivery_jobs
 from koinonia.delivery import store
 from koinonia.delivery.jobs import (
+    ProviderSlots,
     delivery_idempotency_key,
     retry_delay,
     send_deliveries,
@@ -235,6 +236,75 @@ async def test_a_message_goes_out_in_chunks_with_bounded_concurrency(
     assert {d.status for d in await Delivery.filter(id__in=[d.id for d in deliveries])} == {
         DeliveryStatus.SENT
     }
+
+
+class HeldProvider(LogProvider):
+    """The log provider (it counts every call), each call held until the test lets it go:
+    how many are in flight, and the most ever at once, are known at every step."""
+
+    def __init__(self, redis: Redis) -> None:
+        super().__init__(redis)
+        self.held: list[asyncio.Future[None]] = []
+        self.peak = 0
+        self.entered = asyncio.Event()
+
+    @property
+    def in_flight(self) -> int:
+        return sum(not f.done() for f in self.held)
+
+    async def send(
+        self, to, body, idempotency_key, status_callback_url=None, from_number=None
+    ) -> str:
+        answer = asyncio.get_running_loop().create_future()
+        self.held.append(answer)
+        self.peak = max(self.peak, self.in_flight)
+        self.entered.set()
+        await answer
+        return await super().send(to, body, idempotency_key, status_callback_url, from_number)
+
+    async def until_in_flight(self, count: int) -> None:
+        async with asyncio.timeout(5):
+            while self.in_flight != count:
+                self.entered.clear()
+                await self.entered.wait()
+
+    def answer_one(self) -> None:
+        next(f for f in self.held if not f.done()).set_result(None)
+
+
+async def test_a_workers_jobs_together_keep_its_provider_slots_full_and_never_more(
+    client, church_a, make_worker, redis, settings
+):
+    step = await make_worker()
+    provider = HeldProvider(redis)
+    worker = build_worker(
+        settings.model_copy(update={"sms_send_concurrency": 3, "sms_worker_send_concurrency": 4}),
+        step.queue,
+        provider=provider,
+        redis=redis,
+        manage_resources=False,
+        cron_jobs=[],
+    )
+    for startup in worker.startup or []:
+        await startup(worker.context)
+    ctx = worker.context
+    slots = ctx["provider_slots"]
+    assert isinstance(slots, ProviderSlots)
+    _first, first = await _message(client, church_a.headers, members=5)
+    _second, second = await _message(client, church_a.headers, members=5)
+    jobs = [
+        asyncio.create_task(send_deliveries(ctx, delivery_ids=[str(d.id) for d in chunk]))
+        for chunk in (first, second)
+    ]
+    # Two jobs of windows of 3 would hold 6 calls; the worker's 4 slots hold 4, and each
+    # answer's slot is taken again by whichever job has rows left, until 10 are sent.
+    for left in range(10, 0, -1):
+        await provider.until_in_flight(min(4, left))
+        provider.answer_one()
+    await asyncio.gather(*jobs)
+    assert provider.peak == 4
+    assert slots.free == 4
+    assert await _calls(redis, first + second) == [1] * 10
 
 
 async def test_a_chunk_is_claimed_only_as_far_as_its_sends_in_flight(

@@ -215,6 +215,38 @@ async def _enqueue_retries(
         log.warning("could not enqueue %d retries; the stalled sweep will", len(outcomes))
 
 
+class ProviderSlots:
+    """The provider calls one worker process may have in flight across all its jobs
+    (``sms_worker_send_concurrency``; a provider limits concurrent requests per account, as
+    Twilio does, and a fixed per-job window leaves slots idle while a job drains its last
+    calls). Jobs take slots before they claim rows and give each back when its call ends;
+    every window waiting for one is woken when one is given back.
+
+    Written here rather than with ``asyncio.Semaphore``: a window takes as many slots as are
+    free at once, without waiting, and claims exactly that many rows in one statement.
+    """
+
+    def __init__(self, total: int) -> None:
+        self.free = total
+        self.waiting: set[asyncio.Event] = set()
+
+    def take(self, wanted: int) -> int:
+        taken = min(wanted, self.free)
+        self.free -= taken
+        return taken
+
+    def give(self, count: int = 1) -> None:
+        self.free += count
+        for event in self.waiting:
+            event.set()
+
+
+def provider_slots(settings: Settings) -> ProviderSlots | None:
+    """The worker-wide bound, or None when it is unset (each job's window is the bound)."""
+    total = settings.sms_worker_send_concurrency
+    return ProviderSlots(total) if total else None
+
+
 class SendWindow:
     """A chunk's sends, claimed a few at a time as slots free up (a sliding window of at most
     ``sms_send_concurrency`` calls): at any moment the chunk's ``sending`` rows are exactly
@@ -225,7 +257,8 @@ class SendWindow:
     slot idled ``CLAIM_LINGER_SECONDS``), and the same statement records the answers that
     came in since the last one (``store.record_then_claim``); the chunk's last answers are
     recorded on their own. A chunk of 100 at 50 at a time costs a handful of statements,
-    not one per delivery.
+    not one per delivery. With the worker's ``ProviderSlots``, a window also never holds
+    more calls than the worker has slots free.
     """
 
     def __init__(self, ctx: dict[str, Any], token: uuid.UUID, delivery_ids: list[uuid.UUID]):
@@ -234,6 +267,7 @@ class SendWindow:
         self.token = token
         self.limit = self.settings.sms_send_concurrency
         self.refill = max(1, self.limit // 2)
+        self.slots: ProviderSlots | None = ctx.get("provider_slots")
         self.pending: deque[uuid.UUID] = deque(delivery_ids)  # not claimed yet
         self.in_flight: dict[asyncio.Future[store.Outcome], store.ClaimedDelivery] = {}
         self.started: set[uuid.UUID] = set()  # handed to the provider (or being handed)
@@ -249,10 +283,23 @@ class SendWindow:
         self.refused = 0
 
     async def run(self) -> None:
+        if self.slots is not None:
+            self.slots.waiting.add(self.answer)
+        try:
+            await self._run()
+        finally:
+            if self.slots is not None:
+                self.slots.waiting.discard(self.answer)
+
+    def _free(self) -> int:
+        free = self.limit - len(self.in_flight)
+        return free if self.slots is None else min(free, self.slots.free)
+
+    async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         free_since: float | None = None  # when a slot last went idle with rows to claim
         while self.pending or self.in_flight:
-            free = self.limit - len(self.in_flight)
+            free = self._free()
             lingered = free_since is not None and loop.time() - free_since >= CLAIM_LINGER_SECONDS
             if self.pending and (free >= min(self.refill, len(self.pending)) or lingered):
                 await self._claim_and_start(free)
@@ -283,18 +330,33 @@ class SendWindow:
     async def _claim_and_start(self, free: int) -> None:
         """Claim the next ``free`` rows and start their calls; the answers that came in
         since the last statement are recorded by the same statement."""
-        batch = [self.pending.popleft() for _ in range(min(free, len(self.pending)))]
+        wanted = min(free, len(self.pending))
+        # Slots are taken before the statement, so two jobs claiming at once cannot both
+        # count the same free slots.
+        held = wanted if self.slots is None else self.slots.take(wanted)
+        batch = [self.pending.popleft() for _ in range(held)]
         # Shielded: if the job is cancelled meanwhile, ``put_back`` still learns what the
         # statement did.
         self.claiming = asyncio.ensure_future(self._record_then_claim(batch))
-        claimed = await asyncio.shield(self.claiming)
+        try:
+            claimed = await asyncio.shield(self.claiming)
+        except BaseException:
+            self._give_slots(held)
+            raise
         self.claiming = None
+        calls = 0
         for delivery in claimed:
             self._take(delivery)
             if delivery.status == DeliveryStatus.SENDING:
                 call = asyncio.ensure_future(self._send(delivery))
                 self.in_flight[call] = delivery
                 call.add_done_callback(self._answered)
+                calls += 1
+        self._give_slots(held - calls)  # rows refused, or no longer queued
+
+    def _give_slots(self, count: int) -> None:
+        if self.slots is not None and count:
+            self.slots.give(count)
 
     async def _record_then_claim(self, batch: list[uuid.UUID]) -> list[store.ClaimedDelivery]:
         outcomes = list(self.unrecorded)
@@ -333,6 +395,7 @@ class SendWindow:
             )
 
     def _answered(self, call: asyncio.Future[store.Outcome]) -> None:
+        self._give_slots(1)  # the call has ended, answered or cancelled
         if not call.cancelled():
             self.answered.append(call)
             self.answer.set()

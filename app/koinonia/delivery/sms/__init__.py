@@ -58,6 +58,7 @@ def build_provider(settings: Settings, redis: Redis) -> SmsProvider:
             base_url=settings.twilio_base_url,
             status_callback_url=settings.public_base_url.rstrip("/") + STATUS_CALLBACK_PATH,
             # One provider per worker process, shared by its concurrent jobs.
-            max_connections=settings.worker_concurrency * settings.sms_send_concurrency,
+            max_connections=settings.sms_worker_send_concurrency
+            or settings.worker_concurrency * settings.sms_send_concurrency,
         )
     return LogProvider(redis)
