@@ -263,10 +263,13 @@ class HeldProvider(LogProvider):
         return await super().send(to, body, idempotency_key, status_callback_url, from_number)
 
     async def until_in_flight(self, count: int) -> None:
-        async with asyncio.timeout(5):
-            while self.in_flight != count:
-                self.entered.clear()
-                await self.entered.wait()
+        try:
+            async with asyncio.timeout(5):
+                while self.in_flight != count:
+                    self.entered.clear()
+                    await self.entered.wait()
+        except TimeoutError:
+            raise AssertionError(f"{self.in_flight} calls in flight, not {count}") from None
 
     def answer_one(self) -> None:
         next(f for f in self.held if not f.done()).set_result(None)
@@ -278,7 +281,7 @@ async def test_a_workers_jobs_together_keep_its_provider_slots_full_and_never_mo
     step = await make_worker()
     provider = HeldProvider(redis)
     worker = build_worker(
-        settings.model_copy(update={"sms_send_concurrency": 3, "sms_worker_send_concurrency": 4}),
+        settings.model_copy(update={"sms_send_concurrency": 5, "sms_worker_send_concurrency": 4}),
         step.queue,
         provider=provider,
         redis=redis,
@@ -296,8 +299,9 @@ async def test_a_workers_jobs_together_keep_its_provider_slots_full_and_never_mo
         asyncio.create_task(send_deliveries(ctx, delivery_ids=[str(d.id) for d in chunk]))
         for chunk in (first, second)
     ]
-    # Two jobs of windows of 3 would hold 6 calls; the worker's 4 slots hold 4, and each
-    # answer's slot is taken again by whichever job has rows left, until 10 are sent.
+    # Two jobs with windows of 5 would hold all 10 calls at once; the worker's 4 slots hold
+    # 4, and each answer's slot is taken again by whichever job has rows left, until the
+    # 10 are sent.
     for left in range(10, 0, -1):
         await provider.until_in_flight(min(4, left))
         provider.answer_one()
