@@ -14,9 +14,10 @@ library only, so it runs with any python3 (the stack's containers have no pip).
 Like Twilio, every POST it accepts is a new message: it does not drop a repeat that carries
 the same I-Twilio-Idempotency-Token. It counts every call, per token (the delivery), and
 answers ``GET /calls`` with the totals: calls, deliveries called, calls beyond a delivery's
-first (``repeated``: each one a second text to someone). ``GET .../Messages.json?To=``
-lists what it accepted for that number, like Twilio's Messages list. ``GET /calls?per=delivery``
-adds the calls per token (``perDelivery``)."""
+first (``repeated``: each one a second text to someone), and the seconds spent answering
+POSTs (``callSeconds``). ``GET .../Messages.json?To=`` lists what it accepted for that
+number, like Twilio's Messages list. ``GET /calls?per=delivery`` adds the calls per token
+(``perDelivery``)."""
 
 from __future__ import annotations
 
@@ -31,6 +32,10 @@ from urllib.parse import parse_qs, urlsplit
 
 counter = itertools.count(1)
 calls_per_token: Counter[str] = Counter()
+# Seconds the POSTs spent here, each from its request read to its answer written: over a run,
+# divided by the calls it is the provider's real latency (the nominal delay plus this
+# process's own waits for a core), divided by the run's span the calls in flight on average.
+call_seconds = 0.0
 accepted_by_number: dict[str, list[dict]] = {}
 
 
@@ -41,6 +46,7 @@ def _answer(method: str, target: str, headers: dict[str, str], body: bytes) -> t
             "calls": sum(calls_per_token.values()),
             "deliveries": len(calls_per_token),
             "repeated": sum(n - 1 for n in calls_per_token.values()),
+            "callSeconds": round(call_seconds, 3),
         }
         if parse_qs(url.query).get("per") == ["delivery"]:
             totals["perDelivery"] = dict(calls_per_token)
@@ -64,6 +70,7 @@ def _answer(method: str, target: str, headers: dict[str, str], body: bytes) -> t
 async def handle(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float, hang: float
 ) -> None:
+    global call_seconds
     try:
         while True:
             head = await reader.readuntil(b"\r\n\r\n")
@@ -75,6 +82,7 @@ async def handle(
             }
             length = int(headers.get("content-length") or 0)
             body = await reader.readexactly(length) if length else b""
+            started = time.monotonic()
             if method == "POST":
                 await asyncio.sleep(delay)
             status, answer = _answer(method, target, headers, body)
@@ -89,6 +97,8 @@ async def handle(
                 + payload
             )
             await writer.drain()
+            if method == "POST":
+                call_seconds += time.monotonic() - started
     except (asyncio.IncompleteReadError, ConnectionError):
         pass
     finally:

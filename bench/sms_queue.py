@@ -49,7 +49,7 @@ def fake_calls(env: dict[str, str]) -> dict[str, int]:
     """bench/fake_twilio.py's call counts ({} when the run uses the log provider)."""
     base = env.get("KOINONIA_TWILIO_BASE_URL")
     if not base:
-        return {"calls": 0, "repeated": 0}
+        return {"calls": 0, "repeated": 0, "callSeconds": 0.0}
     with urllib.request.urlopen(base + "/calls", timeout=10) as response:  # noqa: S310 - loopback
         return json.loads(response.read())
 
@@ -283,6 +283,15 @@ def one_run(
         calls_after = fake_calls(env)
         result["calls"] = calls_after["calls"] - calls_before["calls"]
         result["repeated"] = calls_after["repeated"] - calls_before["repeated"]
+        # Where a row falls short of its ceiling: slots left idle (calls in flight, on
+        # average, below workers x concurrency) or a provider slower than its 200 ms (the
+        # stand-in waiting for a core: the same calls in flight then send fewer per second).
+        call_seconds = calls_after["callSeconds"] - calls_before["callSeconds"]
+        if result["calls"]:
+            result["provider_ms_per_call"] = round(1000 * call_seconds / result["calls"], 1)
+            in_flight = call_seconds / result["seconds"]
+            result["calls_in_flight"] = round(in_flight, 1)
+            result["slots_busy"] = in_flight / (workers * concurrency)
     log(
         f"queue {provider} workers={workers} concurrency={concurrency}: {result['per_second']}/s "
         f"({sent}/{expected} sent in {result['seconds']} s)"
@@ -416,7 +425,11 @@ def run(args, stack: ExitStack) -> tuple[Section, Loopback, str]:
         "`koinonia worker` processes. Clock: first POST → last `sent_at` in the database "
         "(the POSTs themselves, 4 at a time, are inside it).",
         "200 ms provider: bench/fake_twilio.py (asyncio) answers Twilio's Messages.json after "
-        "200 ms; the ceiling is workers x concurrency ÷ 0.2 s.",
+        "200 ms; the ceiling is workers x concurrency ÷ 0.2 s. Each worker's jobs share its "
+        "`concurrency` send slots (KOINONIA_SMS_WORKER_SEND_CONCURRENCY), with one job more "
+        "than the slots need. Provider ms/call: the stand-in's own time per POST, from request "
+        "read to answer written (200 ms plus its waits for a core); calls in flight: those "
+        "seconds over the row's, against workers x concurrency.",
         f"The machine has {os.cpu_count()} cores shared by the API, the workers, PostgreSQL, "
         "PgBouncer and Redis (and, when others run, by them: see each row's load).",
         "Service CPU ms/delivery: CPU time (user + system, /proc) of the API, the workers, "
@@ -489,6 +502,8 @@ def queue_table(section: Section) -> list[str]:
             "ceiling/s (reached)",
             "provider calls",
             "repeated calls",
+            "provider ms/call",
+            "calls in flight, mean (of slots)",
             "unknown",
             "Redis cmds/delivery",
             "SQL stmts/delivery",
@@ -509,6 +524,9 @@ def queue_table(section: Section) -> list[str]:
                 _ceiling(r),
                 r.get("calls"),
                 r.get("repeated"),
+                r.get("provider_ms_per_call"),
+                r.get("calls_in_flight")
+                and f"{fmt(r['calls_in_flight'])} ({pct(r['slots_busy'])})",
                 r.get("unknown"),
                 r.get("redis_commands_per_delivery"),
                 r.get("sql_statements_per_delivery"),
