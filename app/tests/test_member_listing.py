@@ -236,3 +236,27 @@ async def test_the_cached_first_page_is_the_loaded_page(app, client, church_a):
     assert await miss.get_data() == await hit.get_data() == expected
     body, status = await members.list_members_json(get_state(app).cache, church)
     assert (status, body) == ("hit", expected)
+
+
+def _plan_nodes(plan: dict) -> list[dict]:
+    return [plan, *(node for child in plan.get("Plans", []) for node in _plan_nodes(child))]
+
+
+async def test_a_page_reads_the_churchs_newest_members_in_index_order_without_sorting(church_a):
+    await _seed(church_a.church_id, 6)
+    church = uuid.UUID(church_a.church_id)
+    queries = [
+        (members._NUMBERED_PAGE_SQL, [church, 5, 0]),
+        (members._CURSOR_PAGE_SQL, [church, 5, BASE + timedelta(days=41), uuid.uuid4()]),
+    ]
+    async with in_transaction(CONNECTION_NAME) as conn:
+        # A test church is a few rows, which a sequential scan reads fastest; a church of
+        # thousands is not. Only the index's use is asserted.
+        await conn.execute_query("SET LOCAL enable_seqscan = off")
+        for sql, values in queries:
+            _count, rows = await conn.execute_query("EXPLAIN (FORMAT JSON) " + sql, values)
+            plan = rows[0]["QUERY PLAN"]
+            nodes = _plan_nodes((json.loads(plan) if isinstance(plan, str) else plan)[0]["Plan"])
+            indexes = {n.get("Index Name") for n in nodes}
+            assert "member_church_listing_idx" in indexes, nodes
+            assert not [n for n in nodes if n["Node Type"] == "Sort"], nodes
