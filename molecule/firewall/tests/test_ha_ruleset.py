@@ -38,7 +38,12 @@ BALANCERS = ("ha-lb1", "ha-lb2")
 REDIS_ROLE_DEFAULTS = yaml.safe_load(
     (RENDER_DIR.parents[2] / "roles" / "redis" / "defaults" / "main.yml").read_text()
 )
-REDIS_PORT_VARIABLES = ("redis_port", "redis_tls_port", "redis_sentinel_port", "redis_sentinel_tls_port")
+REDIS_PORT_VARIABLES = (
+    "redis_port",
+    "redis_tls_port",
+    "redis_sentinel_port",
+    "redis_sentinel_tls_port",
+)
 TLS_APP_SERVERS = ("tls-app1", "tls-app2")
 TLS_REDIS = ("tls-redis1", "tls-redis2", "tls-redis3")
 TLS_ADDRESSES = {
