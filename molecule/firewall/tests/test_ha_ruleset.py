@@ -132,8 +132,14 @@ def test_replicated_redis_opens_redis_and_sentinel_to_the_nodes_and_the_app_serv
         assert sources(ha[node], "tcp dport 9355") == addresses("ha-mon")
 
 
-def test_tls_only_redis_opens_its_tls_ports_and_none_of_the_dead_plain_ones(tmp_path):
-    tls = render("tls", tmp_path)
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory):
+    rulesets = render("tls", tmp_path_factory.mktemp("tls"))
+    assert set(rulesets) == {*TLS_ADDRESSES, "tls-mon"}
+    return rulesets
+
+
+def test_tls_only_redis_opens_its_tls_ports_and_none_of_the_dead_plain_ones(tls):
     for node in TLS_REDIS:
         # The app servers' rule and the replication rule (TLS: tls-replication) share 6380.
         assert sources(tls[node], "tcp dport 6380") == {
@@ -164,8 +170,8 @@ def test_plain_text_rulesets_are_the_same_with_the_redis_roles_default_ports(ha,
     assert render("ha", tmp_path, **ports) == ha
 
 
-def test_every_rendered_tls_ruleset_is_valid_for_nft(host, tmp_path):
-    for name, ruleset in sorted(render("tls", tmp_path).items()):
+def test_every_rendered_tls_ruleset_is_valid_for_nft(host, tls):
+    for name, ruleset in sorted(tls.items()):
         path = f"/tmp/tls-{name}.nft"
         written = host.run("printf %%s %s > %s", ruleset, path)
         assert written.rc == 0, written.stderr
