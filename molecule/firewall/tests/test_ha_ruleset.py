@@ -1,12 +1,15 @@
 """The HA tiers' rules as the role renders them for an HA-shaped inventory (render/ha.yml:
 Patroni, etcd, HAProxy, a pgBackRest repository, replicated Redis, two balancers sharing a
-virtual address), and none of them for the single-node topology (render/single.yml); nft on
-fw-app accepts every rendered ruleset. test_firewall.py sends real packets through some."""
+virtual address), and none of them for the single-node topology (render/single.yml); Redis's
+and Sentinel's rules follow the redis role's ports, TLS ones included (render/tls.yml: TLS
+only); nft on fw-app accepts every rendered ruleset. test_firewall.py sends real packets
+through some."""
 
 import pathlib
 import re
 
 import pytest
+import yaml
 from rendering import run_render_playbook
 
 testinfra_hosts = ["fw-app"]
@@ -32,10 +35,33 @@ REDIS = ("ha-redis1", "ha-redis2", "ha-redis3")
 BALANCERS = ("ha-lb1", "ha-lb2")
 
 
-def render(inventory, out_dir):
+REDIS_ROLE_DEFAULTS = yaml.safe_load(
+    (RENDER_DIR.parents[2] / "roles" / "redis" / "defaults" / "main.yml").read_text()
+)
+REDIS_PORT_VARIABLES = (
+    "redis_port",
+    "redis_tls_port",
+    "redis_sentinel_port",
+    "redis_sentinel_tls_port",
+)
+TLS_APP_SERVERS = ("tls-app1", "tls-app2")
+TLS_REDIS = ("tls-redis1", "tls-redis2", "tls-redis3")
+TLS_ADDRESSES = {
+    "tls-app1": "10.40.1.11",
+    "tls-app2": "10.40.1.12",
+    "tls-redis1": "10.40.3.11",
+    "tls-redis2": "10.40.3.12",
+    "tls-redis3": "10.40.3.13",
+}
+
+
+def render(inventory, out_dir, **extra_vars):
     """{host: its koinonia.nft} as the role renders them for every host of `inventory`."""
     run_render_playbook(
-        RENDER_DIR / "ruleset.yml", RENDER_DIR / f"{inventory}.yml", montest_out_dir=out_dir
+        RENDER_DIR / "ruleset.yml",
+        RENDER_DIR / f"{inventory}.yml",
+        montest_out_dir=out_dir,
+        **extra_vars,
     )
     return {path.stem: path.read_text() for path in pathlib.Path(out_dir).glob("*.nft")}
 
@@ -104,6 +130,53 @@ def test_replicated_redis_opens_redis_and_sentinel_to_the_nodes_and_the_app_serv
         assert sources(ha[node], "tcp dport 6379") == addresses(*REDIS, *APP_SERVERS)
         assert sources(ha[node], "tcp dport 26379") == addresses(*REDIS, *APP_SERVERS)
         assert sources(ha[node], "tcp dport 9355") == addresses("ha-mon")
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory):
+    rulesets = render("tls", tmp_path_factory.mktemp("tls"))
+    assert set(rulesets) == {*TLS_ADDRESSES, "tls-mon"}
+    return rulesets
+
+
+def test_tls_only_redis_opens_its_tls_ports_and_none_of_the_dead_plain_ones(tls):
+    for node in TLS_REDIS:
+        # The app servers' rule and the replication rule (TLS: tls-replication) share 6380.
+        assert sources(tls[node], "tcp dport 6380") == {
+            TLS_ADDRESSES[h] for h in TLS_REDIS + TLS_APP_SERVERS
+        }
+        assert sources(tls[node], "tcp dport 26380") == {
+            TLS_ADDRESSES[h] for h in TLS_REDIS + TLS_APP_SERVERS
+        }
+        assert sources(tls[node], "tcp dport 9355") == {"10.40.4.10"}
+        assert "6379" not in tls[node], node
+    for other in ("tls-app1", "tls-app2", "tls-mon"):
+        assert "6380" not in tls[other], other
+
+
+def test_redis_with_both_ports_lets_the_nodes_in_on_tls_only_and_the_app_servers_on_both(tmp_path):
+    both = render("ha", tmp_path, redis_tls_port=6380, redis_sentinel_tls_port=26380)
+    for node in REDIS:
+        assert sources(both[node], "tcp dport { 6379, 6380 }") == addresses(*APP_SERVERS)
+        assert sources(both[node], "tcp dport 6380") == addresses(*REDIS)
+        assert sources(both[node], "tcp dport 6379") == set()
+        assert sources(both[node], "tcp dport { 26379, 26380 }") == addresses(*REDIS, *APP_SERVERS)
+
+
+def test_plain_text_rulesets_are_the_same_with_the_redis_roles_default_ports(ha, tmp_path):
+    # The firewall's own fallbacks (a play without the redis role) and the redis role's
+    # defaults give one ruleset, byte for byte.
+    ports = {name: REDIS_ROLE_DEFAULTS[name] for name in REDIS_PORT_VARIABLES}
+    assert render("ha", tmp_path, **ports) == ha
+
+
+def test_every_rendered_tls_ruleset_is_valid_for_nft(host, tls):
+    for name, ruleset in sorted(tls.items()):
+        path = f"/tmp/tls-{name}.nft"
+        written = host.run("printf %%s %s > %s", ruleset, path)
+        assert written.rc == 0, written.stderr
+        checked = host.run("nft -c -f %s", path)
+        assert checked.rc == 0, f"{name}: {checked.stderr}"
 
 
 def test_vrrp_is_accepted_only_between_the_balancers(ha):
