@@ -52,14 +52,24 @@ OPERATOR = (STACK_VARS["koinonia_operator_email"], STACK_VARS["koinonia_operator
 OWNER = (STACK_VARS["koinonia_owner_email"], STACK_VARS["koinonia_owner_password"])
 
 
+# Redis and the Sentinels answer only over TLS (group_vars/redis.yml), checked against the
+# scenario's test CA, which the redis role writes on every node.
+REDIS_CA = "/etc/redis/tls/ca.crt"
+SENTINEL_TLS_PORT = str(REDIS_VARS["redis_sentinel_tls_port"])
+
+
 def sentinel(host, *args, check=True):
-    """A Sentinel command on HOST (the password in the environment, not the arguments)."""
+    """A Sentinel command on HOST over TLS (the password in the environment, not the
+    arguments)."""
     return docker_exec(
         host,
         "redis-cli",
         "--no-auth-warning",
+        "--tls",
+        "--cacert",
+        REDIS_CA,
         "-p",
-        "26379",
+        SENTINEL_TLS_PORT,
         *args,
         env={"REDISCLI_AUTH": SENTINEL_PASSWORD},
         check=check,

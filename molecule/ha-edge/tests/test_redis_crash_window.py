@@ -13,11 +13,12 @@ Sentinel).
 One failover for the module, staged at the racy points rather than timed by luck:
 a scheduled message is due at the next minute's cron run; just before that minute the
 replication streams are cut (tests/conftest.py `cut_replication`); the cron's run on the
-master, lock and texts, is waited for and seen to be unknown to the replicas; the master is
-seen refusing writes; then it is killed. Meanwhile one app server logs in again and again
-(each login an acknowledged session write) and the other reads every session back.
+master, lock, texts and the job's end, is waited for and seen to be unknown to the replicas;
+the master is seen refusing writes; then it is killed. Meanwhile one app server logs in again
+and again (each login an acknowledged session write) and the other reads every session back.
 """
 
+import json
 import time
 import uuid
 from dataclasses import dataclass
@@ -54,6 +55,9 @@ LEAD_SECONDS = 10  # from scheduling the message to its minute, at least
 WRITES_BEFORE_DUE_SECONDS = 5  # session writes replicated before the cut
 CUT_BEFORE_DUE_SECONDS = 1.5  # the cut, before the cron's minute (the cron fires on the clock)
 SETTLE_BOUND_SECONDS = 120
+# SAQ's record of the scheduled-messages cron job (queue koinonia-sms, key cron:<function>):
+# its status and the time its last run started.
+CRON_JOB_RECORD = "saq:job:koinonia-sms:cron:scheduled_messages"
 
 
 @dataclass
@@ -82,6 +86,21 @@ def scheduled_message(scheduled_id):
     )
     status, message_id = psql(sql).split("|")
     return message_id if status == "sent" else None
+
+
+def cron_job_record(node):
+    """NODE's record of the scheduled-messages cron job (status, started, ... ) or {}."""
+    stored = ops(node, "GET", CRON_JOB_RECORD)
+    return json.loads(stored) if stored else {}
+
+
+def cycle_finished(node, due):
+    """True once NODE records the cron job's run of DUE's cycle as complete, or already the
+    next cycle's job (SAQ enqueues it only once the run before it has finished)."""
+    record = cron_job_record(node)
+    if record.get("status") == "complete":
+        return record.get("started", 0) >= due * 1000  # milliseconds
+    return record.get("scheduled", 0) >= due + SCHEDULED_PERIOD_SECONDS  # seconds
 
 
 def messages_of_schedule(scheduled_id):
@@ -127,6 +146,15 @@ def crash(texting, provider):
             max(cut_at + MAX_LAG - time.time(), 1),
             "its deliveries sent",
         )
+        # ... and the cron job that ran it recorded finished there. Its end (the lock's last
+        # extension, SAQ's completion record) is a write too: left until the master refuses
+        # writes, it would be retried on the new master after the kill and record the cycle
+        # as done there, and the cycle would not run again.
+        wait_for(
+            lambda: cycle_finished(master, due),
+            max(cut_at + MAX_LAG - time.time(), 1),
+            "the cycle's cron job recorded finished on the master",
+        )
         first_grant = ops(master, "GET", lock_key)
         on_replicas = {replica: ops(replica, "GET", lock_key) for replica in replicas}
         # The master refuses writes once no replica has confirmed within max-lag.
@@ -141,12 +169,22 @@ def crash(texting, provider):
         new_master = new_master_announced(master)
         # The cycle's cron job was taken on the old master only: on the new one it is still
         # due, runs again and takes the cycle's lock a second time.
-        second_grant = wait_for(
-            lambda: ops(new_master, "GET", lock_key),
-            due + period - time.time(),
-            "the cycle's lock granted on the new master",
-            step=0.5,
-        )
+        try:
+            second_grant = wait_for(
+                lambda: ops(new_master, "GET", lock_key),
+                due + period - time.time(),
+                "the cycle's lock granted on the new master",
+                step=0.5,
+            )
+        except AssertionError as missed:
+            # What the new master knows of the cycle's job, and whether it takes writes.
+            record = cron_job_record(new_master)
+            replication = info(new_master, "replication")
+            raise AssertionError(
+                f"{missed}; {new_master} records the cron job "
+                f"{ {k: record.get(k) for k in ('status', 'scheduled', 'started')} }, "
+                f"its replicas in time: {replication.get('min_slaves_good_slaves')}"
+            ) from None
         (writes,) = probe_lines(writer, 120)
     finally:
         if writer.poll() is None:
