@@ -15,6 +15,7 @@ from conftest import (
     wait_for,
     wait_healthy,
 )
+from debian import postgresql_major
 
 testinfra_hosts = ["hd-witness"]
 
@@ -55,7 +56,8 @@ def test_cluster_settings_are_in_etcd_with_failsafe_and_rewind(host, patroni_cfg
 def test_packaged_cluster_is_never_created_nor_started():
     for name in DB_NODES:
         node = get_host(name)
-        unit = node.run("systemctl is-enabled postgresql@17-main.service")
+        major = postgresql_major(node)
+        unit = node.run(f"systemctl is-enabled postgresql@{major}-main.service")
         assert unit.stdout.strip() == "masked"
         assert node.run("pg_lsclusters -h").stdout.strip() == ""
         # The only postmaster is Patroni's, on its own data directory.
@@ -65,7 +67,7 @@ def test_packaged_cluster_is_never_created_nor_started():
             .splitlines()
         )
         assert len(postmasters) == 1, postmasters
-        assert "-D /var/lib/postgresql/17/koinonia" in postmasters[0]
+        assert f"-D /var/lib/postgresql/{major}/koinonia" in postmasters[0]
 
 
 def test_secrets_are_in_no_process_argument_and_no_world_readable_file(patroni_cfg):
