@@ -108,11 +108,31 @@ def cluster_members(client):
     raise ValueError("no Patroni REST API answered")
 
 
+def streaming_from(client, leader):
+    """Names of the members streaming from `leader`: its pg_stat_replication, as its
+    GET /patroni shows it ("replication")."""
+    status, body = http_json(client, f"http://{leader}:8008/patroni")
+    if status != 200:
+        return set()
+    return {
+        row["application_name"]
+        for row in body.get("replication", [])
+        if row.get("state") == "streaming"
+    }
+
+
 def healthy_pair(client):
-    """(leader, replica) names when one leads and the other streams from it, else None."""
+    """(leader, replica) names when one leads and the other streams from it, else None.
+
+    Patroni 3.0.4 and later show a streaming replica's state as "streaming"; 3.0.2
+    (Debian 12) shows "running" for every replica, so there the leader's
+    pg_stat_replication says whether it streams."""
     members = cluster_members(client)
     leaders = [m["name"] for m in members if m["role"] == "leader" and m["state"] == "running"]
     replicas = [m["name"] for m in members if m["role"] == "replica" and m["state"] == "streaming"]
+    unreported = [m["name"] for m in members if m["role"] == "replica" and m["state"] == "running"]
+    if len(leaders) == 1 and unreported:
+        replicas += sorted(set(unreported) & streaming_from(client, leaders[0]))
     if len(leaders) == 1 and len(replicas) == 1:
         return leaders[0], replicas[0]
     return None

@@ -19,12 +19,17 @@ from conftest import (
     wait_for,
     wait_healthy,
 )
+from debian import postgresql_major
 
 testinfra_hosts = ["hd-witness"]
 
 # The issue's bound: writes accepted again within 30 s of losing the leader.
 FAILOVER_BOUND = 30
-PID_FILE = "/var/lib/postgresql/17/koinonia/postmaster.pid"
+
+
+def pid_file(node):
+    """The postmaster's pid file in Patroni's data directory on that node."""
+    return f"/var/lib/postgresql/{postgresql_major(node)}/koinonia/postmaster.pid"
 
 
 def timeline(client, node):
@@ -74,7 +79,7 @@ def test_leader_postmaster_kill_9_writes_accepted_again_within_30_s(host, cfg):
     report_path = start_load(host, cfg, run, seconds=35)
     node = get_host(leader)
     # The postmaster: the first line of its pid file in Patroni's data directory.
-    postmaster = node.check_output(f"head -n 1 {PID_FILE}")
+    postmaster = node.check_output(f"head -n 1 {pid_file(node)}")
     fault_at = time.time()
     node.run_test(f"kill -9 {postmaster}")
     report = load_report(host, report_path, 120)
@@ -86,7 +91,7 @@ def test_leader_postmaster_kill_9_writes_accepted_again_within_30_s(host, cfg):
     assert back <= FAILOVER_BOUND
     # Patroni started a new postmaster by itself.
     wait_healthy(host)
-    assert node.check_output(f"head -n 1 {PID_FILE}") != postmaster
+    assert node.check_output(f"head -n 1 {pid_file(node)}") != postmaster
 
 
 def test_leader_container_killed_writes_accepted_again_within_30_s_and_it_rejoins(host, cfg):

@@ -10,6 +10,7 @@ import time
 import uuid
 
 from conftest import get_host, psql, wait_for, wait_healthy
+from debian import postgresql_major
 
 testinfra_hosts = ["hd-witness"]
 
@@ -181,7 +182,10 @@ def test_pitr_drill_restores_row_a_and_not_row_b_into_a_new_cluster(host, cfg):
         assert wait_healthy(host) == (leader, replica)
     finally:
         restored.run(
-            as_postgres(f"/usr/lib/postgresql/17/bin/pg_ctl -D {RESTORE_PATH} -m fast -w stop")
+            as_postgres(
+                f"/usr/lib/postgresql/{postgresql_major(restored)}/bin/pg_ctl"
+                f" -D {RESTORE_PATH} -m fast -w stop"
+            )
         )
 
 
