@@ -57,7 +57,8 @@ longest_first = $(filter-out $(TEST_ORDER),$(1)) $(filter $(1),$(TEST_ORDER))
 # and verifies the whole stack there; its own scenario's Debian 12 pass (62 passed,
 # 2026-12-06) costs about 500 s of stage time the budget does not have today.
 # ha-balancer runs both passes: keepalived 2.2.7 and 2.3.3, failover timed on each.
-DEBIAN12_TOO := data monitoring loadbalancer firewall ha-balancer
+# ha-database too: etcd 3.4 / Patroni 3.0.2 / HAProxy 2.6 on 12, 3.5 / 4.0.7 / 3.0 on 13.
+DEBIAN12_TOO := data monitoring loadbalancer firewall ha-balancer ha-database
 molecule_test = molecule test -s $(1)$(if $(filter $(1),$(DEBIAN12_TOO)), && KOINONIA_DEBIAN=12 molecule test -s $(1))
 stage_command = $(if $(filter molecule-%,$(1)),$(call molecule_test,$(1:molecule-%=%)),$(stage_$(1)))
 # $(call run_stages,NAMES): those stages through scripts/run-stages, TEST_JOBS at a time.

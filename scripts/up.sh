@@ -13,7 +13,7 @@
 # Re-running it reuses the containers and re-applies the playbook (nothing changes).
 # `make down` (scripts/down.sh) removes everything.
 #
-# HA=1 (`make up HA=1`, Debian 13 only): the high-availability stack instead, seven
+# HA=1 (`make up HA=1`, Debian 13): the high-availability stack instead, seven
 # containers named koinonia-ha-* on the network koinonia-local-ha, deployed with
 # `ansible-playbook site.yml -i inventories/local-ha`, which also describes the containers
 # (fixed addresses, ports published on 127.0.0.1: 9443 and 9444, so both stacks can run at
@@ -35,8 +35,8 @@ esac
 case "$HA" in
   0|"") HA=0 ;;
   1) if [ "$DEBIAN" != 13 ]; then
-       echo "HA=1 DEBIAN=$DEBIAN: the high-availability stack runs on Debian 13 only (its roles," >&2
-       echo "etcd, patroni and haproxy, support Debian 13 only today)." >&2
+       echo "HA=1 DEBIAN=$DEBIAN: the high-availability stack is brought up on Debian 13 only. Its roles" >&2
+       echo "support Debian 12 too (molecule's ha-database and ha-balancer), the whole stack is untried there." >&2
        exit 2
      fi ;;
   *) echo "HA=$HA: HA=1 brings up the high-availability stack, HA=0 (the default) the single-node one" >&2; exit 2 ;;
