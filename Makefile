@@ -44,8 +44,8 @@ CHECK_STAGES := lint-ruff lint-shell lint-lua changelog argument-specs example-i
   collection-build ansible-core-oldest ansible-test-sanity
 # Longest first, so the longest stage does not start last (scripts/run-stages orders by the
 # last run's times instead when .cache/stage-history has them). Unlisted stages go first.
-TEST_ORDER := molecule-operations molecule-default molecule-data molecule-ha-balancer molecule-ha-stack \
-  molecule-ha-edge molecule-monitoring molecule-ha-database molecule-loadbalancer molecule-app app-tests molecule-backup molecule-firewall ansible-test-sanity lint-ansible \
+TEST_ORDER := molecule-default molecule-operations molecule-ha-database molecule-data molecule-monitoring \
+  molecule-ha-edge molecule-ha-stack molecule-ha-balancer molecule-loadbalancer app-tests molecule-firewall molecule-app molecule-backup lint-ansible ansible-test-sanity \
   bench-smoke collection-build ansible-core-oldest alert-rules argument-specs example-inventory lint-ruff lint-shell lint-lua changelog
 longest_first = $(filter-out $(TEST_ORDER),$(1)) $(filter $(1),$(TEST_ORDER))
 # Role scenarios whose servers differ most between the releases (PostgreSQL 15/17, PgBouncer
