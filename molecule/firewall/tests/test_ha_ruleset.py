@@ -170,13 +170,19 @@ def test_plain_text_rulesets_are_the_same_with_the_redis_roles_default_ports(ha,
     assert render("ha", tmp_path, **ports) == ha
 
 
-def test_every_rendered_tls_ruleset_is_valid_for_nft(host, tls):
-    for name, ruleset in sorted(tls.items()):
-        path = f"/tmp/tls-{name}.nft"
+def assert_valid_for_nft(host, rulesets: dict[str, str], prefix: str) -> None:
+    """Each ruleset written to the container and checked by its own nft (-c: parsed and
+    validated against the kernel, nothing loaded)."""
+    for name, ruleset in sorted(rulesets.items()):
+        path = f"/tmp/{prefix}-{name}.nft"
         written = host.run("printf %%s %s > %s", ruleset, path)
         assert written.rc == 0, written.stderr
         checked = host.run("nft -c -f %s", path)
         assert checked.rc == 0, f"{name}: {checked.stderr}"
+
+
+def test_every_rendered_tls_ruleset_is_valid_for_nft(host, tls):
+    assert_valid_for_nft(host, tls, "tls")
 
 
 def test_vrrp_is_accepted_only_between_the_balancers(ha):
@@ -187,12 +193,7 @@ def test_vrrp_is_accepted_only_between_the_balancers(ha):
 
 
 def test_every_rendered_ha_ruleset_is_valid_for_nft(host, ha):
-    for name, ruleset in sorted(ha.items()):
-        path = f"/tmp/ha-{name}.nft"
-        written = host.run("printf %%s %s > %s", ruleset, path)
-        assert written.rc == 0, written.stderr
-        checked = host.run("nft -c -f %s", path)
-        assert checked.rc == 0, f"{name}: {checked.stderr}"
+    assert_valid_for_nft(host, ha, "ha")
 
 
 def test_single_node_topology_gets_none_of_the_ha_rules(tmp_path):

@@ -96,28 +96,29 @@ def test_plain_text_environment_files_are_as_before(tmp_path):
     }
 
 
-def test_a_tls_exporter_without_a_ca_is_refused(tmp_path):
+def refusal_of_tls_render(out_dir, **extra_vars) -> str:
+    """The role's refusal when the TLS inventory is rendered with ``extra_vars``."""
     run = render_playbook_run(
         RENDER_DIR / "redis_exporters.yml",
         RENDER_DIR / "tls.yml",
-        montest_out_dir=tmp_path,
-        redis_tls_ca="",
+        montest_out_dir=out_dir,
+        **extra_vars,
     )
+    return refusal(run)
+
+
+def test_a_tls_exporter_without_a_ca_is_refused(tmp_path):
     assert (
         "set monitoring_redis_exporter_tls_ca (default: the redis role's redis_tls_ca)"
-        in refusal(run)
+        in refusal_of_tls_render(tmp_path, redis_tls_ca="")
     )
     assert not list(tmp_path.glob("*.env"))
 
 
 def test_a_redis_demanding_client_certificates_is_refused(tmp_path):
-    run = render_playbook_run(
-        RENDER_DIR / "redis_exporters.yml",
-        RENDER_DIR / "tls.yml",
-        montest_out_dir=tmp_path,
-        redis_tls_auth_clients="yes",
+    assert 'redis_tls_auth_clients must be "no" or "optional" (it is "yes")' in (
+        refusal_of_tls_render(tmp_path, redis_tls_auth_clients="yes")
     )
-    assert 'redis_tls_auth_clients must be "no" or "optional" (it is "yes")' in refusal(run)
 
 
 # --- Debian's exporter on this release, with the rendered files, against real TLS servers ---
