@@ -300,6 +300,10 @@ class SendWindow:
         free_since: float | None = None  # when a slot last went idle with rows to claim
         while self.pending or self.in_flight:
             free = self._free()
+            if not free:
+                # Every slot is taken (the window's, or the worker's by other jobs): nothing
+                # to claim until one is given back, which wakes this window.
+                free_since = None
             lingered = free_since is not None and loop.time() - free_since >= CLAIM_LINGER_SECONDS
             if self.pending and (free >= min(self.refill, len(self.pending)) or lingered):
                 await self._claim_and_start(free)
