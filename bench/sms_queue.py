@@ -184,7 +184,7 @@ def one_run(
     messages = max(1, deliveries // 100)
     # ``concurrency`` provider calls per worker (its send slots): jobs of at most one chunk's
     # sends each, and one job more than the slots need, so a job waits with its chunk
-    # claimed-ready while the others drain their last calls.
+    # dequeued (not claimed) while the others drain their last calls.
     sends_per_job = min(concurrency, CHUNK)
     worker_env = env | {
         "KOINONIA_WORKER_CONCURRENCY": str(-(-concurrency // sends_per_job) + 1),
@@ -436,9 +436,10 @@ def run(args, stack: ExitStack) -> tuple[Section, Loopback, str]:
         "PostgreSQL (with its exited backends), PgBouncer and Redis over the row, per "
         "delivery; not the bench's client nor the provider stand-in. CPU-bound/s: what that "
         f"cost allows on {os.cpu_count()} idle cores, whatever the load was.",
-        "Log rows: concurrency/worker is the sends in flight per worker (one job of 100 at a "
-        "time, or one of 10); the log provider writes the calls waiting together in one "
-        "MULTI/EXEC, so fewer in flight means more, smaller writes.",
+        "Log rows: concurrency/worker is the sends in flight per worker (its send slots, "
+        "shared by jobs of 100 or of 10 as in the 200 ms rows); the log provider writes the "
+        "calls waiting together in one MULTI/EXEC, so fewer in flight means more, smaller "
+        "writes.",
     ]
     return section.finish(), lb, token
 
