@@ -16,7 +16,9 @@ from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 from tortoise import Tortoise, connections
+from tortoise.backends.asyncpg.client import AsyncpgDBClient
 from tortoise.backends.base.config_generator import expand_db_url
 from tortoise.context import TortoiseContext
 
@@ -55,6 +57,75 @@ class PgBouncerConnection(asyncpg.Connection):
         return ""
 
 
+class FairPool(asyncpg.Pool):
+    """asyncpg's pool, handing connections out in the order they were asked for.
+
+    asyncpg keeps its idle connections in an ``asyncio.LifoQueue``: a released connection
+    wakes the longest waiter, but a request that asks in the meantime takes it first, and the
+    woken waiter queues again at the back (MagicStack/asyncpg#1247). Under a burst larger
+    than the pool, most requests pass at once while a few starve: 64 connections on one app
+    server's uncached member page gave p50 20 ms and p95 560 ms. A FIFO semaphore of the
+    pool's size in front of it serves waiters in arrival order (``asyncio.Semaphore`` is
+    first-come first-served from Python 3.11.1 on, and Debian 12 ships 3.11.2).
+    """
+
+    def __init__(self, *args: Any, max_size: int, **kwargs: Any) -> None:
+        super().__init__(*args, max_size=max_size, **kwargs)
+        self._turns = asyncio.Semaphore(max_size)
+        # The connections handed out through a turn; a double or foreign release gives
+        # none back.
+        self._turn_holders: set[PoolConnectionProxy] = set()
+
+    # asyncpg's acquire() and its `async with` form both come through _acquire; both methods
+    # keep asyncpg's signatures.
+    async def _acquire(self, timeout: float | None) -> PoolConnectionProxy:  # noqa: ASYNC109
+        left = timeout
+        if timeout is None:
+            await self._turns.acquire()
+        else:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            await asyncio.wait_for(self._turns.acquire(), timeout)
+            left = max(timeout - (loop.time() - started), 0.001)
+        try:
+            proxy = await super()._acquire(left)
+        except BaseException:
+            self._turns.release()
+            raise
+        self._turn_holders.add(proxy)
+        return proxy
+
+    async def release(self, connection: Any, *, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        try:
+            await super().release(connection, timeout=timeout)
+        finally:
+            if connection in self._turn_holders:
+                self._turn_holders.discard(connection)
+                self._turns.release()
+
+
+class FairPoolClient(AsyncpgDBClient):
+    """Tortoise's asyncpg client on a FairPool."""
+
+    async def create_pool(self, **kwargs: Any) -> asyncpg.Pool:
+        # asyncpg.create_pool's own defaults, for what Tortoise leaves out.
+        options = {
+            "min_size": 10,
+            "max_size": 10,
+            "max_queries": 50000,
+            "max_inactive_connection_lifetime": 300.0,
+            "loop": None,
+            "connection_class": asyncpg.Connection,
+            "record_class": asyncpg.Record,
+        }
+        return await FairPool(None, **(options | kwargs))
+
+
+# Tortoise finds a backend's client class as `client_class` in the module named by the
+# connection's "engine".
+client_class = FairPoolClient
+
+
 def _expand(url: str) -> dict[str, Any]:
     """Tortoise's URL parsing, plus percent-decoding of user and database (it decodes only the
     password); deployment tooling percent-encodes all three."""
@@ -78,6 +149,7 @@ def _connection_config(url: str, settings: Settings, *, pooled: bool) -> dict[st
     )
     if pooled:
         credentials["connection_class"] = PgBouncerConnection
+        config["engine"] = __name__  # client_class: the pool that serves waiters in order
     return config
 
 
