@@ -174,3 +174,45 @@ async def test_through_sentinel_a_master_refusing_writes_answers_503_after_the_r
     assert response.status_code == 503
     assert response.headers["Retry-After"].isdigit()
     assert 0.5 <= waited < 5
+
+
+async def test_a_new_master_announced_drops_the_old_masters_connections_and_keeps_the_new_ones(
+    make_settings, replicated_redis
+):
+    settings = make_settings(**_sentinel_settings(replicated_redis))
+    sentinel = Redis(
+        port=replicated_redis.sentinel_ports[0], password=SENTINEL_PASSWORD, decode_responses=True
+    )
+    client = create_redis(settings)
+    pool = client.connection_pool
+    try:
+        await _until(lambda: _sentinels_see_the_replica(sentinel), 30, "Sentinel sees the replica")
+        on_old = await pool.get_connection()  # the watch starts with the first connection
+        assert on_old.port == replicated_redis.master_port
+
+        # The racy point: the announcement has reached the watch, and a connection made
+        # meanwhile is on the new master already. The watch waits there until let go.
+        announced, let_go = asyncio.Event(), asyncio.Event()
+        drop = pool._drop_connections_off
+
+        async def paused_drop(master):
+            announced.set()
+            await let_go.wait()
+            await drop(master)
+
+        pool._drop_connections_off = paused_drop
+        await sentinel.execute_command("SENTINEL", "FAILOVER", MASTER_NAME)
+        await asyncio.wait_for(announced.wait(), 30)
+        on_new = await pool.get_connection()
+        assert on_new.port == replicated_redis.replica_port
+
+        let_go.set()
+        await _until(lambda: _true(not on_old.is_connected), 5, "the old master's connection")
+        assert on_new.is_connected
+        await on_new.send_command("PING")
+        assert await on_new.read_response() in ("PONG", b"PONG", True)
+        await pool.release(on_old)
+        await pool.release(on_new)
+    finally:
+        for opened in (client, sentinel):
+            await opened.aclose()

@@ -78,10 +78,10 @@ class _MasterCheckingSSLConnection(_MasterCheckingConnection, SentinelManagedSSL
 
 class BlockingSentinelConnectionPool(SentinelConnectionPool, BlockingConnectionPool):
     """Sentinel's pool (each new connection asks for the master) that waits for a free
-    connection like ``BlockingConnectionPool``, and drops every connection the moment the
-    Sentinels announce a new master (``+switch-master``): a connection left on the old one
-    would go on reading from it (SAQ's blocking dequeue among them) until it is demoted,
-    seconds later, and what it wrote there meanwhile would be lost."""
+    connection like ``BlockingConnectionPool``, and drops every connection to the old master
+    the moment the Sentinels announce a new one (``+switch-master``): a connection left on
+    the old one would go on reading from it (SAQ's blocking dequeue among them) until it is
+    demoted, seconds later, and what it wrote there meanwhile would be lost."""
 
     _switch_watch: asyncio.Task[None] | None = None
 
@@ -113,13 +113,29 @@ class BlockingSentinelConnectionPool(SentinelConnectionPool, BlockingConnectionP
                         data = data.decode()
                     if isinstance(data, str) and data.split(" ", 1)[0] == self.service_name:
                         log.info("new Redis master announced; reconnecting: %s", data)
-                        self.master_address = None
-                        await super().disconnect(inuse_connections=True)
+                        await self._drop_connections_off(_announced_master(data))
             except (RedisError, OSError):
                 await asyncio.sleep(_SWITCH_WATCH_RETRY_SECONDS)  # next Sentinel
             finally:
                 with contextlib.suppress(RedisError, OSError):
                     await pubsub.aclose()
+
+    async def _drop_connections_off(self, master: tuple[str, int]) -> None:
+        """Disconnects every connection that is not on ``master``, idle or in use. One made
+        on the new master before the announcement came keeps its command in flight (a
+        dropped one would be sent again, and SAQ's blocking dequeue could lose the job it
+        had just moved)."""
+        self.master_address = master
+        for connection in [*self._get_free_connections(), *self._get_in_use_connections()]:
+            if (connection.host, connection.port) != master:
+                await connection.disconnect()
+
+
+def _announced_master(announcement: str) -> tuple[str, int]:
+    """The new master of a ``+switch-master`` message: "name old-host old-port new-host
+    new-port" (hosts as the Sentinels announce them, as they name the master on request)."""
+    *_, host, port = announcement.split()
+    return host, int(port)
 
 
 def failover_retry(budget_seconds: float) -> Retry:
