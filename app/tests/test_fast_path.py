@@ -261,6 +261,25 @@ async def test_a_numbered_page_answers_what_quart_answers_status_headers_and_bod
     assert len(shown["data"]) == min(limit, 45 - (page - 1) * limit)
 
 
+@pytest.mark.parametrize(
+    "query", [f"limit={members.MAX_PAGE_SIZE}", "limit=1&page=2", "page=10000000&limit=1"]
+)
+async def test_the_ends_of_the_routes_ranges_are_answered_fast_as_quart_answers_them(
+    app, client, church_a, query
+):
+    await _add_members(church_a, 2)
+    await _warm(app, client, church_a, 24)
+    path = f"/api/members?{query}"
+    assert (await client.get(path, headers=church_a.headers)).status_code == 200  # cached
+    by_quart, fast, answered_fast = await _quart_then_fast(
+        app, client, path, church_a.headers | REQUEST_ID
+    )
+    assert answered_fast
+    assert by_quart.status_code == fast.status_code == 200
+    assert _headers(by_quart) == _headers(fast)
+    assert await by_quart.get_data() == await fast.get_data()
+
+
 async def test_both_orders_of_page_and_limit_give_the_same_page(app, client, church_a):
     await _add_members(church_a, 44)
     await _warm(app, client, church_a, 21)
