@@ -58,8 +58,6 @@ class WorkerContext(Context, total=False):
 
 RECURRING_CRON = "* * * * *"
 PHONE_LINK_CRON = "*/5 * * * *"
-STALLED_CRON = "2-59/5 * * * *"  # every 5 minutes, offset from the phone-link job
-STALLED_AFTER = timedelta(minutes=5)
 IN_DOUBT_CRON = "* * * * *"
 RECURRING_PERIOD_SECONDS = 60
 SCHEDULED_CRON = "* * * * *"
@@ -158,6 +156,16 @@ async def link_phone_number(ctx: WorkerContext, *, number_id: str) -> dict[str, 
     return {"status": status}
 
 
+def stalled_sweep_cron(period_seconds: int) -> str:
+    """The stalled sweep's cron (croniter; a sixth field is seconds): every
+    ``sms_stalled_after_seconds``, minute 2 of each period when it is whole minutes, so that
+    the default (every 5 minutes) is offset from the phone-link job's."""
+    if period_seconds < 60:
+        return f"* * * * * */{period_seconds}"
+    minutes = period_seconds // 60
+    return f"{2 % minutes}-59/{minutes} * * * *"
+
+
 async def requeue_stalled_deliveries(ctx: WorkerContext) -> dict[str, Any]:
     """Enqueue deliveries still ``queued`` long after they were due.
 
@@ -166,10 +174,11 @@ async def requeue_stalled_deliveries(ctx: WorkerContext) -> dict[str, Any]:
     still waiting would claim nothing (delivery/store.py), so this cannot text twice.
     """
     locks: LockService = ctx["locks"]
+    period_seconds = ctx["settings"].sms_stalled_after_seconds
     outcome: dict[str, int] = {}
 
     async def work() -> None:
-        ids = await store.stalled_queued(datetime.now(UTC) - STALLED_AFTER)
+        ids = await store.stalled_queued(datetime.now(UTC) - timedelta(seconds=period_seconds))
         # Not onto a queue at its memory high-water mark (see Settings): they stay queued in
         # the database for a later cycle, and the workers keep Redis's last memory to drain.
         # The API's check (QueueHeadroom), read fresh: this runs once per cycle.
@@ -192,7 +201,7 @@ async def requeue_stalled_deliveries(ctx: WorkerContext) -> dict[str, Any]:
     ran = await run_once_per_cycle(
         locks,
         "requeue-stalled-deliveries",
-        PHONE_LINK_PERIOD_SECONDS,
+        period_seconds,
         work,
         metrics=ctx.get("metrics"),
     )
@@ -302,7 +311,11 @@ def build_worker(
             CronJob(recurring_messages, cron=RECURRING_CRON, timeout=55),
             CronJob(scheduled_messages, cron=SCHEDULED_CRON, timeout=55),
             CronJob(phone_link_recovery, cron=PHONE_LINK_CRON, timeout=240),
-            CronJob(requeue_stalled_deliveries, cron=STALLED_CRON, timeout=240),
+            CronJob(
+                requeue_stalled_deliveries,
+                cron=stalled_sweep_cron(settings.sms_stalled_after_seconds),
+                timeout=240,
+            ),
             CronJob(settle_deliveries_in_doubt, cron=IN_DOUBT_CRON, timeout=55),
         ],
         "startup": startup,

@@ -225,6 +225,10 @@ class Settings(BaseSettings):
     # How long an ``unknown`` delivery (the provider may have texted it) is looked up at the
     # provider before it is reported as unresolved for an operator to decide.
     sms_unknown_resolve_seconds: int = Field(default=3600, ge=60, le=7 * 86_400)
+    # A delivery still ``queued`` this long after it was due lost its job (Redis failed at
+    # the enqueue) and is enqueued again by the stalled sweep, which runs this often, on a
+    # clock that divides the hour (a divisor of 60 seconds, or of 60 minutes in minutes).
+    sms_stalled_after_seconds: int = Field(default=300, ge=10, le=3600)
     worker_shutdown_grace_seconds: int = Field(default=25, ge=0)
     phone_link_max_attempts: int = Field(default=5, ge=1)
     webhook_replay_ttl_seconds: int = Field(
@@ -252,6 +256,18 @@ class Settings(BaseSettings):
             scheme = urlsplit(value.get_secret_value()).scheme
             if scheme not in {"postgres", "postgresql", "asyncpg"}:
                 raise ValueError("must be a postgres:// URL")
+        return value
+
+    @field_validator("sms_stalled_after_seconds")
+    @classmethod
+    def _divides_the_hour(cls, value: int) -> int:
+        divides_a_minute = 60 % value == 0
+        minutes_dividing_an_hour = value % 60 == 0 and 60 % (value // 60) == 0
+        if not (divides_a_minute or minutes_dividing_an_hour):
+            raise ValueError(
+                "must divide a minute (10, 12, 15, 20 or 30 seconds) or be whole minutes "
+                "dividing an hour (60, 120, ... 300, 600, ... 3600)"
+            )
         return value
 
     @field_validator("worker_metrics_bind")

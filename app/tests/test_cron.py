@@ -9,6 +9,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from croniter import croniter
 from redis.asyncio import Redis
 
 from koinonia.delivery.sms import LogProvider
@@ -18,6 +19,7 @@ from koinonia.jobs import (
     recurring_messages,
     requeue_stalled_deliveries,
     run_once_per_cycle,
+    stalled_sweep_cron,
 )
 from koinonia.models.messaging import (
     ChurchPhoneNumber,
@@ -188,6 +190,43 @@ async def test_waiting_job_is_not_duplicated_by_the_stall_sweep(
 
     assert outcome["ran"]
     assert await step.queue.count("queued") == 1  # still the one job the API enqueued
+
+
+async def test_stalled_sweep_takes_only_deliveries_queued_longer_than_its_setting(
+    client, church_a, make_worker, redis
+):
+    member = await create_member(client, church_a.headers)
+    old_id = await text_member(client, church_a.headers, member["id"], "lost 40 s ago")
+    young_id = await text_member(client, church_a.headers, member["id"], "lost 10 s ago")
+    step = await make_worker()  # empties the queue: as if both enqueues had failed
+    now = datetime.now(UTC)
+    await Delivery.filter(message_id=old_id).update(next_attempt_at=now - timedelta(seconds=40))
+    await Delivery.filter(message_id=young_id).update(next_attempt_at=now - timedelta(seconds=10))
+    settings = step.worker.context["settings"].model_copy(update={"sms_stalled_after_seconds": 30})
+    locks = LockService(redis, prefix=f"test-stalled-{uuid.uuid4().hex[:8]}:", holder="a:1")
+    ctx = {**step.worker.context, "settings": settings, "locks": locks}
+
+    outcome = await requeue_stalled_deliveries(ctx)
+
+    assert outcome["ran"] and outcome["requeued"] >= 1
+    assert await step.run_until_idle() >= 1
+    assert (await Delivery.get(message_id=old_id)).status == DeliveryStatus.SENT
+    assert (await Delivery.get(message_id=young_id)).status == DeliveryStatus.QUEUED
+
+
+@pytest.mark.parametrize(
+    ("period", "first_runs"),
+    [
+        # The default: every 5 minutes at minute 2, 7, ... (the phone-link job runs at 0, 5).
+        (300, ["00:02:00", "00:07:00", "00:12:00"]),
+        (60, ["00:01:00", "00:02:00", "00:03:00"]),
+        (1800, ["00:02:00", "00:32:00", "01:02:00"]),
+        (20, ["00:00:20", "00:00:40", "00:01:00"]),
+    ],
+)
+def test_stalled_sweep_runs_once_per_its_setting(period, first_runs):
+    runs = croniter(stalled_sweep_cron(period), datetime(2026, 1, 1, 0, 0, 7, tzinfo=UTC))
+    assert [runs.get_next(datetime).strftime("%H:%M:%S") for _ in first_runs] == first_runs
 
 
 async def test_stalled_deliveries_wait_in_the_database_while_the_queue_is_full(

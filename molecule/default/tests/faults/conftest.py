@@ -26,6 +26,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import NamedTuple
 
 import pytest
 import yaml
@@ -218,6 +219,14 @@ def redis_cli(redis, *args: str) -> str:
 # --- load, and what it sent, received, lost and duplicated ----------------------------------
 
 
+class Snapshot(NamedTuple):
+    """The load's counts at one moment, and that moment (time.monotonic())."""
+
+    sent: int
+    failed: int
+    at: float
+
+
 class ChaosLoad(BoundedLoad):
     """The shared bounded load (failed POSTs remembered for retry_failed_posts), with the
     chaos scenario's longer timeout and a way to wait for the requests in flight."""
@@ -232,9 +241,12 @@ class ChaosLoad(BoundedLoad):
             self._done_by_thread[threading.get_ident()] += 1
         super()._record(kind, ok, detail, message_id, key)
 
-    def settle(self) -> tuple[int, int]:
+    def snapshot(self) -> Snapshot:
+        return Snapshot(self.report.sent, self.report.failed, time.monotonic())
+
+    def settle(self) -> Snapshot:
         """Waits until each load thread has finished the request it had in flight, then
-        returns (sent, failed): whatever fails after this was sent after this call."""
+        returns (sent, failed, at): whatever fails after this was sent after this call."""
         with self._lock:
             before = dict(self._done_by_thread)
         wait_for(
@@ -245,7 +257,7 @@ class ChaosLoad(BoundedLoad):
             step=0.2,
             what="the load's requests in flight finished",
         )
-        return self.report.sent, self.report.failed
+        return self.snapshot()
 
 
 @dataclass
@@ -371,12 +383,14 @@ def delivery_outcome(db, redis, message_ids: list[str], deadline: float = SEND_D
     `unknown` ones (a fault between a call and its record) time to be settled; then counts:
     every delivery must be `sent` after exactly one provider call, its id the one stored."""
     if message_ids:
+        started = time.monotonic()
         wait_for(
             lambda: status_count(db, message_ids, ("queued", "sending")) == 0,
             deadline,
             step=3,
             what="every delivery out of `queued` and `sending`",
         )
+        sent_at = time.monotonic()
         try:
             wait_for(
                 lambda: status_count(db, message_ids, ("unknown", "queued", "sending")) == 0,
@@ -386,6 +400,10 @@ def delivery_outcome(db, redis, message_ids: list[str], deadline: float = SEND_D
             )
         except AssertionError as exc:
             print(exc)  # counted below as unknown-left-unresolved
+        print(
+            f"deliveries out of `queued` and `sending` after {sent_at - started:.1f} s, "
+            f"settled {time.monotonic() - sent_at:.1f} s later"
+        )
     rows = deliveries(db, message_ids)
     calls = provider_calls(redis, list(rows))
     lost = sum(
@@ -456,12 +474,13 @@ def post_messages(token: str, gid: str, tag: str, count: int) -> list[str]:
     return ids
 
 
-def print_phases(what: str, phases: dict[str, tuple[int, int]]) -> None:
-    """Requests sent and failed between successive (sent, failed) snapshots."""
+def print_phases(what: str, phases: dict[str, Snapshot]) -> None:
+    """Requests sent and failed, and the seconds taken, between successive snapshots."""
     for a, b in itertools.pairwise(phases):
         print(
-            f"{what} phase {a}: sent {phases[b][0] - phases[a][0]}, "
-            f"failed {phases[b][1] - phases[a][1]}"
+            f"{what} phase {a}: sent {phases[b].sent - phases[a].sent}, "
+            f"failed {phases[b].failed - phases[a].failed}, "
+            f"{phases[b].at - phases[a].at:.1f} s"
         )
 
 

@@ -65,7 +65,7 @@ def test_3_pgbouncer_and_postgresql_restarts_turn_readiness_503_and_recover_alon
         phases["after"] = load.settle()
         resumed = load.report.sent
         wait_for(lambda: load.report.sent >= resumed + 40, 120, what="load after PostgreSQL")
-    phases["end"] = (load.report.sent, load.report.failed)
+    phases["end"] = load.snapshot()
 
     print_phases("fault 3", phases)
     retried = load.retry_failed_posts()

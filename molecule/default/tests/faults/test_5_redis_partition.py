@@ -45,7 +45,7 @@ def test_5_app_server_cut_off_from_redis_is_ejected_and_the_others_fail_nothing(
             phases["ejected"] = load.settle()
             resumed = load.report.sent
             wait_for(lambda: load.report.sent >= resumed + 80, 180, what="load while ejected")
-            phases["heal"] = (load.report.sent, load.report.failed)
+            phases["heal"] = load.snapshot()
             assert peer_state(lb, victim) == "down"
         finally:
             host.run("nft delete table inet chaos")
@@ -55,7 +55,7 @@ def test_5_app_server_cut_off_from_redis_is_ejected_and_the_others_fail_nothing(
         phases["back"] = load.settle()
         resumed = load.report.sent
         wait_for(lambda: load.report.sent >= resumed + 40, 120, what="load after healing")
-    phases["end"] = (load.report.sent, load.report.failed)
+    phases["end"] = load.snapshot()
 
     print_phases("fault 5", phases)
     retried = load.retry_failed_posts()
