@@ -68,6 +68,11 @@ def test_1_rolling_deploy_under_load_drops_no_request(
     assert run.stdout.index("Install the service from the wheels only") < run.stdout.index(
         "Take the peer out of rotation"
     )
+    # Staged once per run: the one-by-one batches neither build nor look for the release again.
+    builds = task_results(run.stdout, "Build or reuse the release bundle")
+    assert len([s for s, _h in builds if s in ("ok", "changed")]) == 1, builds
+    looks = task_results(run.stdout, "Look for the release on the host")
+    assert sorted(h for s, h in looks if s == "ok") == sorted(APPS), looks
     # The backup ran first.
     assert task_results(run.stdout, "Dump the database with pg_dump") == [("changed", DB)]
     dumps_after = db.check_output("ls /var/backups/koinonia/postgresql/")

@@ -2,6 +2,7 @@
 with the same drain and health gate, zero failed requests."""
 
 from conftest import (
+    APPS,
     HTTPS_PORT,
     UP_DEADLINE,
     all_serving,
@@ -10,6 +11,7 @@ from conftest import (
     messages_since,
     run_playbook,
     serving_release,
+    task_results,
 )
 from load import BoundedLoad
 from stackclient import wait_for
@@ -34,6 +36,9 @@ def test_2_rollback_under_load_returns_every_host_to_the_previous_release(
     assert report.failed == 0, report.failures[:20]
     assert len(set(report.message_ids)) == report.posts
     assert messages_since(db, since) == (report.posts, report.posts)
+    # The target was checked once on every host (before any drain), not again per batch.
+    checks = task_results(run.stdout, "Find the complete releases on the host")
+    assert sorted(h for s, h in checks if s == "ok") == sorted(APPS), checks
 
 
 def test_2_rollback_to_a_release_the_hosts_do_not_have_is_refused_before_any_drain(
