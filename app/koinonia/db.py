@@ -11,6 +11,7 @@ lock, which must never go through a transaction pooler.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -108,17 +109,16 @@ class FairPoolClient(AsyncpgDBClient):
     """Tortoise's asyncpg client on a FairPool."""
 
     async def create_pool(self, **kwargs: Any) -> asyncpg.Pool:
-        # asyncpg.create_pool's own defaults, for what Tortoise leaves out.
-        options = {
-            "min_size": 10,
-            "max_size": 10,
-            "max_queries": 50000,
-            "max_inactive_connection_lifetime": 300.0,
-            "loop": None,
-            "connection_class": asyncpg.Connection,
-            "record_class": asyncpg.Record,
-        }
-        return await FairPool(None, **(options | kwargs))
+        # asyncpg.create_pool builds a Pool with its own defaults for what Tortoise leaves
+        # out; Pool itself has none, so they are read from create_pool's signature.
+        return await FairPool(None, **(_CREATE_POOL_DEFAULTS | kwargs))
+
+
+_CREATE_POOL_DEFAULTS = {
+    name: parameter.default
+    for name, parameter in inspect.signature(asyncpg.create_pool).parameters.items()
+    if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+}
 
 
 # Tortoise finds a backend's client class as `client_class` in the module named by the
