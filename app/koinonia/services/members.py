@@ -21,7 +21,7 @@ from koinonia.services import consent
 from koinonia.stores.cache import MEMBERS, CacheService, cache_key
 
 MAX_PAGE_SIZE = 100
-# What a listing without a limit gets (the route's default, and the fast path's page).
+# What a listing without a limit gets (the route's default).
 DEFAULT_PAGE_SIZE = 50
 
 
