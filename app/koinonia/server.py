@@ -24,8 +24,10 @@ from multiprocessing.connection import wait
 from multiprocessing.synchronize import Event as EventType
 from typing import Any
 
+import hypercorn.asyncio.run
 from hypercorn.app_wrappers import ASGIWrapper
 from hypercorn.asyncio.run import worker_serve
+from hypercorn.asyncio.tcp_server import TCPServer
 from hypercorn.config import Config, Sockets
 
 from koinonia.settings import Settings
@@ -52,6 +54,27 @@ def hypercorn_config(settings: Settings) -> Config:
     config.keep_alive_timeout = 75  # longer than NGINX's upstream keepalive_timeout (60 s)
     config.include_server_header = False
     return config
+
+
+class ClosingTCPServer(TCPServer):
+    """Hypercorn's connection, closed as soon as the peer has closed it.
+
+    Hypercorn (0.18) closes a connection's socket only when the connection's task group ends,
+    and the group holds the keep-alive timer. A connection the peer closes while idle
+    between requests (NGINX recycling an upstream connection, a client going away) therefore
+    stays in CLOSE-WAIT for the whole ``keep_alive_timeout``: under load that is thousands of
+    file descriptors, and the process hits its limit (EMFILE). Once reading has ended there
+    is nothing left to wait for, so the timer stops and the socket closes; a request still
+    being answered is cancelled by Hypercorn on that same end of input, as before.
+    """
+
+    async def _read_data(self) -> None:
+        await super()._read_data()
+        await self.idle_task.stop()
+
+
+# worker_serve builds its connections from this module attribute; there is no setting for it.
+hypercorn.asyncio.run.TCPServer = ClosingTCPServer  # type: ignore[misc]
 
 
 def _loop_factory(settings: Settings):  # type: ignore[no-untyped-def]
