@@ -85,13 +85,25 @@ def tree_cpu_seconds(pid: int) -> float:
     return total
 
 
-def measured(server: subprocess.Popen, url: str, seconds: float, connections: int, **env: str):
+def measured(
+    server: subprocess.Popen,
+    url: str,
+    seconds: float,
+    connections: int,
+    db_pid: int | None = None,
+    **env: str,
+):
     """wrk's figures, plus the server's CPU microseconds per request: unlike req/s, that
-    hardly moves when other work shares the machine."""
+    hardly moves when other work shares the machine. With ``db_pid`` (PostgreSQL's
+    postmaster) also the database's: its backends' CPU per request."""
     before = tree_cpu_seconds(server.pid)
+    db_before = tree_cpu_seconds(db_pid) if db_pid else 0.0
     figures = wrk(url, seconds, connections, **env)
     used = tree_cpu_seconds(server.pid) - before
-    figures["server_cpu_us_per_request"] = used / max(figures["requests"], 1) * 1e6
+    requests = max(figures["requests"], 1)
+    figures["server_cpu_us_per_request"] = used / requests * 1e6
+    if db_pid:
+        figures["db_cpu_us_per_request"] = (tree_cpu_seconds(db_pid) - db_before) / requests * 1e6
     return figures
 
 
@@ -221,11 +233,19 @@ def main() -> int:
         "prints the median of each round's ratios (steadier on a shared machine)",
     )
     parser.add_argument(
+        "--rows",
+        metavar="ROW",
+        help="measure only the rows whose name contains ROW (comma-separated for several, "
+        "e.g. POST); the hello-world ceiling is always measured first",
+    )
+    parser.add_argument(
         "--smoke",
         action="store_true",
         help="1 s per row, 8 connections: proves the bench runs (make test)",
     )
     args = parser.parse_args()
+    if args.rows and args.rounds > 1:
+        parser.error("--rounds needs every row: no --rows with it")
     if args.smoke:
         args.seconds, args.connections = 1, 8
 
@@ -297,6 +317,9 @@ def main() -> int:
                 post | {"CONNECTIONS": "1"},
             ),
         ]
+        if args.rows:
+            wanted = args.rows.split(",")
+            rows = rows[:1] + [row for row in rows[1:] if any(part in row[0] for part in wanted)]
         round_trips = redis_round_trips(servers.redis.url, base + "/api/members", auth)
         print(f"Redis round trips per cached request: {round_trips:.2f}", file=sys.stderr)
         results = []
@@ -308,7 +331,8 @@ def main() -> int:
             if args.profile and any(part in name for part in args.profile.split(",")):
                 folded = OUT_DIR / f"profile-{number}.folded"
                 spy = profile(server.pid, args.seconds, folded)
-            figures = measured(server, url, args.seconds, connections, **lua_env)
+            db_pid = servers.postgres.proc.pid if server is app and servers.postgres.proc else None
+            figures = measured(server, url, args.seconds, connections, db_pid, **lua_env)
             if spy is not None:
                 spy.wait()
                 print(f"py-spy, {name}:\n{profile_summary(folded)}", file=sys.stderr)
@@ -350,8 +374,8 @@ def main() -> int:
         "no balancer",
         "",
         "| row | req/s | p50 ms | p95 ms | p99 ms | non-2xx | socket errors | of ceiling "
-        "| server CPU µs/req | of ceiling by CPU |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| server CPU µs/req | of ceiling by CPU | PostgreSQL CPU µs/req |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     ceiling_cpu = results[0]["server_cpu_us_per_request"]
     for r in results:
@@ -359,7 +383,8 @@ def main() -> int:
         lines.append(
             f"| {r['row']} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p95_ms']:.2f} | "
             f"{r['p99_ms']:.2f} | {r['non_2xx']} | {r['socket_errors']} | "
-            f"{r['rps'] / ceiling:.0%} | {cpu:.0f} | {ceiling_cpu / cpu:.0%} |"
+            f"{r['rps'] / ceiling:.0%} | {cpu:.0f} | {ceiling_cpu / cpu:.0%} | "
+            + (f"{r['db_cpu_us_per_request']:.0f} |" if "db_cpu_us_per_request" in r else "- |")
         )
     lines += [
         "",

@@ -9,7 +9,7 @@ import pytest
 
 from koinonia.delivery import messaging, send_message
 from koinonia.delivery.sms import LogProvider
-from koinonia.models.core import Member
+from koinonia.models.core import Church, Member
 from koinonia.models.messaging import Delivery, Message, TargetType
 from koinonia.services import queue as queue_service
 from koinonia.web.state import get_state
@@ -246,6 +246,21 @@ async def test_member_deleted_between_the_recipients_query_and_the_insert_is_lef
     assert (await Message.get(id=created["id"])).recipient_count == 1
 
 
+async def test_a_deleted_churchs_deliveries_go_with_its_messages(client, church_a, church_b):
+    # delivery.church_id has no foreign key of its own (migration 0006): a church's
+    # deliveries are deleted through its messages' ON DELETE CASCADE.
+    for church in (church_a, church_b):
+        member = await create_member(client, church.headers)
+        body = {"content": "hi", "targetType": "members", "targetIds": [member["id"]]}
+        assert (await _post(client, church.headers, body)).status_code == 202
+
+    await Church.filter(id=church_a.church_id).delete()
+
+    assert not await Delivery.filter(church_id=church_a.church_id).exists()
+    assert not await Message.filter(church_id=church_a.church_id).exists()
+    assert await Delivery.filter(church_id=church_b.church_id).count() == 1
+
+
 async def test_a_send_cancelled_after_its_record_still_enqueues_its_deliveries(
     app, client, church_a, monkeypatch
 ):
@@ -285,3 +300,11 @@ async def test_a_send_cancelled_after_its_record_still_enqueues_its_deliveries(
     await asyncio.wait_for(done.wait(), 10)
     [delivery] = await Delivery.filter(member_id=member["id"])
     assert enqueued == [delivery.id]
+
+
+def test_new_uuids_are_distinct_version_4_uuids():
+    made = messaging.new_uuids(1000)
+    assert len(set(made)) == 1000
+    assert all(isinstance(u, uuid.UUID) and u.version == 4 for u in made)
+    assert all(u.variant == uuid.RFC_4122 and uuid.UUID(str(u)) == u for u in made)
+    assert messaging.new_uuids(0) == []

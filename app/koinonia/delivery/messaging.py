@@ -10,12 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from operator import itemgetter
 from typing import Any, NamedTuple
 
+from asyncpg.pgproto.pgproto import UUID as _UUID
 from redis.asyncio import Redis
 from tortoise import connections
 from tortoise.exceptions import IntegrityError
@@ -60,6 +62,19 @@ class RecordedMessage:
     delivery_ids: list[uuid.UUID]  # every delivery of the message
     waiting_ids: list[uuid.UUID]  # those still ``queued``: the ones to enqueue
     created: bool  # False: an earlier request with the same Idempotency-Key made it
+
+
+def new_uuids(count: int) -> list[uuid.UUID]:
+    """``count`` random (version 4) UUIDs, as uuid4() makes them, at a quarter of its cost:
+    one os.urandom call for all of them instead of one each, and asyncpg's UUID type (a
+    uuid.UUID, the type it returns for uuid columns) whose construction and str() are C. A
+    100-member POST made 100 uuid4() calls: ~5 % of the API's CPU (py-spy). In PostgreSQL
+    (gen_random_uuid) they cost more still: ~2.6 µs each against ~2.2 for uuid4()."""
+    raw = bytearray(os.urandom(16 * count))
+    for start in range(0, 16 * count, 16):
+        raw[start + 6] = (raw[start + 6] & 0x0F) | 0x40  # version 4
+        raw[start + 8] = (raw[start + 8] & 0x3F) | 0x80  # RFC 4122 variant
+    return [_UUID(bytes(raw[start : start + 16])) for start in range(0, 16 * count, 16)]
 
 
 def _uuids(values: list[str]) -> list[uuid.UUID]:
@@ -173,7 +188,7 @@ async def record_message(
         request_hash=fingerprint,
         created_at=datetime.now(UTC),
     )
-    delivery_ids = [uuid.uuid4() for _ in recipients]
+    delivery_ids = new_uuids(len(recipients))
     try:
         delivery_ids = await _insert_message_and_deliveries(message, recipients, delivery_ids)
     except IntegrityError:
