@@ -22,6 +22,9 @@ AUTH_RATE = 10  # r/s, checklist (nginx_rate_limit_auth default)
 AUTH_BURST = 5
 API_RATE = 100  # r/s
 API_BURST = LB_VARS.get("nginx_rate_limit_api_burst", 50)
+# How late a scheduled request may leave and still be "50 ms apart": the bucket leaks half a
+# request between two of them, so the 10th passes with 50 ms to spare in all.
+SCHEDULE_TOLERANCE = 0.02
 
 
 def login_body(i: int) -> dict:
@@ -34,7 +37,8 @@ def login_body(i: int) -> dict:
 def _fire(method, path, count, spacing, body=None, token=None):
     """Sends `count` requests `spacing` s apart (0 = all at once), each on its own
     pre-opened connection. Returns ([(status, headers, body)], span in seconds from the first
-    request sent to the last answer received)."""
+    request sent to the last answer received, how late the latest request left against its
+    scheduled instant)."""
     conns = []
     for _ in range(count):
         c = http.client.HTTPSConnection("127.0.0.1", HTTPS_PORT, context=tls_context(), timeout=30)
@@ -66,7 +70,8 @@ def _fire(method, path, count, spacing, body=None, token=None):
     for c in conns:
         c.close()
     assert all(r is not None for r in results), "a request got no answer"
-    return results, max(done_at) - min(sent_at)
+    lateness = max(sent_at[i] - (start + i * spacing) for i in range(count))
+    return results, max(done_at) - min(sent_at), lateness
 
 
 def _drain(rate, burst):
@@ -89,8 +94,16 @@ def test_2_5_auth_15_rapid_logins_50ms_apart_first_10_pass_rest_limited():
     """The checklist's loop: 15 logins 50 ms apart (20 r/s against 10 r/s, burst 5).
     The bucket fills by half a request per request: #1..#11 fit (11 would be exactly full),
     then only every other one; so the first 10 pass for sure and 2 or more get 429."""
-    _drain(AUTH_RATE, AUTH_BURST)
-    results, span = _fire("POST", "/api/auth/login", 15, 0.05, body=login_body)
+    # The promise is about requests 50 ms apart. On a loaded machine a sending thread can wake
+    # late, and two requests then leave closer than that: that burst is not the checklist's,
+    # so it is sent again (at most 3 times), and judged only once the client kept the schedule.
+    for _attempt in range(3):
+        _drain(AUTH_RATE, AUTH_BURST)
+        results, span, lateness = _fire("POST", "/api/auth/login", 15, 0.05, body=login_body)
+        if lateness <= SCHEDULE_TOLERANCE:
+            break
+        print(f"a request left {lateness * 1000:.0f} ms late: sent again")
+    assert lateness <= SCHEDULE_TOLERANCE, f"the client never kept 50 ms apart ({lateness:.3f} s)"
     statuses = [s for s, _, _ in results]
     # "Pass" = NGINX let it through to the app, which answers 401 for these credentials.
     assert statuses[:10] == [401] * 10, statuses
@@ -107,7 +120,7 @@ def test_2_5_auth_15_rapid_logins_50ms_apart_first_10_pass_rest_limited():
 
 def test_2_5_auth_15_simultaneous_logins_only_burst_plus_one_pass():
     _drain(AUTH_RATE, AUTH_BURST)
-    results, span = _fire("POST", "/api/auth/login", 15, 0, body=login_body)
+    results, span, _ = _fire("POST", "/api/auth/login", 15, 0, body=login_body)
     statuses = [s for s, _, _ in results]
     passed = statuses.count(401)
     # 1 + burst, plus at most what the bucket leaked while NGINX was judging them.
@@ -121,10 +134,10 @@ def test_2_5_general_api_allows_more_before_429(owner_token):
     checklist's request, "Bearer token": the app answers 401 at once) hit the limit only after
     1 + burst of them."""
     _drain(API_RATE, API_BURST)
-    results, _ = _fire("GET", "/api/conversations", 15, 0, token=owner_token)
+    results, _, _ = _fire("GET", "/api/conversations", 15, 0, token=owner_token)
     assert [s for s, _, _ in results] == [200] * 15
     _drain(API_RATE, API_BURST)
-    results, span = _fire("GET", "/api/conversations", 150, 0, token="token")
+    results, span, _ = _fire("GET", "/api/conversations", 150, 0, token="token")
     statuses = [s for s, _, _ in results]
     passed = statuses.count(401)
     limited = statuses.count(429)
@@ -137,7 +150,7 @@ def test_2_5_general_api_allows_more_before_429(owner_token):
 
 def test_2_5_limits_are_per_zone_auth_limit_does_not_block_the_api(owner_token):
     _drain(AUTH_RATE, AUTH_BURST)
-    results, _ = _fire("POST", "/api/auth/login", 15, 0, body=login_body)
+    results, _, _ = _fire("POST", "/api/auth/login", 15, 0, body=login_body)
     assert 429 in [s for s, _, _ in results]
     r = https("GET", "/api/conversations", token=owner_token)
     assert r.status == 200, r
@@ -147,7 +160,7 @@ def test_2_5_webhooks_have_their_own_moderate_limit():
     """50 r/s (burst 50 by default): 40 unsigned webhook calls at once all reach the app,
     which rejects them as unsigned (403), none is rate limited."""
     _drain(50, 50)
-    results, _ = _fire("POST", "/api/webhooks/sms/status", 40, 0, body={})
+    results, _, _ = _fire("POST", "/api/webhooks/sms/status", 40, 0, body={})
     statuses = [s for s, _, _ in results]
     assert 429 not in statuses, statuses
     assert set(statuses) == {403}, statuses
