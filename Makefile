@@ -65,10 +65,10 @@ DEBIAN12_TOO := data monitoring loadbalancer firewall ha-balancer ha-database
 # work: on the data scenario the converge took 92 s of CPU, 49 with Mitogen, and the
 # idempotence run 62, 20 (2026-12-07). The same modules run with the same arguments; `make up`
 # and the collection and ansible-core-oldest stages keep Ansible's own strategy, and
-# `make test MOLECULE_STRATEGY=linear` runs the scenarios with it too.
+# `make test MOLECULE_STRATEGY=linear` runs the scenarios with it too. The strategy is
+# molecule/resources/strategy/mitogen_linear.py: Mitogen's, without its CPU pinning.
 MOLECULE_STRATEGY ?= mitogen_linear
-molecule_env = env ANSIBLE_STRATEGY=$(MOLECULE_STRATEGY)$(if $(filter mitogen%,$(MOLECULE_STRATEGY)), \
-  ANSIBLE_STRATEGY_PLUGINS="$$(python -c "import ansible_mitogen.plugins.strategy as s; print(s.__path__[0])")")
+molecule_env = env ANSIBLE_STRATEGY=$(MOLECULE_STRATEGY) ANSIBLE_STRATEGY_PLUGINS=$(CURDIR)/molecule/resources/strategy
 molecule_test = $(molecule_env) molecule test -s $(1)$(if $(filter $(1),$(DEBIAN12_TOO)), && KOINONIA_DEBIAN=12 $(molecule_env) molecule test -s $(1))
 stage_command = $(if $(filter molecule-%,$(1)),$(call molecule_test,$(1:molecule-%=%)),$(stage_$(1)))
 # $(call run_stages,NAMES): those stages through scripts/run-stages, TEST_JOBS at a time.
