@@ -68,8 +68,8 @@ DEBIAN12_TOO := data monitoring loadbalancer firewall ha-balancer ha-database
 # `make test MOLECULE_STRATEGY=linear` runs the scenarios with it too. The strategy is
 # molecule/resources/strategy/mitogen_linear.py: Mitogen's, without its CPU pinning.
 MOLECULE_STRATEGY ?= mitogen_linear
-molecule_env = env ANSIBLE_STRATEGY=$(MOLECULE_STRATEGY) ANSIBLE_STRATEGY_PLUGINS=$(CURDIR)/molecule/resources/strategy
-molecule_test = $(molecule_env) molecule test -s $(1)$(if $(filter $(1),$(DEBIAN12_TOO)), && KOINONIA_DEBIAN=12 $(molecule_env) molecule test -s $(1))
+molecule_test = export ANSIBLE_STRATEGY=$(MOLECULE_STRATEGY) ANSIBLE_STRATEGY_PLUGINS=$(CURDIR)/molecule/resources/strategy; \
+  molecule test -s $(1)$(if $(filter $(1),$(DEBIAN12_TOO)), && KOINONIA_DEBIAN=12 molecule test -s $(1))
 stage_command = $(if $(filter molecule-%,$(1)),$(call molecule_test,$(1:molecule-%=%)),$(stage_$(1)))
 # $(call run_stages,NAMES): those stages through scripts/run-stages, TEST_JOBS at a time.
 run_stages = scripts/run-stages --jobs $(TEST_JOBS) $(foreach n,$(call longest_first,$(1)),'$(n)=$(call stage_command,$(n))')
