@@ -3,7 +3,7 @@
 Profiles (bench/load/profiles.py): smoke, load, spike (baseline -> spike -> baseline, with
 the recovery time: seconds from the end of the spike until the p95 of a sliding window is
 back within 1.5x the pre-spike p95), soak (its length a parameter: 15 minutes in `make
-bench-soak`, one in smoke mode) and conversation (members text in through correctly signed
+bench-soak`, 20 s in smoke mode) and conversation (members text in through correctly signed
 Twilio webhooks, staff list conversations and reply). The realistic mix of the others: each
 user logs in once, then lists members, reads a group, texts a 5-member group and reads that
 message's deliveries.
@@ -505,7 +505,7 @@ def write_benchmarks(markdown: str, stem: str) -> None:
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--smoke", action="store_true", help="every profile tiny (soak: 1 min)")
+    p.add_argument("--smoke", action="store_true", help="every profile tiny (soak: 20 s)")
     p.add_argument("--profiles", default=",".join(ALL), help=f"subset of {','.join(ALL)}")
     p.add_argument("--soak-seconds", type=float, default=900)
     p.add_argument("--load-users", type=int, default=40)

@@ -71,10 +71,11 @@ def build(
     texters: int = 12,
 ) -> dict[str, Profile]:
     """Every profile, at the given size; `smoke` makes each a few seconds long and small
-    (the soak a minute), so that `make test` proves they run."""
+    (the soak 20 s: four slices, enough to show drift is computed), so that `make test`
+    proves they run."""
     if smoke:
         load_users, spike_base, spike_users, soak_users, texters = 8, 3, 10, 5, 4
-        soak_seconds = 60
+        soak_seconds = 20
     slice_s = 5.0 if smoke else 10.0
     ramp = 5.0 if smoke else 20.0
     load_hold = 10.0 if smoke else 120.0
