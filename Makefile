@@ -14,10 +14,6 @@ export STAGE_LOG ?= $(abspath .cache/stages.log)
 # Stages running at once after setup (scripts/run-stages). They mostly wait on containers,
 # so one more than the cores keeps the cores busy; 1 runs them in turn, output live.
 TEST_JOBS  ?= $(shell echo $$(( $$(nproc) + 1 )))
-# Up to TEST_EXTRA_JOBS more start while the cores idle (under TEST_IDLE_BELOW % busy for
-# 30 s): when the stages running are all in verify steps that wait on failovers and timers.
-TEST_EXTRA_JOBS ?= 1
-TEST_IDLE_BELOW ?= 50
 # Debian release of `make up`'s containers: 13 (trixie) or 12 (bookworm).
 DEBIAN     ?= 13
 # `make up HA=1` / `make down HA=1`: the high-availability stack (inventories/local-ha).
@@ -78,7 +74,7 @@ molecule_test = export ANSIBLE_STRATEGY=$(MOLECULE_STRATEGY) ANSIBLE_STRATEGY_PL
   molecule test -s $(1)$(if $(filter $(1),$(DEBIAN12_TOO)), && KOINONIA_DEBIAN=12 molecule test -s $(1))
 stage_command = $(if $(filter molecule-%,$(1)),$(call molecule_test,$(1:molecule-%=%)),$(stage_$(1)))
 # $(call run_stages,NAMES): those stages through scripts/run-stages, TEST_JOBS at a time.
-run_stages = scripts/run-stages --jobs $(TEST_JOBS) --extra-jobs $(TEST_EXTRA_JOBS) --idle-below $(TEST_IDLE_BELOW) $(foreach n,$(call longest_first,$(1)),'$(n)=$(call stage_command,$(n))')
+run_stages = scripts/run-stages --jobs $(TEST_JOBS) $(foreach n,$(call longest_first,$(1)),'$(n)=$(call stage_command,$(n))')
 
 .PHONY: help
 help: ## List the targets
