@@ -70,7 +70,10 @@ DEBIAN12_TOO := data monitoring loadbalancer firewall ha-balancer ha-database
 # `make test MOLECULE_STRATEGY=linear` runs the scenarios with it too. The strategy is
 # molecule/resources/strategy/mitogen_linear.py: Mitogen's, without its CPU pinning.
 MOLECULE_STRATEGY ?= mitogen_linear
-molecule_test = export ANSIBLE_STRATEGY=$(MOLECULE_STRATEGY) ANSIBLE_STRATEGY_PLUGINS=$(CURDIR)/molecule/resources/strategy; \
+# Molecule folds what it prints at the terminal's width (80 columns without a terminal, as in
+# CI): COLUMNS keeps a failed test's message on one line of the stage's log, where the stage
+# table's excerpt (scripts/stage-table) finds it whole.
+molecule_test = export COLUMNS=240 ANSIBLE_STRATEGY=$(MOLECULE_STRATEGY) ANSIBLE_STRATEGY_PLUGINS=$(CURDIR)/molecule/resources/strategy; \
   molecule test -s $(1)$(if $(filter $(1),$(DEBIAN12_TOO)), && KOINONIA_DEBIAN=12 molecule test -s $(1))
 stage_command = $(if $(filter molecule-%,$(1)),$(call molecule_test,$(1:molecule-%=%)),$(stage_$(1)))
 # $(call run_stages,NAMES): those stages through scripts/run-stages, TEST_JOBS at a time.

@@ -482,7 +482,9 @@ async def _claimed_by_a_worker_that_dies(deliveries: list[Delivery]) -> uuid.UUI
     return token
 
 
-@pytest.mark.parametrize("killed", ["before the call", "after the call"])
+@pytest.mark.parametrize(
+    "killed", ["before the call", "after the call", "with its call on the way"]
+)
 async def test_killed_worker_leaves_unknown_settled_by_evidence_never_by_a_blind_resend(
     client, church_a, make_worker, redis, settings, killed
 ):
@@ -490,9 +492,14 @@ async def test_killed_worker_leaves_unknown_settled_by_evidence_never_by_a_blind
     ctx = step.worker.context
     _body, deliveries = await _message(client, church_a.headers, members=2)
     await _claimed_by_a_worker_that_dies(deliveries)
-    if killed == "after the call":
-        for d in deliveries:  # the provider accepted them; the worker died before recording
+    claimed_at = datetime.now(UTC)
+
+    async def the_calls_arrive() -> None:
+        for d in deliveries:
             await ctx["provider"].send(d.phone, "Choir at 7", delivery_idempotency_key(d.id))
+
+    if killed == "after the call":  # the provider accepted them; the worker died before recording
+        await the_calls_arrive()
     # The re-run of the chunk (SAQ swept the dead worker's job) claims nothing.
     assert (await send_deliveries(ctx, delivery_ids=[str(d.id) for d in deliveries]))[
         "claimed"
@@ -504,16 +511,31 @@ async def test_killed_worker_leaves_unknown_settled_by_evidence_never_by_a_blind
     assert {d.status for d in stored} == {DeliveryStatus.SENDING}
     # ... after, it is unknown, and the provider's own record settles it. (Counts are at
     # least ours: the sweep is global and the database is shared by the tests.)
-    later = datetime.now(UTC) + stale_claim_age(settings) + timedelta(seconds=1)
+    later = claimed_at + stale_claim_age(settings) + timedelta(seconds=1)
     outcome = await settle_in_doubt(settings, ctx["provider"], step.queue, redis, now=later)
     assert outcome["stale"] >= 2
     if killed == "after the call":
         assert outcome["found"] >= 2
     else:
-        # The log provider proves it never got them: sent now, once.
-        assert outcome["requeued"] >= 2
-        await _make_due(deliveries)
-        assert await step.run_until_idle() >= 1  # (others' requeued rows may ride along)
+        # No record yet, but a call given up on may still be on its way: no resend yet.
+        assert later < claimed_at + timedelta(seconds=LogProvider.absence_is_evidence_after)
+        stored = await Delivery.filter(id__in=[d.id for d in deliveries])
+        assert {d.status for d in stored} == {DeliveryStatus.UNKNOWN}
+        if killed == "with its call on the way":
+            await the_calls_arrive()  # the partition heals: the retransmitted write lands
+        no_call_can_arrive = claimed_at + timedelta(
+            seconds=LogProvider.absence_is_evidence_after + 1
+        )
+        outcome = await settle_in_doubt(
+            settings, ctx["provider"], step.queue, redis, now=no_call_can_arrive
+        )
+        if killed == "with its call on the way":
+            assert outcome["found"] >= 2
+        else:
+            # The log provider's silence now proves it never got them: sent now, once.
+            assert outcome["requeued"] >= 2
+            await _make_due(deliveries)
+            assert await step.run_until_idle() >= 1  # (others' requeued rows may ride along)
     stored = await Delivery.filter(id__in=[d.id for d in deliveries])
     assert {d.status for d in stored} == {DeliveryStatus.SENT}
     assert await _calls(redis, deliveries) == [1, 1]

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from koinonia.delivery.sms import (
     LogProvider,
@@ -24,7 +25,7 @@ from koinonia.delivery.sms import (
     validate_signature,
 )
 from tests.messaging_fixtures import ACCOUNT_SID, AUTH_TOKEN, FROM_NUMBER, FakeTwilio
-from tests.servers import free_port
+from tests.servers import TestServers, free_port
 
 CALLBACK = "https://sms.example.org/api/webhooks/sms/status"
 
@@ -273,3 +274,75 @@ async def test_log_provider_write_that_fails_fails_every_call_of_its_batch():
     finally:
         await unreachable.aclose()
     assert [type(r) for r in results] == [RedisConnectionError] * 3
+
+
+class AnswersLost:
+    """A network between a client and Redis that loses every answer once a transaction
+    (MULTI) has gone through, as a partition that begins once a write has left: the write is
+    executed, its caller times out. The connection's handshake is answered."""
+
+    def __init__(self, redis_port: int) -> None:
+        self.redis_port = redis_port
+        self._server: asyncio.Server | None = None
+        self._relays: set[asyncio.Future[list[None]]] = set()
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        return f"redis://127.0.0.1:{self._server.sockets[0].getsockname()[1]}/0"
+
+    async def __aenter__(self) -> AnswersLost:
+        self._server = await asyncio.start_server(self._connect, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for relay in self._relays:
+            relay.cancel()
+        await asyncio.gather(*self._relays, return_exceptions=True)
+
+    async def _connect(self, client: asyncio.StreamReader, answers: asyncio.StreamWriter) -> None:
+        from_redis, to_redis = await asyncio.open_connection("127.0.0.1", self.redis_port)
+        cut = asyncio.Event()
+
+        async def carry_requests() -> None:
+            while data := await client.read(65536):
+                if b"MULTI" in data:
+                    cut.set()
+                to_redis.write(data)
+                await to_redis.drain()
+
+        async def carry_answers_until_cut() -> None:
+            while data := await from_redis.read(65536):
+                if not cut.is_set():
+                    answers.write(data)
+                    await answers.drain()
+
+        relay = asyncio.gather(carry_requests(), carry_answers_until_cut())
+        self._relays.add(relay)
+        try:
+            await relay
+        except asyncio.CancelledError:
+            pass
+        finally:
+            to_redis.close()
+            answers.close()
+
+
+async def test_log_provider_never_writes_a_call_again_when_its_answer_is_lost(
+    servers: TestServers, make_settings, redis
+):
+    # A second write of a call whose answer was lost would count a second call (a second
+    # text, as a second request to Twilio): the provider's client must not re-send it.
+    key = f"delivery-{uuid.uuid4()}"
+    async with AnswersLost(servers.redis.port) as network:
+        provider = LogProvider.for_settings(
+            make_settings(redis_url=network.url, redis_socket_timeout=0.3)
+        )
+        try:
+            with pytest.raises(RedisTimeoutError):
+                await provider.send("+14155550100", "hi", key)
+        finally:
+            await provider.aclose()
+    assert await LogProvider(redis).calls(key) == 1

@@ -498,6 +498,14 @@ async def send_deliveries(ctx: dict[str, Any], *, delivery_ids: list[str]) -> di
 # --- sweeps ------------------------------------------------------------------------------
 
 
+def _absence_proves_no_call(provider: SmsProvider, claimed_at: datetime, now: datetime) -> bool:
+    """Whether the provider having no record of a delivery claimed at ``claimed_at`` proves
+    it was never called. Not before its ``absence_is_evidence_after``: a call given up on
+    (its answer lost in a partition) may still arrive, and a resend would then text twice."""
+    after = provider.absence_is_evidence_after
+    return after is not None and claimed_at <= now - timedelta(seconds=after)
+
+
 async def settle_in_doubt(
     settings: Settings,
     provider: SmsProvider,
@@ -508,7 +516,8 @@ async def settle_in_doubt(
 ) -> dict[str, int]:
     """Stale claims become ``unknown``; each ``unknown`` still within the resolve bound is
     looked up at the provider: found → ``sent``; proven absent → ``queued`` again (sent once,
-    later); otherwise it stays ``unknown`` and is reported once past the bound."""
+    later); otherwise it stays ``unknown`` (looked up again at the next sweep) and is reported
+    once past the bound."""
     now = now or datetime.now(UTC)
     stale = await store.mark_stale_claims_unknown(now - stale_claim_age(settings), now)
     bound = now - timedelta(seconds=settings.sms_unknown_resolve_seconds)
@@ -531,7 +540,7 @@ async def settle_in_doubt(
             settled = await store.settle_unknown_as_sent(delivery.id, provider_message_id, now)
             found += len(settled)
             changed += settled
-        elif provider.absence_is_evidence:
+        elif _absence_proves_no_call(provider, delivery.claimed_at, now):
             absent.append(delivery.id)
     requeued = await store.requeue_unknown(
         absent, now, "the provider has no record of the call: sent again"

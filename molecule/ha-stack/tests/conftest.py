@@ -75,6 +75,19 @@ def healthy_cluster():
     wait_for(healthy, 180, step=2, what="one leader and one streaming replica after the test")
 
 
+def patroni_said(node: str, since: float) -> list[str]:
+    """The last lines Patroni logged on NODE since `since` (epoch seconds) about keeping or
+    losing the leader role: what a failed fault test shows of why."""
+    out = docker_exec(
+        node,
+        "journalctl", "-u", "patroni", "--since", f"@{int(since)}", "--no-pager", "-o", "cat",
+        check=False,
+        timeout=30,
+    )  # fmt: skip
+    wanted = ("demot", "failsafe", "Request failed", "DCS", "leader", "Error")
+    return [line for line in out.splitlines() if any(w in line for w in wanted)][-8:]
+
+
 def psql(node, sql, database="koinonia"):
     """One statement on a database node as postgres over the local socket, unaligned."""
     return docker_exec(

@@ -9,8 +9,8 @@ server by the ha-stack tests; standard library only. One JSON object on stdout.
       Idempotency-Key, for SECONDS. A 503 (or no answer) is retried with the same key, as
       a client honouring Retry-After would, but after at most 1 s so the tests see the
       unavailable window to the second; a key is given up after 90 s. Prints every
-      accepted key with its message id and time, the answers counted by status, and the
-      keys given up.
+      accepted key with its message id and time, the answers counted by status, the failed
+      ones by status and error code, and the keys given up.
 """
 
 import json
@@ -50,6 +50,14 @@ def call(method, path, body=None, token=None, headers=None):
         return 0, str(error), None
 
 
+def error_code(answer):
+    """The API's error code of a failed call's answer, else the start of its text."""
+    try:
+        return json.loads(answer)["error"]["code"]
+    except (ValueError, KeyError, TypeError):
+        return str(answer)[:80]
+
+
 def setup(email, password):
     status, body, _ = call("POST", "/api/auth/login", {"email": email, "password": password})
     assert status == 200, (status, body)
@@ -75,7 +83,7 @@ def setup(email, password):
 
 def messages(seconds, token, group):
     stop = time.time() + seconds
-    accepted, answers, given_up, retry_after = [], {}, [], set()
+    accepted, answers, errors, given_up, retry_after = [], {}, {}, [], set()
     n = 0
     while time.time() < stop:
         key, n = str(uuid.uuid4()), n + 1
@@ -91,12 +99,14 @@ def messages(seconds, token, group):
                 break
             if status == 503:
                 retry_after.add(after)
+            what = f"{status} {error_code(answer)}"
+            errors[what] = errors.get(what, 0) + 1
             if status not in (0, 503) or time.time() - first > GIVE_UP_SECONDS:
                 given_up.append({"key": key, "status": status, "answer": answer})
                 break
             time.sleep(min(float(after or 1), 1.0))
         time.sleep(0.05)
-    out = {"accepted": accepted, "answers": answers, "given_up": given_up}
+    out = {"accepted": accepted, "answers": answers, "errors": errors, "given_up": given_up}
     out["retry_after"] = sorted(str(value) for value in retry_after)
     print(json.dumps(out))
 

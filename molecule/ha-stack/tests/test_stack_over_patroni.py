@@ -18,6 +18,7 @@ from conftest import (
     leader,
     members,
     messages_since,
+    patroni_said,
     probe_for,
     psql,
     start_probe,
@@ -109,12 +110,10 @@ def test_leader_host_lost_under_message_load_writes_again_within_30_s_and_it_rej
     )
 
 
-def test_etcd_majority_lost_the_leader_keeps_taking_writes_past_its_ttl(healthy_cluster, texting):
-    """failsafe_mode: with 2 of 3 etcd members gone, Patroni cannot renew the leader key,
-    but the leader keeps its role while every member answers it (README, "Database high
-    availability"). The load runs for twice the key's ttl, so a leader that stepped down when
-    its key expired would show as 503s."""
-    old = wait_for(leader, 30, what="the leader")
+def _lose_the_etcd_majority(old: str, texting: dict) -> tuple[dict, list[str], list[str]]:
+    """etcd stopped on the leader's host and the witness while the load runs 40 s: the
+    load's report, pg_is_in_recovery() on each database node meanwhile, and what Patroni
+    logged on the leader about its role."""
     lost = [old, "hs-witness"]
     started = time.time()
     for node in lost:
@@ -126,7 +125,27 @@ def test_etcd_majority_lost_the_leader_keeps_taking_writes_past_its_ttl(healthy_
         for node in lost:
             docker_exec(node, "systemctl", "start", "etcd", timeout=120)
     print(f"etcd majority lost for {time.time() - started:.0f} s: answers {report['answers']}")
-    assert report["answers"].keys() == {"202"}, report["answers"]
+    return report, recovery, patroni_said(old, started)
+
+
+def test_etcd_majority_lost_the_leader_keeps_taking_writes_past_its_ttl(healthy_cluster, texting):
+    """failsafe_mode: with 2 of 3 etcd members gone, Patroni cannot renew the leader key,
+    but the leader keeps its role while every member answers it (README, "Database high
+    availability"). The load runs for twice the key's ttl, so a leader that stepped down when
+    its key expired would show as 503s.
+
+    "Every member answers it": Patroni gives a member 2 s to answer the leader's
+    POST /failsafe. When the leader logged that the replica did not (a starved CPU), the
+    promise's condition did not hold, so the fault is staged again, once."""
+    for attempt in (1, 2):
+        old = wait_for(leader, 30, what="the leader")
+        report, recovery, said = _lose_the_etcd_majority(old, texting)
+        unanswered = [line for line in said if "Request failed to" in line and "failsafe" in line]
+        if report["answers"].keys() == {"202"} or not unanswered or attempt == 2:
+            break
+        print(f"the replica did not answer the failsafe call in time: staged again ({unanswered})")
+        wait_for(healthy, 180, step=2, what="the cluster healthy with etcd back")
+    assert report["answers"].keys() == {"202"}, (report["errors"], said)
     assert sorted(recovery) == ["f", "t"], recovery  # still one primary: the same one
     wait_for(healthy, 120, step=2, what="the cluster healthy with etcd back")
     assert leader() == old

@@ -16,8 +16,6 @@ from koinonia.delivery.sms.signature import compute_signature, validate_signatur
 from koinonia.delivery.sms.twilio import TwilioProvider
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
-
     from koinonia.settings import Settings
 
 STATUS_CALLBACK_PATH = "/api/webhooks/sms/status"
@@ -37,7 +35,7 @@ __all__ = [
 ]
 
 
-def build_provider(settings: Settings, redis: Redis) -> SmsProvider:
+def build_provider(settings: Settings) -> SmsProvider:
     """The provider the settings name; the caller closes it (``await provider.aclose()``)."""
     if settings.sms_provider == "twilio":
         missing = [
@@ -61,4 +59,4 @@ def build_provider(settings: Settings, redis: Redis) -> SmsProvider:
             max_connections=settings.sms_worker_send_concurrency
             or settings.worker_concurrency * settings.sms_send_concurrency,
         )
-    return LogProvider(redis)
+    return LogProvider.for_settings(settings)

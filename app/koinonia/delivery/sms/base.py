@@ -37,9 +37,11 @@ class UnknownOutcomeSmsError(SmsError):
 
 class SmsProvider(Protocol):
     name: str
-    # True when ``find_sent`` returning None proves no text was accepted (the log provider
-    # counts every call it receives); False when the provider's list may lag behind a send.
-    absence_is_evidence: bool
+    # Seconds after a claim from which ``find_sent`` returning None proves that no call for
+    # it was accepted (the log provider counts every call it receives), or None when absence
+    # never proves it (Twilio's list may lag behind a send). Not at once: a call given up on
+    # may still reach the provider while the kernel retransmits its closed connection's data.
+    absence_is_evidence_after: float | None
 
     async def send(
         self,

@@ -9,7 +9,14 @@ counting its records counts provider calls:
   delivery), one HINCRBY per call, uncapped by the list's trimming;
 - the hash ``sms:log:last:<UTC day>``: the message id of each key's latest call, what
   ``find_sent`` answers. It is written in the same transaction as the count, which makes its
-  absence proof that no call was accepted (``absence_is_evidence``).
+  absence proof that no call was accepted, once no call given up on can still arrive
+  (``absence_is_evidence_after``).
+
+A call is written once, never again when its answer is lost: a transaction whose answer timed
+out may have been executed, or may still be (its bytes retransmitted by the kernel after the
+connection closed, as when a network partition heals), and a second write would be a second
+call, as a second request to Twilio would be a second text. So the provider's own client
+never re-sends a command (``for_settings``).
 
 Calls that arrive together (a chunk's concurrent sends) are written together: one MULTI/EXEC
 pipeline, one round trip, for every call waiting when the previous one finished. Each call
@@ -35,6 +42,9 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from koinonia.settings import Settings
+from koinonia.stores.client import create_redis
+
 log = logging.getLogger(__name__)
 
 SENT_LIST_KEY = "sms:log"
@@ -42,6 +52,10 @@ CALLS_KEY_PREFIX = "sms:log:calls:"
 LAST_ID_KEY_PREFIX = "sms:log:last:"
 LINKED_NUMBERS_KEY = "sms:log:linked"
 MAX_RECORDED = 10_000
+# How long a write given up on may still reach Redis: its socket timeout (seconds), then the
+# kernel's retransmissions of the closed connection's data (8 by default, tcp_orphan_retries;
+# the last about 51 s after the first with the least retransmission timeout of 200 ms).
+LATE_WRITE_SECONDS = 120
 # Each day's hashes live two days: a call is counted for at least 24 h after it was made.
 DAY_TTL_SECONDS = 2 * 24 * 3600
 
@@ -54,12 +68,19 @@ def day_keys(prefix: str, now: datetime | None = None) -> list[str]:
 
 class LogProvider:
     name = "log"
-    absence_is_evidence = True
+    absence_is_evidence_after = LATE_WRITE_SECONDS
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, *, owns_client: bool = False) -> None:
         self.redis = redis
+        self._owns_client = owns_client
         self._waiting: list[tuple[dict[str, Any], asyncio.Future[str]]] = []
         self._writer: asyncio.Task[None] | None = None
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> LogProvider:
+        """The provider on a Redis client of its own that never re-sends a command (a call is
+        made once), closed with the provider."""
+        return cls(create_redis(settings, reconnect=False), owns_client=True)
 
     async def send(
         self,
@@ -152,6 +173,9 @@ class LogProvider:
         return [json.loads(item) for item in await self.redis.lrange(SENT_LIST_KEY, 0, -1)]
 
     async def aclose(self) -> None:
-        """The Redis client belongs to the caller; calls still waiting are written first."""
+        """Calls still waiting are written first; the client is closed if it is the
+        provider's own (``for_settings``), else it stays the caller's."""
         if self._writer is not None and not self._writer.done():
             await asyncio.shield(self._writer)
+        if self._owns_client:
+            await self.redis.aclose()

@@ -66,7 +66,7 @@ class _Answer:
 class TwilioProvider:
     name = "twilio"
     # Twilio's Messages list may not show a message the moment it is created.
-    absence_is_evidence = False
+    absence_is_evidence_after = None
 
     def __init__(
         self,

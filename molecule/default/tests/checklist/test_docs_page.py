@@ -118,7 +118,9 @@ def _swagger_state(dom: str) -> str:
     return "no spinner and no error"
 
 
-def test_docs_page_lists_every_operation_in_a_real_browser(tmp_path, documented_operations):
+def test_docs_page_lists_every_operation_in_a_real_browser(
+    tmp_path, documented_operations, healthy_stack
+):
     assert len(documented_operations) > 20
     # A dump that caught Swagger UI still loading is taken again, at most twice more; an
     # error on the page, or a page that rendered some operations but not all, fails at once.
@@ -131,7 +133,7 @@ def test_docs_page_lists_every_operation_in_a_real_browser(tmp_path, documented_
         if rendered.found or not _still_loading(run.stdout):
             break
     assert rendered.found == documented_operations, (
-        f"after {attempt + 1} dump(s) the page shows {_swagger_state(run.stdout)}",
+        f"Swagger UI shows {_swagger_state(run.stdout)} (dump {attempt + 1})",
         sorted(documented_operations - rendered.found),
         sorted(rendered.found - documented_operations),
     )

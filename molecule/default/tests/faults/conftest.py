@@ -69,9 +69,10 @@ DOWN_DEADLINE = (
 ) * LB_VARS["nginx_healthcheck_fall"] + 30
 # Deliveries: thousands of them on 3 workers of a shared 2-CPU machine; a killed worker's
 # claims turn `unknown` after the job timeout (60 s + 40 s) and are settled by the provider's
-# record at the next minute's sweep.
+# record at the next minute's sweep, or sent again once no call given up on can still reach
+# the log provider (120 s after the claim) if it has none.
 SEND_DEADLINE = 600
-# Settled deliveries: how long `unknown` ones get to be settled by the minute's sweep.
+# Settled deliveries: how long `unknown` ones get to be settled by the minute's sweeps.
 SETTLE_DEADLINE = 240
 LOAD_TIMEOUT = 30  # each load request's own timeout: none may hang past it
 
