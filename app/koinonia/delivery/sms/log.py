@@ -120,6 +120,13 @@ class LogProvider:
                     if isinstance(exc, Exception)
                     else RuntimeError("the log provider stopped while writing")
                 )
+                # The error's class and text only: a record holds a number and a body.
+                log.warning(
+                    "sms (log provider) write of %d call(s) failed: %s: %s",
+                    len(batch),
+                    failure.__class__.__name__,
+                    failure,
+                )
                 for _, recorded in batch:
                     if not recorded.done():
                         recorded.set_exception(failure)

@@ -375,6 +375,21 @@ def status_counts(db, message_ids: list[str]) -> dict[str, int]:
     return counts
 
 
+def unknown_errors(db, message_ids: list[str]) -> dict[str, int]:
+    """`unknown` deliveries of these messages counted by their last error (what made the
+    provider call's outcome unknown)."""
+    quoted = ",".join(f"'{uuid.UUID(m)}'" for m in message_ids)
+    sql = (
+        "SELECT count(*), left(coalesce(last_error, ''), 160) FROM delivery "  # noqa: S608
+        f"WHERE status = 'unknown' AND message_id IN ({quoted}) GROUP BY 2"
+    )
+    out = {}
+    for line in psql(db, sql).splitlines():
+        count, error = line.split("|", 1)
+        out[error] = int(count)
+    return out
+
+
 def queued_count(db, message_ids: list[str]) -> int:
     return status_count(db, message_ids, ("queued",))
 
@@ -392,6 +407,7 @@ def delivery_outcome(db, redis, message_ids: list[str], deadline: float = SEND_D
             what="every delivery out of `queued` and `sending`",
         )
         sent_at = time.monotonic()
+        print(f"`unknown` when the sends ended, by error: {unknown_errors(db, message_ids)}")
         try:
             wait_for(
                 lambda: status_count(db, message_ids, ("unknown", "queued", "sending")) == 0,
