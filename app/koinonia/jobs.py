@@ -286,7 +286,7 @@ def build_worker(
         if manage_resources:
             ctx["db"] = await init_db(settings)
             ctx["redis"] = create_redis(settings)
-            ctx["provider"] = build_provider(settings)
+            ctx["provider"] = build_provider(settings, ctx["redis"])
         else:
             ctx["redis"] = redis
             ctx["provider"] = provider

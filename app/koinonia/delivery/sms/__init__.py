@@ -16,6 +16,8 @@ from koinonia.delivery.sms.signature import compute_signature, validate_signatur
 from koinonia.delivery.sms.twilio import TwilioProvider
 
 if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
     from koinonia.settings import Settings
 
 STATUS_CALLBACK_PATH = "/api/webhooks/sms/status"
@@ -35,7 +37,7 @@ __all__ = [
 ]
 
 
-def build_provider(settings: Settings) -> SmsProvider:
+def build_provider(settings: Settings, redis: Redis) -> SmsProvider:
     """The provider the settings name; the caller closes it (``await provider.aclose()``)."""
     if settings.sms_provider == "twilio":
         missing = [
@@ -59,4 +61,4 @@ def build_provider(settings: Settings) -> SmsProvider:
             max_connections=settings.sms_worker_send_concurrency
             or settings.worker_concurrency * settings.sms_send_concurrency,
         )
-    return LogProvider.for_settings(settings)
+    return LogProvider(redis)

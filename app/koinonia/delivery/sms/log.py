@@ -8,22 +8,22 @@ counting its records counts provider calls:
 - the hash ``sms:log:calls:<UTC day>`` (kept 2 days): calls per idempotency key (per
   delivery), one HINCRBY per call, uncapped by the list's trimming;
 - the hash ``sms:log:last:<UTC day>``: the message id of each key's latest call, what
-  ``find_sent`` answers. It is written in the same transaction as the count, which makes its
-  absence proof that no call was accepted, once no call given up on can still arrive
-  (``absence_is_evidence_after``).
+  ``find_sent`` answers. It is written with the count, which makes its absence proof that no
+  call was accepted, once no call given up on can still arrive (``absence_is_evidence_after``:
+  a write whose answer was lost may still land, its bytes retransmitted by the kernel after a
+  network partition heals).
 
-A call is written once, never again when its answer is lost: a transaction whose answer timed
-out may have been executed, or may still be (its bytes retransmitted by the kernel after the
-connection closed, as when a network partition heals), and a second write would be a second
-call, as a second request to Twilio would be a second text. So the provider's own client
-never re-sends a command (``for_settings``).
+Calls that arrive together (a chunk's concurrent sends) are written together: one script
+(``RECORD_CALLS``), one round trip, for every call waiting when the previous write finished.
+Each call returns only once its own record is committed, and a failed write fails every call
+in it (each then ``unknown``, as any provider error the provider did not classify).
 
-Calls that arrive together (a chunk's concurrent sends) are written together: one MULTI/EXEC
-pipeline, one round trip, for every call waiting when the previous one finished. Each call
-returns only once its own record is committed, and a failed write fails every call in it
-(each then ``unknown``, as any provider error the provider did not classify). So a batch is
-only a cheaper way of writing the same per-call records: n calls cost n + 7 commands
-instead of 7n.
+A call is one ``send``, and is counted once however often its write reaches Redis: the
+client re-sends a command once when it met a dead connection or a timeout, and a timed-out
+write may have been executed (or still be, as above). So each call carries its own id
+(the message id it answers), and the script counts only ids it has not seen (the hash
+``sms:log:ids:<UTC day>``). A second ``send`` for the same delivery is a new call with a new
+id, counted again, as a second request to Twilio is a second text.
 
 Phone numbers and message bodies are personal data: they are in the Redis record (that is
 what the stand-in is for) but never in the log.
@@ -36,25 +36,23 @@ import json
 import logging
 import time
 import uuid
-from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from redis.asyncio import Redis
-
-from koinonia.settings import Settings
-from koinonia.stores.client import create_redis
 
 log = logging.getLogger(__name__)
 
 SENT_LIST_KEY = "sms:log"
 CALLS_KEY_PREFIX = "sms:log:calls:"
 LAST_ID_KEY_PREFIX = "sms:log:last:"
+IDS_KEY_PREFIX = "sms:log:ids:"
 LINKED_NUMBERS_KEY = "sms:log:linked"
 MAX_RECORDED = 10_000
-# How long a write given up on may still reach Redis: its socket timeout (seconds), then the
-# kernel's retransmissions of the closed connection's data (8 by default, tcp_orphan_retries;
-# the last about 51 s after the first with the least retransmission timeout of 200 ms).
+# How long a write given up on may still reach Redis: its socket timeout (seconds, and once
+# more when the client re-sends it), then the kernel's retransmissions of the closed
+# connection's data (8 by default, tcp_orphan_retries; the last about 51 s after the first
+# with the least retransmission timeout of 200 ms).
 LATE_WRITE_SECONDS = 120
 # Each day's hashes live two days: a call is counted for at least 24 h after it was made.
 DAY_TTL_SECONDS = 2 * 24 * 3600
@@ -66,21 +64,36 @@ def day_keys(prefix: str, now: datetime | None = None) -> list[str]:
     return [f"{prefix}{day.isoformat()}" for day in (today, today - timedelta(days=1))]
 
 
+# KEYS: the list, the day's calls, last-id and seen-ids hashes. ARGV: the list's cap, the
+# hashes' ttl, then (message id, idempotency key, JSON record) per call. Atomic, as a script.
+RECORD_CALLS = """
+local recorded = 0
+for i = 3, #ARGV, 3 do
+  local id, key, record = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  if redis.call('HSETNX', KEYS[4], id, 1) == 1 then
+    redis.call('RPUSH', KEYS[1], record)
+    redis.call('HINCRBY', KEYS[2], key, 1)
+    redis.call('HSET', KEYS[3], key, id)
+    recorded = recorded + 1
+  end
+end
+redis.call('LTRIM', KEYS[1], -tonumber(ARGV[1]), -1)
+for k = 2, 4 do
+  redis.call('EXPIRE', KEYS[k], ARGV[2])
+end
+return recorded
+"""
+
+
 class LogProvider:
     name = "log"
     absence_is_evidence_after = LATE_WRITE_SECONDS
 
-    def __init__(self, redis: Redis, *, owns_client: bool = False) -> None:
+    def __init__(self, redis: Redis) -> None:
         self.redis = redis
-        self._owns_client = owns_client
+        self._record_calls = redis.register_script(RECORD_CALLS)
         self._waiting: list[tuple[dict[str, Any], asyncio.Future[str]]] = []
         self._writer: asyncio.Task[None] | None = None
-
-    @classmethod
-    def for_settings(cls, settings: Settings) -> LogProvider:
-        """The provider on a Redis client of its own that never re-sends a command (a call is
-        made once), closed with the provider."""
-        return cls(create_redis(settings, reconnect=False), owns_client=True)
 
     async def send(
         self,
@@ -138,16 +151,14 @@ class LogProvider:
                         recorded.set_result(record["id"])
 
     async def _write(self, records: list[dict[str, Any]]) -> None:
-        calls_key, last_key = (day_keys(p)[0] for p in (CALLS_KEY_PREFIX, LAST_ID_KEY_PREFIX))
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.rpush(SENT_LIST_KEY, *(json.dumps(r) for r in records))
-            pipe.ltrim(SENT_LIST_KEY, -MAX_RECORDED, -1)
-            for key, calls in Counter(r["idempotencyKey"] for r in records).items():
-                pipe.hincrby(calls_key, key, calls)
-            pipe.hset(last_key, mapping={r["idempotencyKey"]: r["id"] for r in records})
-            pipe.expire(calls_key, DAY_TTL_SECONDS)
-            pipe.expire(last_key, DAY_TTL_SECONDS)
-            await pipe.execute()
+        keys = [
+            SENT_LIST_KEY,
+            *(day_keys(p)[0] for p in (CALLS_KEY_PREFIX, LAST_ID_KEY_PREFIX, IDS_KEY_PREFIX)),
+        ]
+        args: list[Any] = [MAX_RECORDED, DAY_TTL_SECONDS]
+        for record in records:
+            args += [record["id"], record["idempotencyKey"], json.dumps(record)]
+        await self._record_calls(keys=keys, args=args)
 
     async def find_sent(
         self, to: str, body: str, idempotency_key: str, since: datetime
@@ -180,9 +191,6 @@ class LogProvider:
         return [json.loads(item) for item in await self.redis.lrange(SENT_LIST_KEY, 0, -1)]
 
     async def aclose(self) -> None:
-        """Calls still waiting are written first; the client is closed if it is the
-        provider's own (``for_settings``), else it stays the caller's."""
+        """The Redis client belongs to the caller; calls still waiting are written first."""
         if self._writer is not None and not self._writer.done():
             await asyncio.shield(self._writer)
-        if self._owns_client:
-            await self.redis.aclose()
