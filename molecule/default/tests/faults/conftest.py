@@ -362,32 +362,31 @@ def status_count(db, message_ids: list[str], statuses: tuple[str, ...]) -> int:
     return int(psql(db, sql))
 
 
+def _count_by(db, message_ids: list[str], expression: str, condition: str = "true"):
+    """Deliveries of these messages counted by `expression` (SQL of our own), one statement."""
+    quoted = ",".join(f"'{uuid.UUID(m)}'" for m in message_ids)
+    sql = (
+        f"SELECT {expression}, count(*) FROM delivery "  # noqa: S608
+        f"WHERE {condition} AND message_id IN ({quoted}) GROUP BY 1"
+    )
+    counts = {}
+    for line in psql(db, sql).splitlines():
+        value, count = line.rsplit("|", 1)
+        counts[value] = int(count)
+    return counts
+
+
 def status_counts(db, message_ids: list[str]) -> dict[str, int]:
     """Deliveries per status, read in one statement: counting status by status in separate
     statements races the in-doubt sweep, which moves deliveries from `unknown` to `sent`
     between them and so counts one delivery twice."""
-    quoted = ",".join(f"'{uuid.UUID(m)}'" for m in message_ids)
-    sql = f"SELECT status, count(*) FROM delivery WHERE message_id IN ({quoted}) GROUP BY status"  # noqa: S608
-    counts = {}
-    for line in psql(db, sql).splitlines():
-        status, count = line.split("|")
-        counts[status] = int(count)
-    return counts
+    return _count_by(db, message_ids, "status")
 
 
 def unknown_errors(db, message_ids: list[str]) -> dict[str, int]:
     """`unknown` deliveries of these messages counted by their last error (what made the
     provider call's outcome unknown)."""
-    quoted = ",".join(f"'{uuid.UUID(m)}'" for m in message_ids)
-    sql = (
-        "SELECT count(*), left(coalesce(last_error, ''), 160) FROM delivery "  # noqa: S608
-        f"WHERE status = 'unknown' AND message_id IN ({quoted}) GROUP BY 2"
-    )
-    out = {}
-    for line in psql(db, sql).splitlines():
-        count, error = line.split("|", 1)
-        out[error] = int(count)
-    return out
+    return _count_by(db, message_ids, "left(coalesce(last_error, ''), 160)", "status = 'unknown'")
 
 
 def queued_count(db, message_ids: list[str]) -> int:
