@@ -7,7 +7,8 @@ operation of /openapi.json. The screenshot is kept in .cache/docs-page.png for a
 fetch is pending (the bundle, the document) and runs the page's timers, so the DOM is
 normally dumped once Swagger UI has rendered. Once, with the cores fully busy (2026-12-07),
 a dump still showed Swagger UI's loading spinner and the screenshot seconds later the whole
-page; such a dump is taken again (see the test).
+page; such a dump is taken again (see the test), as is one whose request for the definition
+got no answer ("Failed to fetch").
 """
 
 from __future__ import annotations
@@ -108,6 +109,17 @@ def _still_loading(dom: str) -> bool:
     return 'class="loading"' in dom
 
 
+def _fetch_failed(dom: str) -> bool:
+    """Swagger UI's "Failed to fetch": the browser got no answer to its request for the
+    definition (a network error, not an HTTP status, which it would name instead)."""
+    return "Failed to fetch" in dom
+
+
+def _network_lines(stderr: str) -> list[str]:
+    """What Chromium logged about its requests failing."""
+    return [line[-300:] for line in stderr.splitlines() if "net::" in line or "ERR_" in line][-5:]
+
+
 def _swagger_state(dom: str) -> str:
     """What Swagger UI shows besides operations: its error, its spinner, or nothing."""
     for marker in SWAGGER_ERRORS:
@@ -122,18 +134,25 @@ def test_docs_page_lists_every_operation_in_a_real_browser(
     tmp_path, documented_operations, healthy_stack
 ):
     assert len(documented_operations) > 20
-    # A dump that caught Swagger UI still loading is taken again, at most twice more; an
-    # error on the page, or a page that rendered some operations but not all, fails at once.
+    # A dump that caught Swagger UI still loading, or whose request for the definition got
+    # no answer at all (seen on the loaded machine, 2026-12-08), is taken again, at most twice
+    # more, and says so; an HTTP error on the page, or a page that rendered some operations
+    # but not all, fails at once.
     for attempt in range(3):
         run = _chromium(tmp_path / f"profile{attempt}", "--dump-dom")
         assert run.returncode == 0, run.stderr[-2000:]
         assert _console_errors(run.stderr) == []
         rendered = _Operations()
         rendered.feed(run.stdout)
-        if rendered.found or not _still_loading(run.stdout):
+        if rendered.found or not (_still_loading(run.stdout) or _fetch_failed(run.stdout)):
             break
+        print(
+            f"dump {attempt + 1}: Swagger UI shows {_swagger_state(run.stdout)[:120]}; "
+            f"Chromium's network errors: {_network_lines(run.stderr)}"
+        )
     assert rendered.found == documented_operations, (
         f"Swagger UI shows {_swagger_state(run.stdout)} (dump {attempt + 1})",
+        _network_lines(run.stderr),
         sorted(documented_operations - rendered.found),
         sorted(rendered.found - documented_operations),
     )
