@@ -67,21 +67,18 @@ def day_keys(prefix: str, now: datetime | None = None) -> list[str]:
 # KEYS: the list, the day's calls, last-id and seen-ids hashes. ARGV: the list's cap, the
 # hashes' ttl, then (message id, idempotency key, JSON record) per call. Atomic, as a script.
 RECORD_CALLS = """
-local recorded = 0
 for i = 3, #ARGV, 3 do
   local id, key, record = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   if redis.call('HSETNX', KEYS[4], id, 1) == 1 then
     redis.call('RPUSH', KEYS[1], record)
     redis.call('HINCRBY', KEYS[2], key, 1)
     redis.call('HSET', KEYS[3], key, id)
-    recorded = recorded + 1
   end
 end
 redis.call('LTRIM', KEYS[1], -tonumber(ARGV[1]), -1)
 for k = 2, 4 do
   redis.call('EXPIRE', KEYS[k], ARGV[2])
 end
-return recorded
 """
 
 
